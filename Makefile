@@ -1,0 +1,42 @@
+# Two set-up commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOME_DEMO ?= $(CURDIR)/demo-home
+
+.PHONY: demo test lint bench install dev clean fuzz
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.installed-dev
+
+## Run the whole pipeline on scikit-learn's bundled digits (embedded default, no download).
+demo: $(VENV)/.installed
+	$(BIN)/latentsight demo --home $(HOME_DEMO)
+
+## Run the test suite (creates .venv if needed, installs the dev extra).
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+## Benchmarks on ../shared/datasets/neu-cls (skip when absent); results -> docs/benchmarks.md
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) $(HOME_DEMO) .pytest_cache

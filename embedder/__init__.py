@@ -1,0 +1,5 @@
+"""embedder: turns images into arrays, embeddings, reconstructions and scores."""
+
+from embedder.errors import CatalogError, DecodeError, LatentsightError, ModelError, StoreError
+
+__all__ = ["CatalogError", "DecodeError", "LatentsightError", "ModelError", "StoreError"]

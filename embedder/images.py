@@ -1,0 +1,226 @@
+"""Safe image decoding: one function turns a file into a normalized uint8 array.
+
+Every failure is a `DecodeError(path, reason)`; nothing here crashes a batch.
+Limits: a maximum file size, a maximum pixel count (checked from the header,
+before any pixel is decoded, so a decompression bomb costs nothing), and a
+format allowlist.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from embedder.errors import DecodeError
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a 64 MiB image file is already unusual
+MAX_PIXELS = 40_000_000  # 40 MP: a 6000x6000 photo passes, a bomb does not
+
+# Magic numbers of the allowed formats: files are recognized by content, not by name.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"BM", "BMP"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"P5", "PPM"),
+    (b"P6", "PPM"),
+)
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image and what the file said about itself."""
+
+    pixels: np.ndarray  # (H, W) uint8 for mode "L", (H, W, 3) uint8 for "RGB"
+    width: int  # after EXIF orientation
+    height: int
+    source_mode: str  # Pillow mode of the file ("I;16", "CMYK", "P", ...)
+    format: str  # "PNG", "JPEG", ...
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Return the image format that the first bytes of a file announce, or None."""
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def looks_like_image(path: str | os.PathLike[str]) -> bool:
+    """True when the file's content or its name says it is an image.
+
+    A text file named `.jpg` counts (so that ingest reports it as broken);
+    a PNG with no suffix counts too (recognized by content).
+    """
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(16)) is not None
+    except OSError:
+        return False
+
+
+def read_bytes(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a whole file with a size limit. Raises DecodeError naming the file."""
+    try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            msg = f"file is {size} bytes, over the {max_bytes}-byte limit"
+            raise DecodeError(str(path), msg)
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError as e:
+        raise DecodeError(str(path), "file not found (deleted or a broken link)") from e
+    except PermissionError as e:
+        raise DecodeError(str(path), "permission denied") from e
+    except IsADirectoryError as e:
+        raise DecodeError(str(path), "is a directory") from e
+    except OSError as e:
+        raise DecodeError(str(path), f"cannot read: {e.strerror or e}") from e
+    if len(data) > max_bytes:
+        raise DecodeError(str(path), f"file grew over the {max_bytes}-byte limit while read")
+    return data
+
+
+def decode_bytes(
+    data: bytes,
+    *,
+    path: str = "<bytes>",
+    mode: str = "L",
+    max_pixels: int = MAX_PIXELS,
+) -> DecodedImage:
+    """Decode image bytes to a uint8 array in `mode` ("L" or "RGB").
+
+    EXIF orientation is applied; every Pillow mode is converted explicitly
+    (16-bit and 32-bit integer images are rescaled to 8 bits, never clipped;
+    transparency is composited onto white). The first frame of an animation
+    or a multipage file is used.
+
+    Raises:
+        DecodeError: with `path` and the reason, for anything that is not a
+            readable image within the limits.
+    """
+    if mode not in ("L", "RGB"):
+        msg = f"The 'mode' option must be 'L' or 'RGB'. Got {mode!r} instead."
+        raise ValueError(msg)
+    if not data:
+        raise DecodeError(path, "empty file (0 bytes)")
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise DecodeError(path, "not an image: content matches no allowed format " + _hint(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            w, h = img.size
+            if w * h > max_pixels:
+                msg = f"{w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit"
+                raise DecodeError(path, msg)
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        except DecodeError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DecodeError(path, f"decompression bomb refused: {e}") from e
+        except UnidentifiedImageError as e:
+            raise DecodeError(path, f"unreadable {fmt} data") from e
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise DecodeError(path, f"corrupt or truncated {fmt}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - Pillow plugins raise anything on hostile input
+            raise DecodeError(path, f"{fmt} decoder failed: {type(e).__name__}: {e}") from e
+    source_mode = img.mode
+    try:
+        pixels = to_mode(img, mode)
+    except Exception as e:  # noqa: BLE001
+        raise DecodeError(path, f"cannot convert mode {source_mode}: {e}") from e
+    return DecodedImage(
+        pixels=pixels,
+        width=img.size[0],
+        height=img.size[1],
+        source_mode=source_mode,
+        format=fmt,
+    )
+
+
+def decode_file(
+    path: str | os.PathLike[str],
+    *,
+    mode: str = "L",
+    max_bytes: int = MAX_FILE_BYTES,
+    max_pixels: int = MAX_PIXELS,
+) -> DecodedImage:
+    """Read and decode one file. See `decode_bytes`; errors name the file."""
+    data = read_bytes(path, max_bytes=max_bytes)
+    return decode_bytes(data, path=str(path), mode=mode, max_pixels=max_pixels)
+
+
+def to_mode(img: Image.Image, mode: str) -> np.ndarray:
+    """Convert any Pillow image to a uint8 array of mode "L" (H, W) or "RGB" (H, W, 3)."""
+    m = img.mode
+    if m in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if m.startswith("I;16"):
+            arr = arr / 65535.0
+        elif m == "I" and arr.min() >= 0 and arr.max() <= 65535:
+            arr = arr / 65535.0  # 16-bit PNGs open as "I" on some Pillow versions
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        gray = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+        img = Image.fromarray(gray, mode="L")
+    elif m == "1":
+        img = img.convert("L")
+    elif m == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    elif m == "PA":
+        img = img.convert("RGBA")
+    elif m in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        img = img.convert("RGB")
+    if img.mode in ("LA", "La", "RGBA", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    out = img.convert(mode) if img.mode != mode else img
+    return np.asarray(out, dtype=np.uint8).copy()
+
+
+def resize(pixels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 (H, W[, 3]) array to `size` (square int or (w, h)) with area filtering."""
+    w, h = (size, size) if isinstance(size, int) else size
+    if pixels.shape[1] == w and pixels.shape[0] == h:
+        return pixels
+    img = Image.fromarray(pixels)
+    return np.asarray(img.resize((w, h), Image.Resampling.BOX if _shrinks(pixels, w, h)
+                                 else Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _shrinks(pixels: np.ndarray, w: int, h: int) -> bool:
+    return pixels.shape[1] >= w and pixels.shape[0] >= h
+
+
+def _hint(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "(looks like HTML)"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in data[:256]):
+        return "(looks like text)"
+    return "(unknown binary data)"

@@ -1,0 +1,160 @@
+"""Model registry and checkpoints (safetensors weights + a JSON config; never pickle).
+
+Every model in the registry is an `nn.Module` with a dataclass config and the
+same small interface:
+
+- `embed(x) -> (B, D)`: the search embedding,
+- `reconstruct(x) -> x_hat`: same shape as `x`, values in [0, 1],
+- `loss(x) -> (total, parts)`: the training objective and its named parts.
+
+Inputs are float tensors (B, C, H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from embedder.errors import ModelError
+from embedder.fsutil import atomic_write, atomic_write_bytes
+from embedder.models.ae import AEConfig, AutoEncoder
+
+REGISTRY: dict[str, tuple[type[nn.Module], type]] = {
+    "ae": (AutoEncoder, AEConfig),
+}
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+def register(kind: str, model_cls: type[nn.Module], config_cls: type) -> None:
+    """Add a model family to the registry (used by the model modules themselves)."""
+    REGISTRY[kind] = (model_cls, config_cls)
+
+
+def config_class(kind: str) -> type:
+    return _entry(kind)[1]
+
+
+def create(kind: str, **config: Any) -> nn.Module:
+    """Build a fresh model of `kind` with config fields from `config`."""
+    model_cls, config_cls = _entry(kind)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        msg = f"Unknown {kind} config field(s) {unknown}. Allowed: {sorted(names)}."
+        raise ModelError(msg)
+    return model_cls(config=config_cls(**config))
+
+
+def save_checkpoint(model: nn.Module, directory: str | Path, meta: dict[str, Any]) -> str:
+    """Write `model.safetensors` and `config.json` into `directory`; return the weights' sha256.
+
+    Both files are written to temporary names, fsynced and renamed, so a
+    reader never sees half a checkpoint.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    kind = model.kind
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, {"kind": kind}))
+    sha = sha256_file(directory / WEIGHTS_FILE)
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": dataclasses.asdict(model.config),
+        "weights_sha256": sha,
+        **meta,
+    }
+    atomic_write_bytes(directory / CONFIG_FILE, json.dumps(doc, indent=2).encode())
+    return sha
+
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    expected_sha256: str | None = None,
+    map_location: str = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model exactly from a checkpoint directory.
+
+    Raises:
+        ModelError: files missing, JSON invalid, unknown kind or fields, or the
+            weights' sha256 differs from `expected_sha256` (the catalog's).
+    """
+    directory = Path(directory)
+    cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not cfg_path.is_file() or not w_path.is_file():
+        msg = f"{directory}: not a checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        raise ModelError(msg)
+    try:
+        doc = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{cfg_path}: invalid JSON: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise ModelError(f"{cfg_path}: expected an object with a 'config' object")
+    kind = doc.get("kind")
+    if kind not in REGISTRY:
+        msg = f"{cfg_path}: unknown model kind {kind!r}; known: {sorted(REGISTRY)}"
+        raise ModelError(msg)
+    if expected_sha256 is not None:
+        actual = sha256_file(w_path)
+        if actual != expected_sha256:
+            msg = (
+                f"{w_path}: sha256 {actual[:12]}... differs from the catalog's "
+                f"{expected_sha256[:12]}...; the file was changed or replaced, refusing to load it"
+            )
+            raise ModelError(msg)
+    model_cls, config_cls = REGISTRY[kind]
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    cfg = doc["config"]
+    bad = sorted(set(cfg) - set(fields))
+    if bad:
+        raise ModelError(f"{cfg_path}: unknown {kind} config field(s) {bad}")
+    try:
+        model = model_cls(config=config_cls(**cfg))
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{cfg_path}: invalid {kind} config: {e}") from e
+    try:
+        state = load_file(str(w_path), device=map_location)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad files
+        raise ModelError(f"{w_path}: weights do not fit the config: {e}") from e
+    model.eval()
+    return model, doc
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Map `auto|cpu|cuda` to a torch device; auto uses CUDA when torch sees a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        msg = f"The 'device' option must be auto, cpu or cuda. Got {device!r} instead."
+        raise ValueError(msg)
+    return torch.device(device)
+
+
+def _entry(kind: str) -> tuple[type[nn.Module], type]:
+    try:
+        return REGISTRY[kind]
+    except KeyError:
+        msg = f"Unknown model kind {kind!r}. Known: {', '.join(sorted(REGISTRY))}."
+        raise ModelError(msg) from None

@@ -1,0 +1,122 @@
+"""Convolutional autoencoder: image -> latent vector -> reconstruction.
+
+The embedding used for search is the latent vector `z` concatenated with the
+spatially pooled statistics of the encoder's last feature map. The pooled part
+is translation invariant, which matters for textures and defects whose class
+does not depend on where in the frame they sit; the latent keeps the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AEConfig:
+    image_size: int = 64  # input side in pixels; a power of two >= 16
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    latent_dim: int = 128  # size of the bottleneck vector z
+    width: int = 32  # channels of the first conv stage; doubles each stage
+    depth: int = 4  # stride-2 stages; the bottleneck map is image_size / 2**depth
+    pooled_embedding: bool = True  # append pooled encoder features to z in embed()
+
+    def validate(self) -> None:
+        side = self.image_size >> self.depth
+        if self.image_size < 16 or side < 1 or side << self.depth != self.image_size:
+            msg = (
+                f"The 'image_size' must be divisible by 2**depth = {2**self.depth} and >= 16. "
+                f"Got {self.image_size} instead."
+            )
+            raise ValueError(msg)
+        if self.channels not in (1, 3):
+            msg = f"The 'channels' must be 1 or 3. Got {self.channels} instead."
+            raise ValueError(msg)
+
+
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+    )
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+    )
+
+
+class AutoEncoder(nn.Module):
+    """Conv encoder -> linear bottleneck -> conv decoder; inputs and outputs in [0, 1]."""
+
+    kind = "ae"
+
+    def __init__(self, *, config: AEConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        widths = [c.width * 2**i for i in range(c.depth)]  # e.g. 32, 64, 128, 256
+        self.side = c.image_size >> c.depth
+        stages, cin = [], c.channels
+        for w in widths:
+            stages.append(_down(cin, w))
+            cin = w
+        self.encoder = nn.Sequential(*stages)
+        flat = widths[-1] * self.side * self.side
+        self.to_latent = nn.Linear(flat, c.latent_dim)
+        self.from_latent = nn.Linear(c.latent_dim, flat)
+        ups = []
+        for w_in, w_out in zip(widths[::-1], widths[::-1][1:] + [widths[0]], strict=True):
+            ups.append(_up(w_in, w_out))
+        self.decoder = nn.Sequential(*ups)
+        self.head = nn.Conv2d(widths[0], c.channels, 3, padding=1)
+
+    @property
+    def embed_dim(self) -> int:
+        extra = 2 * self.config.width * 2 ** (self.config.depth - 1)
+        return self.config.latent_dim + (extra if self.config.pooled_embedding else 0)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)  # (B, C_last, side, side)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.to_latent(h.flatten(1))  # (B, latent_dim)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.from_latent(z)  # (B, C_last * side * side)
+        h = h.view(z.shape[0], -1, self.side, self.side)  # (B, C_last, side, side)
+        return torch.sigmoid(self.head(self.decoder(h)))  # (B, C, H, W)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the search embedding, shape (B, embed_dim)."""
+        h = self.features(x)  # (B, C_last, side, side)
+        z = self.to_latent(h.flatten(1))  # (B, latent_dim)
+        if not self.config.pooled_embedding:
+            return z
+        mean = h.mean(dim=(2, 3))  # (B, C_last)
+        std = h.flatten(2).std(dim=2)  # (B, C_last)
+        pooled = torch.cat([mean, std], dim=1)  # (B, 2 * C_last)
+        return torch.cat([F.normalize(z, dim=1), F.normalize(pooled, dim=1)], dim=1)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))  # (B, C, H, W)
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean squared reconstruction error; returns (total, parts)."""
+        rec = F.mse_loss(self.reconstruct(x), x)
+        return rec, {"rec": float(rec.detach())}

@@ -1,0 +1,325 @@
+"""The catalog: images, models, indexes and ingest failures in one SQL database.
+
+SQLAlchemy 2 typed ORM; works on any SQLAlchemy URL (a SQLite file by
+default, PostgreSQL for teams). SQLite runs in WAL mode with
+`synchronous=FULL`, so a committed batch survives a crash or power loss.
+The catalog is the source of truth: vector indexes are rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from embedder.errors import CatalogError
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    path: Mapped[str] = mapped_column(Text)
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
+    source: Mapped[str] = mapped_column(String(255), default="ingest", index=True)
+    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "sha256": self.sha256, "path": self.path, "byte_size": self.byte_size,
+            "width": self.width, "height": self.height, "mode": self.mode, "format": self.format,
+            "label": self.label, "source": self.source,
+            "ingested_at": self.ingested_at.isoformat() if self.ingested_at else None,
+        }
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class IndexRow(Base):
+    __tablename__ = "indexes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    ntotal: Mapped[int] = mapped_column(BigInteger, default=0)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IngestFailureRow(Base):
+    __tablename__ = "ingest_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text)
+    error_class: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL, synchronous=FULL, foreign keys and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Catalog:
+    """Typed access to the catalog database. Schema is created on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- images -------------------------------------------------------------------------
+
+    def count_images(self, *, label: str | None = None) -> int:
+        with self.session() as s:
+            q = select(func.count(ImageRow.id))
+            if label is not None:
+                q = q.where(ImageRow.label == label)
+            return int(s.scalar(q) or 0)
+
+    def count_images_since(self, when: datetime) -> int:
+        """Images ingested strictly after `when` (used to tell a stale index)."""
+        with self.session() as s:
+            q = select(func.count(ImageRow.id)).where(ImageRow.ingested_at > when)
+            return int(s.scalar(q) or 0)
+
+    def known_sha256(self, digests: Iterable[str]) -> set[str]:
+        digests = list(digests)
+        found: set[str] = set()
+        with self.session() as s:
+            for i in range(0, len(digests), 500):
+                chunk = digests[i : i + 500]
+                found.update(s.scalars(select(ImageRow.sha256).where(ImageRow.sha256.in_(chunk))))
+        return found
+
+    def add_images(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Insert image rows in one transaction; returns their ids in order."""
+        with self.session() as s:
+            objs = [ImageRow(**r) for r in rows]
+            s.add_all(objs)
+            s.flush()
+            return [o.id for o in objs]
+
+    def images(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        labels: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        labeled_only: bool = False,
+    ) -> list[ImageRow]:
+        with self.session() as s:
+            q = select(ImageRow).order_by(ImageRow.id)
+            if ids is not None:
+                q = q.where(ImageRow.id.in_(list(ids)))
+            if labels:
+                q = q.where(ImageRow.label.in_(list(labels)))
+            if sources:
+                q = q.where(ImageRow.source.in_(list(sources)))
+            if labeled_only:
+                q = q.where(ImageRow.label.is_not(None))
+            return list(s.scalars(q))
+
+    def image_ids(self, *, labels: Sequence[str] | None = None) -> list[int]:
+        with self.session() as s:
+            q = select(ImageRow.id).order_by(ImageRow.id)
+            if labels:
+                q = q.where(ImageRow.label.in_(list(labels)))
+            return list(s.scalars(q))
+
+    def image(self, image_id: int) -> ImageRow:
+        with self.session() as s:
+            row = s.get(ImageRow, image_id)
+        if row is None:
+            raise CatalogError(f"No image with id {image_id} in the catalog.")
+        return row
+
+    def label_counts(self) -> dict[str | None, int]:
+        with self.session() as s:
+            rows = s.execute(select(ImageRow.label, func.count()).group_by(ImageRow.label))
+            return {label: int(n) for label, n in rows}
+
+    def delete_images(self, ids: Sequence[int]) -> int:
+        with self.session() as s:
+            rows = list(s.scalars(select(ImageRow).where(ImageRow.id.in_(list(ids)))))
+            for r in rows:
+                s.delete(r)
+            return len(rows)
+
+    # ---- failures -----------------------------------------------------------------------
+
+    def record_failures(self, failures: Sequence[tuple[str, str, str]]) -> None:
+        """Record (path, error_class, message) rows."""
+        if not failures:
+            return
+        with self.session() as s:
+            s.add_all(IngestFailureRow(path=p, error_class=c, message=m) for p, c, m in failures)
+
+    def failures(self, limit: int = 1000) -> list[IngestFailureRow]:
+        with self.session() as s:
+            q = select(IngestFailureRow).order_by(IngestFailureRow.id.desc()).limit(limit)
+            return list(s.scalars(q))
+
+    # ---- models -------------------------------------------------------------------------
+
+    def add_model(
+        self,
+        *,
+        name: str,
+        kind: str,
+        config: dict[str, Any],
+        checkpoint_path: str,
+        checkpoint_sha256: str,
+        metrics: dict[str, Any],
+        activate: bool = True,
+    ) -> ModelRow:
+        with self.session() as s:
+            if s.scalar(select(ModelRow).where(ModelRow.name == name)) is not None:
+                raise CatalogError(f"A model named {name!r} exists already; pick another --name.")
+            if activate:
+                for m in s.scalars(select(ModelRow).where(ModelRow.active.is_(True))):
+                    m.active = False
+            row = ModelRow(
+                name=name, kind=kind, config=json.loads(json.dumps(config)),
+                checkpoint_path=checkpoint_path, checkpoint_sha256=checkpoint_sha256,
+                metrics=json.loads(json.dumps(metrics)), active=activate,
+            )
+            s.add(row)
+            s.flush()
+            return row
+
+    def models(self) -> list[ModelRow]:
+        with self.session() as s:
+            return list(s.scalars(select(ModelRow).order_by(ModelRow.created_at, ModelRow.id)))
+
+    def model(self, name: str | None = None) -> ModelRow:
+        """The model called `name`, or the active one when `name` is None."""
+        with self.session() as s:
+            if name is None:
+                row = s.scalar(select(ModelRow).where(ModelRow.active.is_(True)))
+                if row is None:
+                    row = s.scalar(select(ModelRow).order_by(ModelRow.id.desc()))
+                if row is None:
+                    raise CatalogError("No model trained yet. Run: latentsight train")
+                return row
+            row = s.scalar(select(ModelRow).where(ModelRow.name == name))
+        if row is None:
+            known = ", ".join(m.name for m in self.models()) or "none"
+            raise CatalogError(f"No model named {name!r}. Known models: {known}.")
+        return row
+
+    def set_active(self, name: str) -> ModelRow:
+        target = self.model(name)
+        with self.session() as s:
+            for m in s.scalars(select(ModelRow)):
+                m.active = m.id == target.id
+        return self.model(name)
+
+    def update_model_metrics(self, model_id: int, metrics: dict[str, Any]) -> None:
+        with self.session() as s:
+            row = s.get(ModelRow, model_id)
+            if row is None:
+                raise CatalogError(f"No model with id {model_id}.")
+            row.metrics = {**(row.metrics or {}), **json.loads(json.dumps(metrics))}
+
+    # ---- indexes ------------------------------------------------------------------------
+
+    def index_for(self, model_id: int, backend: str | None = None) -> IndexRow | None:
+        with self.session() as s:
+            q = select(IndexRow).where(IndexRow.model_id == model_id)
+            if backend is not None:
+                q = q.where(IndexRow.backend == backend)
+            return s.scalar(q.order_by(IndexRow.built_at.desc(), IndexRow.id.desc()))
+
+    def record_index(
+        self, *, model_id: int, backend: str, spec: str, path: str, ntotal: int
+    ) -> IndexRow:
+        """Create or update the index row of (model, backend) and bump its generation."""
+        with self.session() as s:
+            q = select(IndexRow).where(IndexRow.model_id == model_id, IndexRow.backend == backend)
+            row = s.scalar(q)
+            if row is None:
+                row = IndexRow(model_id=model_id, backend=backend, spec=spec, path=path,
+                               ntotal=ntotal, generation=1, built_at=utcnow())
+                s.add(row)
+            else:
+                row.spec, row.path, row.ntotal = spec, path, ntotal
+                row.generation += 1
+                row.built_at = utcnow()
+            s.flush()
+            return row
+
+    def indexes(self) -> list[IndexRow]:
+        with self.session() as s:
+            return list(s.scalars(select(IndexRow).order_by(IndexRow.id)))

@@ -1,0 +1,111 @@
+"""Image-to-image search: a query image (a file or a catalog id) -> nearest catalog images."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedder.errors import CatalogError, StoreError
+from embedder.images import decode_bytes
+from index.catalog import IndexRow, ModelRow
+from index.home import Home
+from index.manager import load_encoder, open_index
+
+
+@dataclass
+class Hit:
+    id: int
+    path: str
+    label: str | None
+    source: str
+    score: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Searcher:
+    """A model, its encoder and its index held in memory for repeated queries."""
+
+    def __init__(self, home: Home, model: str | None = None, *, device: str = "auto") -> None:
+        self.home = home
+        self.model: ModelRow = home.catalog.model(model)
+        self.store, self.index_row = open_index(home, self.model)
+        _check_fresh(home, self.model, self.index_row)
+        self.encoder = load_encoder(home, self.model, device)
+
+    def query_vector(self, query: str | int | Path | bytes | np.ndarray) -> np.ndarray:
+        """Embed a query given as a path, a catalog id, raw bytes or decoded pixels."""
+        if isinstance(query, np.ndarray):
+            return self.encoder.embed_pixels([query])
+        if isinstance(query, bytes):
+            img = decode_bytes(query, path="<upload>", mode=self.encoder.mode)
+            return self.encoder.embed_pixels([img.pixels])
+        path = resolve_query(self.home, query)
+        return self.encoder.embed_files([path])
+
+    def search(
+        self,
+        query: str | int | Path | bytes | np.ndarray,
+        *,
+        k: int = 10,
+        label: str | None = None,
+        source: str | None = None,
+    ) -> list[Hit]:
+        """Return up to k hits, best first. With a label or source, a filter inside the search."""
+        vec = self.query_vector(query)
+        allowed = None
+        if label is not None or source is not None:
+            rows = self.home.catalog.images(labels=[label] if label else None,
+                                            sources=[source] if source else None)
+            allowed = np.asarray([r.id for r in rows], dtype=np.int64)
+        scores, ids = self.store.search(vec, k, allowed_ids=allowed)
+        found = [int(i) for i in ids[0] if i >= 0]
+        rows = {r.id: r for r in self.home.catalog.images(ids=found)}
+        return [
+            Hit(id=int(i), path=rows[int(i)].path, label=rows[int(i)].label,
+                source=rows[int(i)].source, score=float(s))
+            for s, i in zip(scores[0], ids[0], strict=True)
+            if i >= 0 and int(i) in rows
+        ]
+
+
+def search(
+    home: Home,
+    query: str | int | Path | bytes | np.ndarray,
+    *,
+    k: int = 10,
+    label: str | None = None,
+    model: str | None = None,
+    device: str = "auto",
+) -> list[Hit]:
+    """Search the catalog for images like `query` (one-shot; use Searcher for many queries)."""
+    return Searcher(home, model, device=device).search(query, k=k, label=label)
+
+
+def resolve_query(home: Home, query: str | int | Path) -> str:
+    """A query is a path to an image file or a catalog id; returns a path to decode."""
+    if isinstance(query, int):
+        return home.catalog.image(query).path
+    text = os.fspath(query)
+    if os.path.exists(text):
+        return text
+    if text.isdigit():
+        return home.catalog.image(int(text)).path
+    raise CatalogError(f"{text}: neither an existing image file nor a catalog id")
+
+
+def _check_fresh(home: Home, model: ModelRow, row: IndexRow) -> None:
+    newer = home.catalog.count_images_since(row.built_at)
+    if newer:
+        msg = (
+            f"The index of model {model.name!r} is stale: {newer} image(s) were ingested after "
+            f"it was built. Run: latentsight index build --model {model.name}"
+        )
+        raise StoreError(msg)
+
+
+__all__ = ["Hit", "Searcher", "resolve_query", "search"]

@@ -1,0 +1,3 @@
+from latentsight.cli import main
+
+main()

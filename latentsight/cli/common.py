@@ -1,0 +1,97 @@
+"""Options and helpers shared by every command: --home, --db-url, --device, output, errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from embedder.errors import LatentsightError
+from index.home import Home
+from latentsight.settings import ENV_DB_URL, ENV_DEVICE, ENV_HOME, Settings
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", envvar=ENV_HOME, help="Home folder (catalog, models, indexes, "
+                 "reports). Default ~/.latentsight.", show_default=False),
+]
+DbUrlOpt = Annotated[
+    str | None,
+    typer.Option("--db-url", envvar=ENV_DB_URL, help="SQLAlchemy URL of the catalog, e.g. "
+                 "postgresql+psycopg://user@host/db. Default: a SQLite file in the home.",
+                 show_default=False),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", envvar=ENV_DEVICE, help="auto (CUDA when torch sees a GPU), "
+                 "cpu or cuda."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="Model name (see `latentsight models list`). Default: the "
+                 "active model.", show_default=False),
+]
+
+EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def open_home(home: Path | None, db_url: str | None) -> Home:
+    return Settings.resolve(home, db_url).open_home()
+
+
+def echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn latentsight errors into one clear line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LatentsightError as e:
+            err(f"error: {e}")
+            raise typer.Exit(EXIT_ERROR) from None
+        except (ValueError, FileNotFoundError, PermissionError) as e:
+            err(f"error: {e}")
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            err("interrupted; everything committed so far is kept (re-run to continue)")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain fixed-width table for people."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()

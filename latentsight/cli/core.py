@@ -1,0 +1,223 @@
+"""Commands: ingest, train, search, models, eval, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from latentsight.cli import app
+from latentsight.cli.common import (
+    DbUrlOpt,
+    DeviceOpt,
+    HomeOpt,
+    JsonOpt,
+    ModelOpt,
+    echo_json,
+    handle_errors,
+    open_home,
+    table,
+)
+
+models_app = typer.Typer(help="List trained models and choose the active one.",
+                         no_args_is_help=True)
+eval_app = typer.Typer(help="Measure models on the labeled catalog.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
+
+
+@app.command()
+@handle_errors
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively).")],
+    labels_from_folders: Annotated[bool, typer.Option(
+        "--labels-from-folders", help="Label each image with its parent folder's name.")] = False,
+    label: Annotated[str | None, typer.Option(help="Label every ingested image with TEXT.")] = None,
+    source: Annotated[str, typer.Option(help="Source tag stored with each image.")] = "ingest",
+    json_out: JsonOpt = False,
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Add images to the catalog (and to the active model's index, when it has one).
+
+    Images are recognized by content, deduplicated by SHA-256 (re-ingesting a
+    folder adds nothing) and bad files are reported with a reason without
+    stopping the run.
+
+    Example: latentsight ingest data/ --labels-from-folders
+    """
+    from index.ingest import ingest_paths
+
+    h = open_home(home, db_url)
+    rep = ingest_paths(h, [str(p) for p in paths], label=label,
+                       labels_from_folders=labels_from_folders, source=source)
+    if json_out:
+        d = rep.as_dict()
+        echo_json({"added": d["added"], "duplicates": d["duplicates"], "failed": d["failed"],
+                   "skipped": d["skipped"], "indexed": d["indexed"]})
+    else:
+        typer.echo(f"added {rep.added}, duplicates {rep.duplicates}, failed {len(rep.failed)}, "
+                   f"skipped (not images) {rep.skipped}, added to index {rep.indexed}")
+        for f in rep.failed:
+            typer.echo(f"  failed: {f.path}: {f.error}")
+
+
+@app.command()
+@handle_errors
+def train(
+    model: Annotated[str, typer.Option("--model", help="Model family: ae.")] = "ae",
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="Train only on images of this label (repeatable).")] = None,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")]
+    = 30,
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 64,
+    latent_dim: Annotated[int, typer.Option(help="Size of the latent vector.")] = 128,
+    channels: Annotated[int, typer.Option(help="1 = grayscale, 3 = RGB.")] = 1,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-3,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+    augment: Annotated[bool, typer.Option(help="Random flips and 90-degree turns.")] = True,
+    name: Annotated[str | None, typer.Option(help="Model name. Default: KIND-TIMESTAMP.")] = None,
+    json_out: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Train an encoder on the catalog's images; the new model becomes the active one.
+
+    Seeded, with a validation split, early stopping and the best checkpoint kept
+    (safetensors + JSON in HOME/models/NAME).
+
+    Example: latentsight train --epochs 20 --image-size 64
+    """
+    from training.train import TrainConfig
+    from training.train import train as run_train
+
+    h = open_home(home, db_url)
+    cfg = TrainConfig(
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+        augment=augment, labels=list(label or []), name=name, device=device,
+        model_config={"image_size": image_size, "latent_dim": latent_dim, "channels": channels},
+    )
+    res = run_train(h, cfg)
+    m = {k: v for k, v in res.metrics.items() if k != "history"}
+    if json_out:
+        echo_json({"name": res.name, "kind": res.kind, "checkpoint": res.checkpoint, **m})
+    else:
+        typer.echo(f"trained {res.name} ({res.kind}): val_loss {m['val_loss']:.5f} after "
+                   f"{m['epochs_run']} epochs in {m['train_seconds']:.1f}s; now the active model")
+        typer.echo(f"next: latentsight index build --model {res.name}")
+
+
+@app.command()
+@handle_errors
+def search(
+    query: Annotated[str, typer.Argument(help="An image file (need not be in the catalog) or a "
+                                         "catalog id.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="How many results.")] = 10,
+    label: Annotated[str | None, typer.Option(help="Only return images of this label.")] = None,
+    model: ModelOpt = None,
+    json_out: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Find the catalog images most similar to QUERY, best first.
+
+    Example: latentsight search photo.png --k 5 --label scratches
+    """
+    from index.search import search as run_search
+
+    h = open_home(home, db_url)
+    hits = run_search(h, query, k=k, label=label, model=model, device=device)
+    if json_out:
+        echo_json([hit.as_dict() for hit in hits])
+    else:
+        typer.echo(table([hit.as_dict() for hit in hits], ["id", "score", "label", "source",
+                                                             "path"]))
+
+
+@models_app.command("list")
+@handle_errors
+def models_list(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = None) -> None:
+    """List trained models: name, kind, created, validation loss, active."""
+    h = open_home(home, db_url)
+    rows = [
+        {"name": m.name, "kind": m.kind, "created": m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+         "val_loss": (m.metrics or {}).get("val_loss"), "active": m.active}
+        for m in h.catalog.models()
+    ]
+    if json_out:
+        echo_json(rows)
+    elif not rows:
+        typer.echo("no models yet; run: latentsight train")
+    else:
+        typer.echo(table(rows, ["name", "kind", "created", "val_loss", "active"]))
+
+
+@models_app.command("use")
+@handle_errors
+def models_use(
+    name: Annotated[str, typer.Argument(help="Model to make active.")],
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Make NAME the active model (used by search, ingest and scans by default)."""
+    h = open_home(home, db_url)
+    m = h.catalog.set_active(name)
+    typer.echo(f"active model: {m.name}")
+    if h.catalog.index_for(m.id) is None:
+        typer.echo(f"it has no index yet; run: latentsight index build --model {m.name}")
+
+
+@eval_app.command("retrieval")
+@handle_errors
+def eval_retrieval(
+    model: ModelOpt = None,
+    k: Annotated[int, typer.Option("--k", "-k")] = 10,
+    json_out: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Leave-one-out precision@k and mAP by label, beside the raw-pixel baseline."""
+    from training.evaluate import evaluate_retrieval
+
+    h = open_home(home, db_url)
+    res = evaluate_retrieval(h, model=model, k=k, device=device)
+    if json_out:
+        echo_json(res)
+        return
+    base = res["baseline_raw_pixels"]
+    typer.echo(f"model {res['model']}: precision@{res['k']} {res['precision_at_k']:.3f}, "
+               f"mAP {res['map']:.3f} over {res['n']} labeled images")
+    typer.echo(f"raw pixels:  precision@{base['k']} {base['precision_at_k']:.3f}, "
+               f"mAP {base['map']:.3f}")
+    rows = [{"label": lab, "model": p, "raw_pixels": base["per_label"].get(lab)}
+            for lab, p in res["per_label"].items()]
+    typer.echo(table(rows, ["label", "model", "raw_pixels"]))
+
+
+@app.command()
+@handle_errors
+def demo(
+    epochs: Annotated[int, typer.Option(help="Training epochs for the demo model.")] = 8,
+    device: DeviceOpt = "auto",
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Run the whole pipeline on scikit-learn's bundled digits (no download needed).
+
+    Exports the 1797 digits as 32x32 PNGs into HOME/demo-data, ingests them with
+    labels, trains an autoencoder briefly, builds the index, runs a few
+    searches and prints precision@10 beside the raw-pixel baseline.
+    """
+    from latentsight.demo import run_demo
+
+    h = open_home(home, db_url)
+    code = run_demo(h, epochs=epochs, device=device)
+    if code:
+        raise typer.Exit(code)
+

@@ -1,0 +1,45 @@
+"""Session fixtures: small generated image folders and one trained model per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.imagegen import write_folder
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+NEU = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "neu-cls"
+
+
+@pytest.fixture(scope="session")
+def texture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 labels x 12 textures of 32x32, one folder per label."""
+    return write_folder(tmp_path_factory.mktemp("textures"), per_label=12)
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory: pytest.TempPathFactory, texture_dir: Path):
+    """A home with the texture folder ingested, a small AE trained and its index built."""
+    from index.home import Home
+    from index.ingest import ingest_paths
+    from index.manager import build_index
+    from training.train import TrainConfig, train
+
+    home = Home(tmp_path_factory.mktemp("home"))
+    ingest_paths(home, [texture_dir], labels_from_folders=True, progress=False)
+    cfg = TrainConfig(model="ae", epochs=2, batch_size=16, name="test-ae", device="cpu",
+                      model_config={"image_size": 32, "depth": 3, "latent_dim": 32, "width": 8})
+    train(home, cfg, progress=False)
+    build_index(home, home.catalog.model("test-ae"), device="cpu", progress=False, workers=0)
+    return home
+
+
+@pytest.fixture(scope="session")
+def neu_dir() -> Path:
+    if not NEU.is_dir():
+        pytest.skip(f"NEU-CLS data set not found at {NEU}")
+    return NEU

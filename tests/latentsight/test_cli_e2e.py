@@ -1,0 +1,119 @@
+"""End to end through the CLI: ingest -> train -> index build -> search, on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from latentsight.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str, code: int = 0) -> str:
+    res = runner.invoke(app, list(args), catch_exceptions=False)
+    assert res.exit_code == code, res.output + (res.stderr if res.stderr_bytes else "")
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def cli_home(tmp_path_factory, texture_dir) -> Path:
+    home = tmp_path_factory.mktemp("clihome")
+    out = run("ingest", str(texture_dir), "--labels-from-folders", "--json", "--home", str(home))
+    assert json.loads(out)["added"] == 48
+    run("train", "--epochs", "2", "--image-size", "32", "--latent-dim", "32", "--batch-size",
+        "16", "--name", "cli-ae", "--device", "cpu", "--home", str(home))
+    run("index", "build", "--home", str(home), "--device", "cpu")
+    return home
+
+
+def test_catalog_is_a_real_sqlite_file(cli_home):
+    assert (cli_home / "catalog.db").is_file()
+    assert (cli_home / "models" / "cli-ae" / "model.safetensors").is_file()
+    cfg = json.loads((cli_home / "models" / "cli-ae" / "config.json").read_text())
+    assert cfg["kind"] == "ae" and cfg["config"]["image_size"] == 32
+
+
+def test_search_returns_query_first_and_same_label_above_chance(cli_home, texture_dir):
+    same, total = 0, 0
+    for label in ("stripes_h", "stripes_v", "checker", "blobs"):
+        for q in sorted((texture_dir / label).glob("*.png"))[:3]:
+            hits = json.loads(run("search", str(q), "--k", "6", "--json", "--home", str(cli_home),
+                                  "--device", "cpu"))
+            assert Path(hits[0]["path"]).resolve() == q.resolve()
+            assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+            assert set(hits[0]) == {"id", "path", "label", "source", "score"}
+            same += sum(h["label"] == label for h in hits[1:])
+            total += len(hits[1:])
+    assert same / total > 0.25 + 0.15  # chance is 11/47 ~ 0.23 for 4 balanced labels
+
+
+def test_search_by_catalog_id(cli_home):
+    hits = json.loads(run("search", "5", "--k", "3", "--json", "--home", str(cli_home)))
+    assert hits[0]["id"] == 5
+
+
+def test_label_filter_returns_k_of_that_label(cli_home, texture_dir):
+    q = sorted((texture_dir / "stripes_h").glob("*.png"))[0]
+    hits = json.loads(run("search", str(q), "--k", "10", "--label", "blobs", "--json",
+                          "--home", str(cli_home)))
+    assert len(hits) == 10 and {h["label"] for h in hits} == {"blobs"}
+
+
+def test_reingest_adds_nothing(cli_home, texture_dir):
+    out = json.loads(run("ingest", str(texture_dir), "--json", "--home", str(cli_home)))
+    assert out["added"] == 0 and out["duplicates"] == 48 and out["failed"] == []
+
+
+def test_models_list_and_verify(cli_home):
+    rows = json.loads(run("models", "list", "--json", "--home", str(cli_home)))
+    assert [r["name"] for r in rows] == ["cli-ae"] and rows[0]["active"] is True
+    ver = json.loads(run("index", "verify", "--json", "--home", str(cli_home)))
+    assert ver["ok"] and ver["ntotal"] == 48
+
+
+def test_eval_retrieval_json(cli_home):
+    res = json.loads(run("eval", "retrieval", "--k", "5", "--json", "--home", str(cli_home)))
+    assert set(res) >= {"precision_at_k", "map", "k", "per_label", "baseline_raw_pixels"}
+    assert res["k"] == 5 and set(res["per_label"]) == {"stripes_h", "stripes_v", "checker",
+                                                        "blobs"}
+    assert 0.0 <= res["precision_at_k"] <= 1.0
+
+
+def test_errors_exit_2_with_one_clear_line(tmp_path, cli_home):
+    res = runner.invoke(app, ["search", str(tmp_path / "missing.png"), "--home", str(cli_home)])
+    assert res.exit_code == 2 and "neither an existing image file nor a catalog id" in res.output
+    empty = tmp_path / "empty"
+    res = runner.invoke(app, ["search", "1", "--home", str(empty)])
+    assert res.exit_code == 2 and "latentsight train" in res.output
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("hello")
+    res = runner.invoke(app, ["search", str(bad), "--home", str(cli_home)])
+    assert res.exit_code == 2 and "bad.jpg" in res.output and "not an image" in res.output
+
+
+def test_stale_index_names_the_fix(tmp_path, cli_home, texture_dir):
+    import shutil
+
+    home = tmp_path / "stale"
+    shutil.copytree(cli_home, home)
+    from index.home import Home
+
+    h = Home(home)
+    h.catalog.add_images([{"sha256": "f" * 64, "path": str(texture_dir / "blobs" / "000.png"),
+                           "byte_size": 1, "width": 32, "height": 32, "mode": "L",
+                           "format": "PNG", "label": None, "source": "x"}])
+    res = runner.invoke(app, ["search", "1", "--home", str(home)])
+    assert res.exit_code == 2 and "stale" in res.output and "index build" in res.output
+
+
+def test_console_script_help_teaches():
+    out = subprocess.run([sys.executable, "-m", "latentsight", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for cmd in ("ingest", "train", "search", "index", "models", "eval", "demo"):
+        assert cmd in out
