@@ -19,10 +19,12 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -55,13 +57,18 @@ class ImageRow(Base):
     format: Mapped[str] = mapped_column(String(16))
     label: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
     source: Mapped[str] = mapped_column(String(255), default="ingest", index=True)
+    synthetic: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    generator_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), nullable=True
+    )  # the GAN that made a synthetic image
     ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "sha256": self.sha256, "path": self.path, "byte_size": self.byte_size,
             "width": self.width, "height": self.height, "mode": self.mode, "format": self.format,
-            "label": self.label, "source": self.source,
+            "label": self.label, "source": self.source, "synthetic": self.synthetic,
+            "generator_id": self.generator_id,
             "ingested_at": self.ingested_at.isoformat() if self.ingested_at else None,
         }
 
@@ -72,6 +79,7 @@ class ModelRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     kind: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(16), default="encoder")  # encoder | generator
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     checkpoint_path: Mapped[str] = mapped_column(Text)
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
@@ -91,6 +99,42 @@ class IndexRow(Base):
     ntotal: Mapped[int] = mapped_column(BigInteger, default=0)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ScanRow(Base):
+    """One anomaly scan: which model, which threshold, over which paths."""
+
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    fpr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    paths: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done
+    n_images: Mapped[int] = mapped_column(Integer, default=0)
+    n_flagged: Mapped[int] = mapped_column(Integer, default=0)
+    n_failed: Mapped[int] = mapped_column(Integer, default=0)
+    report_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ScanResultRow(Base):
+    """One image of a scan: its score and flag, or the reason it could not be scored."""
+
+    __tablename__ = "scan_results"
+    __table_args__ = (UniqueConstraint("scan_id", "path", name="uq_scan_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    anomalous: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    nearest_ids: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class IngestFailureRow(Base):
@@ -243,17 +287,19 @@ class Catalog:
         checkpoint_sha256: str,
         metrics: dict[str, Any],
         activate: bool = True,
+        role: str = "encoder",
     ) -> ModelRow:
         with self.session() as s:
             if s.scalar(select(ModelRow).where(ModelRow.name == name)) is not None:
                 raise CatalogError(f"A model named {name!r} exists already; pick another --name.")
+            activate = activate and role == "encoder"
             if activate:
                 for m in s.scalars(select(ModelRow).where(ModelRow.active.is_(True))):
                     m.active = False
             row = ModelRow(
                 name=name, kind=kind, config=json.loads(json.dumps(config)),
                 checkpoint_path=checkpoint_path, checkpoint_sha256=checkpoint_sha256,
-                metrics=json.loads(json.dumps(metrics)), active=activate,
+                metrics=json.loads(json.dumps(metrics)), active=activate, role=role,
             )
             s.add(row)
             s.flush()
@@ -267,9 +313,10 @@ class Catalog:
         """The model called `name`, or the active one when `name` is None."""
         with self.session() as s:
             if name is None:
-                row = s.scalar(select(ModelRow).where(ModelRow.active.is_(True)))
+                enc = select(ModelRow).where(ModelRow.role == "encoder")
+                row = s.scalar(enc.where(ModelRow.active.is_(True)))
                 if row is None:
-                    row = s.scalar(select(ModelRow).order_by(ModelRow.id.desc()))
+                    row = s.scalar(enc.order_by(ModelRow.id.desc()))
                 if row is None:
                     raise CatalogError("No model trained yet. Run: latentsight train")
                 return row
@@ -281,6 +328,9 @@ class Catalog:
 
     def set_active(self, name: str) -> ModelRow:
         target = self.model(name)
+        if target.role != "encoder":
+            raise CatalogError(f"Model {name!r} is a {target.role}, not an encoder; it cannot be "
+                               "the active model.")
         with self.session() as s:
             for m in s.scalars(select(ModelRow)):
                 m.active = m.id == target.id
