@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: search, anomaly review, latent map, classes, status."""

@@ -1,0 +1,32 @@
+"""Entry point: `latentsight dashboard` runs `streamlit run dashboard/app.py`.
+
+The home comes from LATENTSIGHT_HOME / LATENTSIGHT_DB_URL; see dashboard/loaders.py.
+"""
+
+import sys
+from pathlib import Path
+
+# The pages import the `dashboard` package that sits next to this file, even from a checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import loaders  # noqa: E402
+
+st.set_page_config(page_title="latentsight", page_icon=":material/image_search:", layout="wide")
+
+pages = [
+    st.Page("pages/search.py", title="Search", icon=":material/search:", url_path="search",
+            default=True),
+    st.Page("pages/anomalies.py", title="Anomalies", icon=":material/warning:",
+            url_path="anomalies"),
+    st.Page("pages/latent_map.py", title="Latent map", icon=":material/scatter_plot:",
+            url_path="latent-map"),
+    st.Page("pages/classes.py", title="Classes & synthesis", icon=":material/category:",
+            url_path="classes"),
+    st.Page("pages/status.py", title="Status", icon=":material/monitor_heart:",
+            url_path="status"),
+]
+nav = st.navigation(pages)
+st.sidebar.caption(f"Home: `{loaders.home_location()[0]}`")
+nav.run()

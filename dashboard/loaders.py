@@ -1,0 +1,102 @@
+"""Cached loaders: one Home, Searcher and projection per process, shared by every session.
+
+The home comes from LATENTSIGHT_HOME / LATENTSIGHT_DB_URL (set by `latentsight
+dashboard`). Searchers are keyed by the index generation, so an ingest or a
+rebuild gives the next rerun a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from dashboard import core
+from embedder.errors import LatentsightError
+from index.home import Home
+from index.search import Searcher
+
+ENV_HOME, ENV_DB_URL, ENV_DEVICE = "LATENTSIGHT_HOME", "LATENTSIGHT_DB_URL", "LATENTSIGHT_DEVICE"
+
+
+def home_location() -> tuple[str, str | None]:
+    root = os.environ.get(ENV_HOME) or "~/.latentsight"
+    return str(Path(root).expanduser().resolve()), os.environ.get(ENV_DB_URL) or None
+
+
+@st.cache_resource(show_spinner=False)
+def load_home(root: str, db_url: str | None) -> Home:
+    return Home(root, db_url)
+
+
+def home() -> Home:
+    return load_home(*home_location())
+
+
+@st.cache_resource(show_spinner="Loading the model and its index...", max_entries=4)
+def load_searcher(root: str, db_url: str | None, model: str, generation: int, built_at: str,
+                  ntotal: int) -> Searcher:
+    device = os.environ.get(ENV_DEVICE) or "auto"
+    return Searcher(load_home(root, db_url), model, device=device)
+
+
+def searcher(h: Home) -> Searcher | None:
+    """The active model's Searcher, or None after showing why it cannot be loaded."""
+    try:
+        model = h.catalog.model()
+        row = h.catalog.index_for(model.id)
+        key = (row.generation, str(row.built_at), row.ntotal) if row else (0, "", 0)
+        return load_searcher(*home_location(), model.name, *key)
+    except LatentsightError as e:
+        st.error(str(e))
+        return None
+
+
+@st.cache_data(show_spinner="Projecting the embeddings...", max_entries=8)
+def projection(root: str, db_url: str | None, model: str, generation: int, built_at: str,
+               method: str, limit: int) -> dict[str, Any]:
+    """ids, 2-D coordinates and the catalog size for the model's index (sampled above `limit`)."""
+    h = load_home(root, db_url)
+    s = Searcher(h, model, device=os.environ.get(ENV_DEVICE) or "auto")
+    ids, vecs = core.catalog_vectors(h, s)
+    keep = core.sample_ids(ids, limit)
+    xy = core.project(vecs[keep], method=method)
+    return {"ids": ids[keep].astype(np.int64), "xy": xy, "total": int(len(ids))}
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def load_encoder(root: str, db_url: str | None, model: str, checkpoint_sha256: str):
+    from index.manager import load_encoder as _load
+
+    h = load_home(root, db_url)
+    return _load(h, h.catalog.model(model), os.environ.get(ENV_DEVICE) or "auto")
+
+
+def encoder(h: Home, model_id: int):
+    """The encoder of a catalog model by id, or None when it cannot be loaded."""
+    rows = [m for m in h.catalog.models() if m.id == model_id]
+    if not rows:
+        return None
+    try:
+        return load_encoder(*home_location(), rows[0].name, rows[0].checkpoint_sha256)
+    except LatentsightError:
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def neighbors(root: str, db_url: str | None, result_id: int, generation: int, k: int) -> list[int]:
+    """Nearest catalog ids of a scanned file (by its scan-result id) under the active model."""
+    from embedder.images import read_bytes
+
+    h = load_home(root, db_url)
+    row = core.scan_result(h, result_id)
+    s = searcher(h)
+    if row is None or s is None:
+        return []
+    try:
+        return [hit.id for hit in core.search(s, read_bytes(row.path), k=k)]
+    except (LatentsightError, OSError):
+        return []

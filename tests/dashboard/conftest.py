@@ -1,0 +1,65 @@
+"""Dashboard fixtures: a populated home (a copy of `trained_home` plus one scan) and an empty one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select, update
+
+from embedder.encoder import prepare
+from embedder.images import decode_file
+from index.catalog import IndexRow, ScanResultRow, ScanRow
+from index.home import Home
+from index.manager import load_encoder
+
+
+def reconstruction_scan(home: Home, paths: list[str], bad: list[str]) -> int:
+    """Record a scan scored by mean reconstruction error (higher = more anomalous)."""
+    model = home.catalog.model()
+    enc = load_encoder(home, model, "cpu")
+    scores = []
+    for p in paths:
+        x = torch.from_numpy(prepare(decode_file(p, mode=enc.mode).pixels, enc.image_size,
+                                     enc.channels))[None].float() / 255  # (1, C, S, S)
+        scores.append(float((x - enc.reconstruct_tensor(x)).abs().mean()))
+    threshold = float(np.quantile(scores, 0.8))
+    with home.catalog.session() as s:
+        scan = ScanRow(model_id=model.id, threshold=threshold, paths=sorted({str(Path(p).parent)
+                                                                             for p in paths}),
+                       status="done", n_images=len(paths) + len(bad),
+                       n_flagged=sum(x > threshold for x in scores), n_failed=len(bad))
+        s.add(scan)
+        s.flush()
+        rows = {r.path: r.sha256 for r in home.catalog.images()}
+        s.add_all(ScanResultRow(scan_id=scan.id, path=p, sha256=rows.get(p), score=sc,
+                                anomalous=sc > threshold) for p, sc in zip(paths, scores,
+                                                                           strict=True))
+        s.add_all(ScanResultRow(scan_id=scan.id, path=b, error="not an image") for b in bad)
+        return scan.id
+
+
+@pytest.fixture(scope="session")
+def dash_home(tmp_path_factory, trained_home) -> Home:
+    """A private copy of `trained_home` (so the dashboard may write to it) with one scan."""
+    root = tmp_path_factory.mktemp("dash") / "home"
+    trained_home.catalog.engine.dispose()
+    shutil.copytree(trained_home.root, root)
+    home = Home(root)
+    with home.catalog.session() as s:
+        for row in s.scalars(select(IndexRow)):
+            s.execute(update(IndexRow).where(IndexRow.id == row.id)
+                      .values(path=str(root / "indexes" / Path(row.path).name)))
+    paths = [r.path for r in home.catalog.images()]
+    bad = root / "not-an-image.png"
+    bad.write_bytes(b"hello")
+    reconstruction_scan(home, paths, [str(bad)])
+    return home
+
+
+@pytest.fixture()
+def empty_home(tmp_path) -> Home:
+    return Home(tmp_path / "empty")

@@ -1,0 +1,149 @@
+"""Every page through Streamlit's AppTest, on a populated home and on an empty one."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from index.home import Home
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+PAGES = ["pages/search.py", "pages/anomalies.py", "pages/latent_map.py", "pages/classes.py",
+         "pages/status.py"]
+RANK = re.compile(r"^\*\*(\d+)\. #(\d+)\*\*")
+
+
+def open_page(monkeypatch, home: Home, page: str, **state) -> AppTest:
+    monkeypatch.setenv("LATENTSIGHT_HOME", str(home.root))
+    monkeypatch.delenv("LATENTSIGHT_DB_URL", raising=False)
+    monkeypatch.setenv("LATENTSIGHT_DEVICE", "cpu")
+    at = AppTest.from_file(APP, default_timeout=180)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def ranked_ids(at: AppTest) -> list[int]:
+    """Catalog ids of the result cards, in rank order."""
+    found = [RANK.match(m.value) for m in at.markdown]
+    return [int(m.group(2)) for m in sorted((m for m in found if m), key=lambda m: int(m[1]))]
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(e.value for kind in ("info", "warning", "error", "markdown", "caption")
+                     for e in getattr(at, kind))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_empty_home_says_what_to_run_first(monkeypatch, empty_home, page):
+    at = open_page(monkeypatch, empty_home, page)
+    assert "latentsight ingest" in texts(at)
+    assert not at.error
+
+
+def test_search_page_widgets(monkeypatch, dash_home):
+    at = open_page(monkeypatch, dash_home, "pages/search.py")
+    assert at.slider(key="k").value == 12
+    assert at.multiselect(key="f_labels").options
+    assert at.file_uploader
+    assert at.button(key=f"pick-{dash_home.catalog.image_ids()[0]}")
+    assert "Upload an image or pick one" in texts(at)
+
+
+def test_search_by_catalog_id_shows_the_query_first(monkeypatch, dash_home):
+    target = dash_home.catalog.image_ids()[7]
+    at = open_page(monkeypatch, dash_home, "pages/search.py")
+    at.number_input(key="by_id").set_value(target)
+    at.button(key="search_by_id").click().run()
+    assert not at.exception
+    ids = ranked_ids(at)
+    assert len(ids) == 12 and ids[0] == target
+    assert at.download_button(key="csv")
+
+
+def test_clicking_a_result_searches_from_it(monkeypatch, dash_home):
+    first = dash_home.catalog.image_ids()[0]
+    at = open_page(monkeypatch, dash_home, "pages/search.py",
+                   query={"kind": "id", "id": first})
+    second = ranked_ids(at)[1]
+    at.button(key="hit-2").click().run()
+    assert ranked_ids(at)[0] == second
+
+
+def test_filters_keep_only_the_chosen_label(monkeypatch, dash_home):
+    row = dash_home.catalog.images()[0]
+    at = open_page(monkeypatch, dash_home, "pages/search.py",
+                   query={"kind": "id", "id": row.id})
+    other = next(lab for lab in at.multiselect(key="f_labels").options if lab != row.label)
+    at.multiselect(key="f_labels").set_value([other]).run()
+    ids = ranked_ids(at)
+    labels = {r.id: r.label for r in dash_home.catalog.images(ids=ids)}
+    assert ids and set(labels.values()) == {other}
+
+
+def test_upload_searches_and_a_non_image_gets_a_clear_message(monkeypatch, dash_home):
+    row = dash_home.catalog.images()[3]
+    at = open_page(monkeypatch, dash_home, "pages/search.py")
+    at.file_uploader(key="upload").set_value(("q.png", Path(row.path).read_bytes(),
+                                              "image/png")).run()
+    assert not at.exception
+    assert ranked_ids(at)[0] == row.id  # the same pixels are their own nearest neighbor
+    at.file_uploader(key="upload").set_value(("notes.png", b"just some text", "image/png")).run()
+    assert not at.exception
+    assert any("notes.png" in e.value and "not an image" in e.value for e in at.error)
+
+
+def test_oversized_upload_is_refused(monkeypatch, dash_home):
+    from dashboard.core import MAX_UPLOAD_MB
+
+    big = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (2200, 2200, 3), dtype=np.uint8)).save(big, "PNG")
+    assert big.tell() > MAX_UPLOAD_MB * 1024 * 1024
+    at = open_page(monkeypatch, dash_home, "pages/search.py")
+    at.file_uploader(key="upload").set_value(("big.png", big.getvalue(), "image/png")).run()
+    assert any("limit" in e.value for e in at.error)
+
+
+def test_anomalies_threshold_reflags_live(monkeypatch, dash_home):
+    at = open_page(monkeypatch, dash_home, "pages/anomalies.py")
+    scan = at.selectbox(key="scan").value
+    slider = at.slider(key=f"thr-{scan.id}")
+    flagged = int(at.metric[0].value)
+    assert flagged == scan.n_flagged and int(at.metric[2].value) == 1
+    assert at.get("plotly_chart") and at.download_button(key="scan_csv")
+    slider.set_value(slider.min).run()
+    assert int(at.metric[0].value) > flagged
+    assert int(at.metric[0].value) + int(at.metric[1].value) == scan.n_images - 1
+
+
+def test_latent_map_plots_every_point(monkeypatch, dash_home):
+    at = open_page(monkeypatch, dash_home, "pages/latent_map.py")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    at.radio(key="color").set_value("anomaly score").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1
+
+
+def test_classes_page_highlights_sparse_classes(monkeypatch, dash_home):
+    at = open_page(monkeypatch, dash_home, "pages/classes.py")
+    assert at.get("plotly_chart")
+    at.slider(key="sparse_below").set_value(at.slider(key="sparse_below").max).run()
+    assert any("Sparse classes" in w.value for w in at.warning)
+
+
+def test_status_page_shows_models_curves_and_index_health(monkeypatch, dash_home):
+    at = open_page(monkeypatch, dash_home, "pages/status.py")
+    assert int(at.metric[0].value.replace(",", "")) == dash_home.catalog.count_images()
+    assert at.text_input(key="ingest_folder")
+    assert at.selectbox(key="curve").value.name == "test-ae"
+    assert at.get("plotly_chart")
+    assert len(at.dataframe) >= 2
