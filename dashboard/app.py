@@ -16,15 +16,15 @@ from dashboard import loaders  # noqa: E402
 st.set_page_config(page_title="latentsight", page_icon=":material/image_search:", layout="wide")
 
 pages = [
-    st.Page("pages/search.py", title="Search", icon=":material/search:", url_path="search",
+    st.Page("views/search.py", title="Search", icon=":material/search:", url_path="search",
             default=True),
-    st.Page("pages/anomalies.py", title="Anomalies", icon=":material/warning:",
+    st.Page("views/anomalies.py", title="Anomalies", icon=":material/warning:",
             url_path="anomalies"),
-    st.Page("pages/latent_map.py", title="Latent map", icon=":material/scatter_plot:",
-            url_path="latent-map"),
-    st.Page("pages/classes.py", title="Classes & synthesis", icon=":material/category:",
+    st.Page("views/latent_map.py", title="Latent map", icon=":material/scatter_plot:",
+            url_path="latent_map"),
+    st.Page("views/classes.py", title="Classes & synthesis", icon=":material/category:",
             url_path="classes"),
-    st.Page("pages/status.py", title="Status", icon=":material/monitor_heart:",
+    st.Page("views/status.py", title="Status", icon=":material/monitor_heart:",
             url_path="status"),
 ]
 nav = st.navigation(pages)

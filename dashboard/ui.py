@@ -37,7 +37,7 @@ def set_query_id(image_id: int) -> None:
 
 def open_in_search(image_id: int) -> None:
     set_query_id(image_id)
-    st.switch_page("pages/search.py")
+    st.switch_page("views/search.py")
 
 
 def card(home: Home, image_id: int, caption: str, *, detail: str | None = None) -> None:

@@ -43,6 +43,12 @@ def export_digits(directory: Path, size: int = 32) -> int:
     return written
 
 
+def _cli() -> str:
+    """How the user ran latentsight (`.venv/bin/latentsight` under `make demo`)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return argv0 if Path(argv0).name == "latentsight" else "latentsight"
+
+
 def say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -89,5 +95,6 @@ def run_demo(home: Home, *, epochs: int = 8, device: str = "auto") -> int:
         f"(mAP {base['map']:.3f})")
     say(f"done in {time.perf_counter() - t0:.0f}s. Home: {home.root}")
     say(f"try: latentsight search {rows[0].path} --home {home.root} --k 5")
+    say(f"open the dashboard on this data: {_cli()} dashboard --home {home.root}")
     print("", file=sys.stderr)
     return 0

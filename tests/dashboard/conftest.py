@@ -1,4 +1,4 @@
-"""Dashboard fixtures: a populated home (a copy of `trained_home` plus one scan) and an empty one."""
+"""Dashboard fixtures: a populated home (a copy of `trained_home`, one scan) and an empty one."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from streamlit.testing.v1 import AppTest
 from index.home import Home
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-PAGES = ["pages/search.py", "pages/anomalies.py", "pages/latent_map.py", "pages/classes.py",
-         "pages/status.py"]
+PAGES = ["views/search.py", "views/anomalies.py", "views/latent_map.py", "views/classes.py",
+         "views/status.py"]
 RANK = re.compile(r"^\*\*(\d+)\. #(\d+)\*\*")
 
 
@@ -50,7 +50,7 @@ def test_empty_home_says_what_to_run_first(monkeypatch, empty_home, page):
 
 
 def test_search_page_widgets(monkeypatch, dash_home):
-    at = open_page(monkeypatch, dash_home, "pages/search.py")
+    at = open_page(monkeypatch, dash_home, "views/search.py")
     assert at.slider(key="k").value == 12
     assert at.multiselect(key="f_labels").options
     assert at.file_uploader
@@ -60,7 +60,7 @@ def test_search_page_widgets(monkeypatch, dash_home):
 
 def test_search_by_catalog_id_shows_the_query_first(monkeypatch, dash_home):
     target = dash_home.catalog.image_ids()[7]
-    at = open_page(monkeypatch, dash_home, "pages/search.py")
+    at = open_page(monkeypatch, dash_home, "views/search.py")
     at.number_input(key="by_id").set_value(target)
     at.button(key="search_by_id").click().run()
     assert not at.exception
@@ -71,7 +71,7 @@ def test_search_by_catalog_id_shows_the_query_first(monkeypatch, dash_home):
 
 def test_clicking_a_result_searches_from_it(monkeypatch, dash_home):
     first = dash_home.catalog.image_ids()[0]
-    at = open_page(monkeypatch, dash_home, "pages/search.py",
+    at = open_page(monkeypatch, dash_home, "views/search.py",
                    query={"kind": "id", "id": first})
     second = ranked_ids(at)[1]
     at.button(key="hit-2").click().run()
@@ -80,7 +80,7 @@ def test_clicking_a_result_searches_from_it(monkeypatch, dash_home):
 
 def test_filters_keep_only_the_chosen_label(monkeypatch, dash_home):
     row = dash_home.catalog.images()[0]
-    at = open_page(monkeypatch, dash_home, "pages/search.py",
+    at = open_page(monkeypatch, dash_home, "views/search.py",
                    query={"kind": "id", "id": row.id})
     other = next(lab for lab in at.multiselect(key="f_labels").options if lab != row.label)
     at.multiselect(key="f_labels").set_value([other]).run()
@@ -91,7 +91,7 @@ def test_filters_keep_only_the_chosen_label(monkeypatch, dash_home):
 
 def test_upload_searches_and_a_non_image_gets_a_clear_message(monkeypatch, dash_home):
     row = dash_home.catalog.images()[3]
-    at = open_page(monkeypatch, dash_home, "pages/search.py")
+    at = open_page(monkeypatch, dash_home, "views/search.py")
     at.file_uploader(key="upload").set_value(("q.png", Path(row.path).read_bytes(),
                                               "image/png")).run()
     assert not at.exception
@@ -108,13 +108,13 @@ def test_oversized_upload_is_refused(monkeypatch, dash_home):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (2200, 2200, 3), dtype=np.uint8)).save(big, "PNG")
     assert big.tell() > MAX_UPLOAD_MB * 1024 * 1024
-    at = open_page(monkeypatch, dash_home, "pages/search.py")
+    at = open_page(monkeypatch, dash_home, "views/search.py")
     at.file_uploader(key="upload").set_value(("big.png", big.getvalue(), "image/png")).run()
     assert any("limit" in e.value for e in at.error)
 
 
 def test_anomalies_threshold_reflags_live(monkeypatch, dash_home):
-    at = open_page(monkeypatch, dash_home, "pages/anomalies.py")
+    at = open_page(monkeypatch, dash_home, "views/anomalies.py")
     scan = at.selectbox(key="scan").value
     slider = at.slider(key=f"thr-{scan.id}")
     flagged = int(at.metric[0].value)
@@ -126,7 +126,7 @@ def test_anomalies_threshold_reflags_live(monkeypatch, dash_home):
 
 
 def test_latent_map_plots_every_point(monkeypatch, dash_home):
-    at = open_page(monkeypatch, dash_home, "pages/latent_map.py")
+    at = open_page(monkeypatch, dash_home, "views/latent_map.py")
     charts = at.get("plotly_chart")
     assert len(charts) == 1
     at.radio(key="color").set_value("anomaly score").run()
@@ -134,14 +134,14 @@ def test_latent_map_plots_every_point(monkeypatch, dash_home):
 
 
 def test_classes_page_highlights_sparse_classes(monkeypatch, dash_home):
-    at = open_page(monkeypatch, dash_home, "pages/classes.py")
+    at = open_page(monkeypatch, dash_home, "views/classes.py")
     assert at.get("plotly_chart")
     at.slider(key="sparse_below").set_value(at.slider(key="sparse_below").max).run()
     assert any("Sparse classes" in w.value for w in at.warning)
 
 
 def test_status_page_shows_models_curves_and_index_health(monkeypatch, dash_home):
-    at = open_page(monkeypatch, dash_home, "pages/status.py")
+    at = open_page(monkeypatch, dash_home, "views/status.py")
     assert int(at.metric[0].value.replace(",", "")) == dash_home.catalog.count_images()
     assert at.text_input(key="ingest_folder")
     assert at.selectbox(key="curve").value.name == "test-ae"

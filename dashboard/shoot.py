@@ -1,0 +1,203 @@
+"""Drive the dashboard in headless Chromium: load every page, upload a query, save screenshots.
+
+    python -m dashboard.shoot --home /tmp/demo-home --out docs/screenshots --query IMAGE
+
+Uses Debian's /usr/bin/chromium and /usr/bin/chromedriver through Selenium
+(nothing is downloaded). The browser test in tests/dashboard uses the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [  # url path, title, the file name of its screenshot
+    ("search", "Search", "search.png"),
+    ("anomalies", "Anomalies", "anomalies.png"),
+    ("latent_map", "Latent map", "latent-map.png"),
+    ("classes", "Classes & synthesis", "classes.png"),
+    ("status", "Status", "status.png"),
+]
+
+
+def browser_available() -> bool:
+    return CHROMIUM.is_file() and CHROMEDRIVER.is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(home: Path, *, port: int | None = None, log: Path | None = None,
+          timeout: float = 180) -> Iterator[str]:
+    """Run `latentsight dashboard` on a loopback port; yields its URL, stops it afterwards."""
+    port = port or free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cmd = [sys.executable, "-m", "latentsight", "dashboard", "--home", str(home),
+           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                msg = f"`latentsight dashboard` exited with status {proc.returncode}"
+                raise RuntimeError(msg)
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                msg = f"the dashboard did not answer on {url} within {timeout:.0f}s"
+                raise RuntimeError(msg)
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if log:
+            out.close()
+
+
+@contextmanager
+def chromium(width: int = 1400, height: int = 1000) -> Iterator[object]:
+    """A headless Chromium driven by chromedriver, with a fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    with tempfile.TemporaryDirectory(prefix="ls-chromium-") as profile:
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = str(CHROMIUM)
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                     f"--window-size={width},{height}"):
+            opts.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+        try:
+            driver.set_page_load_timeout(120)
+            yield driver
+        finally:
+            driver.quit()
+
+
+def settle(driver, timeout: float = 120) -> None:
+    """Wait until the Streamlit script run has finished (no running indicator for a moment)."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while time.monotonic() < deadline:
+        running = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+        stale = driver.find_elements(By.CSS_SELECTOR, '[data-stale="true"]')
+        quiet = quiet + 1 if not running and not stale else 0
+        if quiet >= 4:
+            return
+        time.sleep(0.5)
+    msg = f"the page was still running after {timeout:.0f}s"
+    raise TimeoutError(msg)
+
+
+def wait_for(driver, css: str, count: int = 1, timeout: float = 120) -> list:
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        if len(found) >= count:
+            return found
+        time.sleep(0.5)
+    msg = f"fewer than {count} elements matched {css!r} after {timeout:.0f}s"
+    raise TimeoutError(msg)
+
+
+def page_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def save_png(driver, path: Path, max_colors: int = 256) -> Path:
+    """A screenshot reduced to a palette PNG (a few hundred KB at most)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    img.quantize(colors=max_colors, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return path
+
+
+def tour(url: str, out: Path, query_image: Path) -> dict[str, object]:
+    """Visit every page, upload `query_image` on Search; returns what was seen per page."""
+    from selenium.webdriver.common.by import By
+
+    out.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, object] = {}
+    with chromium() as driver:
+        for slug, title, name in PAGES:
+            driver.get(f"{url}/{slug}")
+            wait_for(driver, "h1")
+            settle(driver)
+            if slug == "search":
+                upload = wait_for(driver, 'input[type="file"]')[0]
+                upload.send_keys(str(query_image))
+                wait_for(driver, '[data-testid="stDownloadButton"]')
+                settle(driver)
+                driver.execute_script("window.scrollTo(0, 0)")
+            if slug == "latent_map":
+                wait_for(driver, ".js-plotly-plot")
+                settle(driver)
+            text = page_text(driver)
+            seen[slug] = {
+                "title": title in text,
+                "exception": bool(driver.find_elements(By.CSS_SELECTOR,
+                                                       '[data-testid="stException"]')),
+                "images": len(driver.find_elements(By.CSS_SELECTOR,
+                                                   '[data-testid="stImage"] img')),
+                "text": text,
+                "screenshot": str(save_png(driver, out / name)),
+            }
+    return seen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--home", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--query", type=Path, required=True, help="image to upload on Search")
+    args = ap.parse_args()
+    with serve(args.home, log=args.out / "dashboard.log" if args.out.is_dir() else None) as url:
+        for slug, info in tour(url, args.out, args.query).items():
+            print(f"{slug}: title {info['title']}, images {info['images']}, "
+                  f"exception {info['exception']} -> {info['screenshot']}")
+
+
+if __name__ == "__main__":
+    main()

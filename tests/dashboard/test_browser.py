@@ -1,0 +1,36 @@
+"""The dashboard in a real headless Chromium: `latentsight dashboard` on a loopback port."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dashboard import shoot
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser_ready():
+    if not shoot.browser_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium and chromium-driver (see .ci/run)")
+        pytest.skip(f"{shoot.CHROMIUM} or {shoot.CHROMEDRIVER} not installed")
+    pytest.importorskip("selenium")
+
+
+def test_every_page_loads_and_an_upload_finds_results(browser_ready, dash_home, tmp_path):
+    query = dash_home.catalog.images()[5]
+    with shoot.serve(dash_home.root, log=tmp_path / "dashboard.log") as url:
+        seen = shoot.tour(url, tmp_path / "shots", query_image=Path(query.path))
+    for slug, title, name in shoot.PAGES:
+        page = seen[slug]
+        assert page["title"], f"{title} did not render: {page['text'][:500]}"
+        assert not page["exception"], f"{slug} raised: {page['text'][:2000]}"
+        assert (tmp_path / "shots" / name).stat().st_size > 5_000
+    search = seen["search"]
+    assert f"1. #{query.id}" in search["text"]  # the uploaded file is its own best match
+    assert "12 results" in search["text"] and search["images"] >= 1 + 12  # query + k=12 hits
+    assert "Flagged" in seen["anomalies"]["text"]
