@@ -141,6 +141,7 @@ def sync_index(
     store: VectorStore | None = None,
     ready: dict[int, np.ndarray] | None = None,
     progress: bool = True,
+    force_save: bool = False,
 ) -> int:
     """Bring the index of `model` in line with the catalog; returns the number of vectors added.
 
@@ -175,7 +176,7 @@ def sync_index(
                                               progress=progress, home=home)
             store.add(kept, vecs)
             added += len(kept)
-    if missing.size or extra.size:
+    if missing.size or extra.size or force_save:
         row = home.catalog.index_for(model.id, BACKEND)
         path = Path(row.path) if row else index_path(home, model)
         store.save(path)
