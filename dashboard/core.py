@@ -67,7 +67,7 @@ def home_state(home: Home) -> HomeState:
     indexed = False
     if model is not None:
         row = cat.index_for(model.id)
-        indexed = row is not None and Path(row.path).is_file()
+        indexed = row is not None and home.resolve(row.path).is_file()
     return HomeState(root=str(home.root), images=cat.count_images(),
                      model=model.name if model else None, indexed=indexed)
 

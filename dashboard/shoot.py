@@ -24,8 +24,8 @@ from pathlib import Path
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [  # url path, title, the file name of its screenshot
-    ("search", "Search", "search.png"),
+PAGES = [  # url path (the default page is at the root), title, the file name of its screenshot
+    ("", "Search", "search.png"),
     ("anomalies", "Anomalies", "anomalies.png"),
     ("latent_map", "Latent map", "latent-map.png"),
     ("classes", "Classes & synthesis", "classes.png"),
@@ -154,18 +154,18 @@ def save_png(driver, path: Path, max_colors: int = 256) -> Path:
     return path
 
 
-def tour(url: str, out: Path, query_image: Path) -> dict[str, object]:
+def tour(url: str, out: Path, query_image: Path, *, height: int = 1800) -> dict[str, object]:
     """Visit every page, upload `query_image` on Search; returns what was seen per page."""
     from selenium.webdriver.common.by import By
 
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, object] = {}
-    with chromium() as driver:
+    with chromium(height=height) as driver:
         for slug, title, name in PAGES:
             driver.get(f"{url}/{slug}")
             wait_for(driver, "h1")
             settle(driver)
-            if slug == "search":
+            if title == "Search":
                 upload = wait_for(driver, 'input[type="file"]')[0]
                 upload.send_keys(str(query_image))
                 wait_for(driver, '[data-testid="stDownloadButton"]')
@@ -175,8 +175,9 @@ def tour(url: str, out: Path, query_image: Path) -> dict[str, object]:
                 wait_for(driver, ".js-plotly-plot")
                 settle(driver)
             text = page_text(driver)
-            seen[slug] = {
-                "title": title in text,
+            seen[title] = {
+                "title": driver.find_element(By.TAG_NAME, "h1").text.strip() == title
+                and "Page not found" not in text,
                 "exception": bool(driver.find_elements(By.CSS_SELECTOR,
                                                        '[data-testid="stException"]')),
                 "images": len(driver.find_elements(By.CSS_SELECTOR,
@@ -193,9 +194,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--query", type=Path, required=True, help="image to upload on Search")
     args = ap.parse_args()
-    with serve(args.home, log=args.out / "dashboard.log" if args.out.is_dir() else None) as url:
-        for slug, info in tour(url, args.out, args.query).items():
-            print(f"{slug}: title {info['title']}, images {info['images']}, "
+    with serve(args.home) as url:
+        for title, info in tour(url, args.out, args.query).items():
+            print(f"{title}: title {info['title']}, images {info['images']}, "
                   f"exception {info['exception']} -> {info['screenshot']}")
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import select, update
 
 from embedder.encoder import prepare
 from embedder.images import decode_file
-from index.catalog import IndexRow, ScanResultRow, ScanRow
+from index.catalog import ScanResultRow, ScanRow
 from index.home import Home
 from index.manager import load_encoder
 
@@ -48,11 +47,7 @@ def dash_home(tmp_path_factory, trained_home) -> Home:
     root = tmp_path_factory.mktemp("dash") / "home"
     trained_home.catalog.engine.dispose()
     shutil.copytree(trained_home.root, root)
-    home = Home(root)
-    with home.catalog.session() as s:
-        for row in s.scalars(select(IndexRow)):
-            s.execute(update(IndexRow).where(IndexRow.id == row.id)
-                      .values(path=str(root / "indexes" / Path(row.path).name)))
+    home = Home(root)  # model and index paths are stored relative to the home
     paths = [r.path for r in home.catalog.images()]
     bad = root / "not-an-image.png"
     bad.write_bytes(b"hello")

@@ -25,12 +25,12 @@ def test_every_page_loads_and_an_upload_finds_results(browser_ready, dash_home, 
     query = dash_home.catalog.images()[5]
     with shoot.serve(dash_home.root, log=tmp_path / "dashboard.log") as url:
         seen = shoot.tour(url, tmp_path / "shots", query_image=Path(query.path))
-    for slug, title, name in shoot.PAGES:
-        page = seen[slug]
+    for _slug, title, name in shoot.PAGES:
+        page = seen[title]
         assert page["title"], f"{title} did not render: {page['text'][:500]}"
-        assert not page["exception"], f"{slug} raised: {page['text'][:2000]}"
+        assert not page["exception"], f"{title} raised: {page['text'][:2000]}"
         assert (tmp_path / "shots" / name).stat().st_size > 5_000
-    search = seen["search"]
+    search = seen["Search"]
     assert f"1. #{query.id}" in search["text"]  # the uploaded file is its own best match
     assert "12 results" in search["text"] and search["images"] >= 1 + 12  # query + k=12 hits
-    assert "Flagged" in seen["anomalies"]["text"]
+    assert "Flagged" in seen["Anomalies"]["text"]
