@@ -31,6 +31,7 @@ THUMB_SIZE = 128  # px, longest side of a cached thumbnail
 MAX_UPLOAD_MB = 10  # an upload above this is refused before decoding
 SAMPLE_ABOVE = 100_000  # the latent map samples catalogs larger than this
 TSNE_MAX = 5_000  # t-SNE is quadratic-ish: it runs on at most this many points
+HOVER_IMAGES_MAX = 3_000  # above this many points the tooltips carry no thumbnail
 
 
 # ---- what the home holds ------------------------------------------------------------------
@@ -469,3 +470,16 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in (metrics or {}).items()
             if isinstance(v, int | float | str | bool) and not (isinstance(v, float)
                                                                 and math.isnan(v))}
+
+
+def data_url(path: Path | None, size: int = 64) -> str | None:
+    """A small inline JPEG of a cached thumbnail, for chart tooltips (None when absent)."""
+    import base64
+
+    if path is None:
+        return None
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -100,3 +100,10 @@ def neighbors(root: str, db_url: str | None, result_id: int, generation: int, k:
         return [hit.id for hit in core.search(s, read_bytes(row.path), k=k)]
     except (LatentsightError, OSError):
         return []
+
+
+@st.cache_data(show_spinner="Making thumbnails...", max_entries=8)
+def hover_images(root: str, db_url: str | None, ids: tuple[int, ...]) -> list[str | None]:
+    """Inline thumbnails of catalog images for chart tooltips (made once, cached on disk)."""
+    h = load_home(root, db_url)
+    return [core.data_url(core.thumbnail(h, i)) for i in ids]

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +156,49 @@ def save_png(driver, path: Path, max_colors: int = 256) -> Path:
     return path
 
 
+def hover_tooltip(driver, steps: int = 14) -> bool:
+    """Move the mouse over the chart until a tooltip with a thumbnail shows; True if one did."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    chart = driver.find_element(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"]')
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
+    w, h = chart.size["width"], chart.size["height"]
+    for fy in np.linspace(0.3, 0.7, steps // 2):
+        for fx in np.linspace(0.3, 0.7, steps):
+            ActionChains(driver).move_to_element_with_offset(
+                chart, int((fx - 0.5) * w), int((fy - 0.5) * h)).perform()
+            time.sleep(0.15)
+            imgs = driver.find_elements(By.CSS_SELECTOR, "#vg-tooltip-element img")
+            if imgs and imgs[0].is_displayed():
+                return True
+    return False
+
+
+def open_from_map(driver) -> str:
+    """Click the point under the mouse, then "Open in Search"; returns the Search page's text."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ActionChains(driver).click().perform()
+    xpath = "//button[normalize-space(.)='Open in Search']"
+    deadline = time.monotonic() + 60
+    while not driver.find_elements(By.XPATH, xpath):
+        if time.monotonic() > deadline:
+            return ""
+        time.sleep(0.5)
+    settle(driver)
+    driver.find_element(By.XPATH, xpath).click()
+    deadline = time.monotonic() + 120
+    while "results" not in page_text(driver) or driver.find_element(
+            By.TAG_NAME, "h1").text.strip() != "Search":
+        if time.monotonic() > deadline:
+            return page_text(driver)
+        time.sleep(0.5)
+    settle(driver)
+    return page_text(driver)
+
+
 def tour(url: str, out: Path, query_image: Path, *, height: int = 1800) -> dict[str, object]:
     """Visit every page, upload `query_image` on Search; returns what was seen per page."""
     from selenium.webdriver.common.by import By
@@ -171,9 +216,14 @@ def tour(url: str, out: Path, query_image: Path, *, height: int = 1800) -> dict[
                 wait_for(driver, '[data-testid="stDownloadButton"]')
                 settle(driver)
                 driver.execute_script("window.scrollTo(0, 0)")
+            hover = None
             if slug == "latent_map":
-                wait_for(driver, ".js-plotly-plot")
+                wait_for(driver, '[data-testid="stVegaLiteChart"] canvas, '
+                                 '[data-testid="stVegaLiteChart"] svg')
                 settle(driver)
+                hover = hover_tooltip(driver)
+                tip = driver.find_elements(By.ID, "vg-tooltip-element")
+                hover_text = tip[0].text if hover and tip else ""
             text = page_text(driver)
             seen[title] = {
                 "title": driver.find_element(By.TAG_NAME, "h1").text.strip() == title
@@ -183,8 +233,11 @@ def tour(url: str, out: Path, query_image: Path, *, height: int = 1800) -> dict[
                 "images": len(driver.find_elements(By.CSS_SELECTOR,
                                                    '[data-testid="stImage"] img')),
                 "text": text,
+                "hover_image": hover,
                 "screenshot": str(save_png(driver, out / name)),
             }
+            if hover:  # click the point under the mouse and open it in Search
+                seen["map point"] = {"tooltip": hover_text, "search": open_from_map(driver)}
     return seen
 
 

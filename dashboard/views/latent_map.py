@@ -1,8 +1,8 @@
 """Latent map: a 2-D projection of the active model's embeddings; a point opens in Search."""
 
+import altair as alt
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from dashboard import core, loaders, ui
@@ -32,29 +32,47 @@ if len(ids) == 0:
 rows = {r.id: r for r in home.catalog.images(ids=ids.tolist())}
 df = pd.DataFrame({
     "x": data["xy"][:, 0], "y": data["xy"][:, 1], "id": ids,
-    "label": [rows[i].label or "-" if i in rows else "-" for i in ids.tolist()],
+    "label": [(rows[i].label or "-") if i in rows else "-" for i in ids.tolist()],
     "source": [rows[i].source if i in rows else "-" for i in ids.tolist()],
     "path": [rows[i].path if i in rows else "" for i in ids.tolist()],
 })
+tooltip = ["id", "label", "source", "path"]
+if len(ids) <= core.HOVER_IMAGES_MAX:
+    df["image"] = loaders.hover_images(*loaders.home_location(), tuple(ids.tolist()))
+    tooltip = ["image", *tooltip]
+else:
+    st.caption(f"Thumbnails on hover are shown for maps of up to {core.HOVER_IMAGES_MAX:,} "
+               "points; click a point to see it.")
 if color == "anomaly score":
     by_sha = core.latest_scores_by_sha(home)
-    df["anomaly score"] = [by_sha.get(rows[i].sha256, np.nan) if i in rows else np.nan
+    df["anomaly_score"] = [by_sha.get(rows[i].sha256, np.nan) if i in rows else np.nan
                            for i in ids.tolist()]
-    if df["anomaly score"].isna().all():
+    if df["anomaly_score"].isna().all():
         st.info("No scan has scored these images yet; run an anomaly scan to color by score.")
-fig = px.scatter(df, x="x", y="y", color=color, custom_data=["id"],
-                 hover_data={"x": False, "y": False, "id": True, "label": True, "path": True},
-                 color_continuous_scale="Turbo", height=620)
-fig.update_traces(marker=dict(size=5, opacity=0.8))
-fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), xaxis_title=f"{method} 1",
-                  yaxis_title=f"{method} 2")
-event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode="points")
-
-points = event.selection.points if event and event.selection else []
-if not points:
-    st.caption("Click a point to see the image and open it in Search.")
+    tooltip.append("anomaly_score")
+    enc_color = alt.condition("isValid(datum.anomaly_score)",
+                              alt.Color("anomaly_score:Q", scale=alt.Scale(scheme="turbo"),
+                                        title="anomaly score"),
+                              alt.value("#d0d0d0"))
 else:
-    picked = int(points[0]["customdata"][0])
+    enc_color = alt.Color(f"{color}:N")
+pick = alt.selection_point(name="pick", fields=["id"], on="click")
+chart = (
+    alt.Chart(df)
+    .mark_circle(size=28, opacity=0.8)
+    .encode(x=alt.X("x:Q", title=f"{method} 1"), y=alt.Y("y:Q", title=f"{method} 2"),
+            color=enc_color, tooltip=tooltip)
+    .add_params(pick)
+    .properties(height=620)
+    .interactive()
+)
+event = st.altair_chart(chart, key="map", on_select="rerun", selection_mode="pick")
+
+points = (event.selection.get("pick") or []) if event and event.selection else []
+if not points:
+    st.caption("Hover a point to see its image; click it to open it in Search.")
+else:
+    picked = int(points[0]["id"])
     c1, c2 = st.columns([1, 5])
     with c1:
         ui.card(home, picked, f"#{picked} · {rows[picked].label or '-'}")

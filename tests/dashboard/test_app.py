@@ -125,12 +125,16 @@ def test_anomalies_threshold_reflags_live(monkeypatch, dash_home):
     assert int(at.metric[0].value) + int(at.metric[1].value) == scan.n_images - 1
 
 
-def test_latent_map_plots_every_point(monkeypatch, dash_home):
+def test_latent_map_plots_every_point_with_hover_thumbnails(monkeypatch, dash_home):
     at = open_page(monkeypatch, dash_home, "views/latent_map.py")
-    charts = at.get("plotly_chart")
+    charts = at.get("vega_lite_chart")
     assert len(charts) == 1
+    raw = charts[0].proto.SerializeToString()  # the spec and its Arrow datasets
+    assert raw.count(b"data:image/jpeg;base64,") == dash_home.catalog.count_images()
     at.radio(key="color").set_value("anomaly score").run()
-    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert not at.exception and len(at.get("vega_lite_chart")) == 1
+    at.radio(key="method").set_value("t-SNE").run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 1
 
 
 def test_classes_page_highlights_sparse_classes(monkeypatch, dash_home):

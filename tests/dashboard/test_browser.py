@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,7 @@ def test_every_page_loads_and_an_upload_finds_results(browser_ready, dash_home, 
     assert f"1. #{query.id}" in search["text"]  # the uploaded file is its own best match
     assert "12 results" in search["text"] and search["images"] >= 1 + 12  # query + k=12 hits
     assert "Flagged" in seen["Anomalies"]["text"]
+    assert seen["Latent map"]["hover_image"], "no thumbnail in the latent map's hover tooltip"
+    picked = re.search(r"id\s+(\d+)", seen["map point"]["tooltip"])
+    assert picked, seen["map point"]["tooltip"]
+    assert f"1. #{picked[1]}" in seen["map point"]["search"]  # the clicked point is the query
