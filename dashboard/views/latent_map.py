@@ -56,7 +56,7 @@ if color == "anomaly score":
                               alt.value("#d0d0d0"))
 else:
     enc_color = alt.Color(f"{color}:N")
-pick = alt.selection_point(name="pick", fields=["id"], on="click")
+pick = alt.selection_point(name="pick", fields=["id"], on="click", nearest=True)
 chart = (
     alt.Chart(df)
     .mark_circle(size=28, opacity=0.8)
