@@ -298,11 +298,8 @@ def heatmap_overlay(encoder: Any, path: str, *, size: int = THUMB_SIZE) -> Image
     except (LatentsightError, OSError, NotImplementedError, AttributeError):
         return None
     err = (x - rec).abs().mean(dim=1)[0].numpy()  # (S, S)
-    err = err / err.max() if err.max() > 0 else err
-    base = x[0].mean(dim=0).numpy()  # (S, S) gray
-    rgb = np.stack([base, base, base], axis=-1) * 0.6
-    rgb[..., 0] = np.clip(rgb[..., 0] + err, 0, 1)
-    return make_thumbnail((rgb * 255).astype(np.uint8), size)
+    base = (x[0].mean(dim=0).numpy() * 255).astype(np.uint8)  # (S, S) gray
+    return overlay(base, err, size)
 
 
 # ---- latent map ---------------------------------------------------------------------------
@@ -483,3 +480,118 @@ def data_url(path: Path | None, size: int = 64) -> str | None:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# ---- the scan API (index/scan.py), when this build has it ---------------------------------
+
+
+def scan_api() -> Any | None:
+    """The `index.scan` module, or None when this build has no anomaly scanning."""
+    import importlib
+
+    try:
+        mod = importlib.import_module("index.scan")
+    except ImportError:
+        return None
+    return mod if hasattr(mod, "scan_paths") else None
+
+
+def start_scan(
+    home: Home,
+    folder: str | Path,
+    *,
+    fpr: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    poll: float = 0.5,
+) -> Any:
+    """Scan a folder the user chose with the active model; reports (scored, total) while it runs.
+
+    The scan commits its results in small batches, so progress is read from the catalog.
+    Returns the scan API's summary. Raises CatalogError without the scan API.
+    """
+    import threading
+
+    from embedder.images import looks_like_image
+
+    api = scan_api()
+    if api is None:
+        raise CatalogError("Scanning is not available in this build (no index/scan.py).")
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise CatalogError(f"{folder}: not a folder")
+    total = sum(1 for f in list_images(folder) if looks_like_image(f))
+    before = max((s.id for s in scans(home)), default=0)
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            out["summary"] = api.scan_paths(home, [str(folder)], fpr=fpr, progress=False)
+        except Exception as e:  # noqa: BLE001 - handed back to the page below
+            out["error"] = e
+
+    t = threading.Thread(target=work, name="latentsight-scan", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(poll)
+        if on_progress is not None:
+            new = [s for s in scans(home) if s.id > before]
+            done = len(scan_results(home, new[0].id)) if new else 0
+            on_progress(min(done, total), total)
+    if "error" in out:
+        raise out["error"]
+    if on_progress is not None:
+        on_progress(total, total)
+    return out["summary"]
+
+
+def anomaly_overlay(encoder: Any, scorer: Any, path: str, *,
+                    size: int = THUMB_SIZE) -> Image.Image | None:
+    """The scan API scorer's per-pixel anomaly map over the image, or None when unavailable."""
+    try:
+        px = decode_file(path, mode=encoder.mode).pixels
+        m = np.asarray(scorer.anomaly_map([px])[0], dtype=np.float32)  # (H, W)
+    except (LatentsightError, OSError, ValueError, TypeError, AttributeError):
+        return None
+    return overlay(px, m, size)
+
+
+def overlay(pixels: np.ndarray, amap: np.ndarray, size: int = THUMB_SIZE) -> Image.Image:
+    """A gray image with a per-pixel map (any scale, same H, W) added in red."""
+    gray = pixels.astype(np.float32).mean(axis=-1) if pixels.ndim == 3 else pixels.astype(
+        np.float32)
+    gray = gray / 255.0  # (H, W)
+    m = amap - amap.min()
+    m = m / m.max() if m.max() > 0 else m
+    rgb = np.stack([gray, gray, gray], axis=-1) * 0.6  # (H, W, 3)
+    rgb[..., 0] = np.clip(rgb[..., 0] + m, 0, 1)
+    return make_thumbnail((rgb * 255).astype(np.uint8), size)
+
+
+# ---- the GAN (training/gan/), when this build has it --------------------------------------
+
+
+def synth_api() -> Any | None:
+    """`training.gan.synth` with its `synthesize`, or None when this build has no GAN."""
+    import importlib
+
+    try:
+        synth = importlib.import_module("training.gan.synth")
+        train = importlib.import_module("training.gan.train")
+    except ImportError:
+        return None
+    if not (hasattr(synth, "synthesize") and hasattr(train, "load_generator")):
+        return None
+    return synth
+
+
+def synthesize(home: Home, label: str, n: int, *, device: str = "auto") -> Any:
+    """Generate `n` gated images of `label` with the latest generator; returns its report."""
+    import importlib
+
+    synth = synth_api()
+    if synth is None:
+        raise CatalogError("Synthesis is not available in this build (no training/gan/).")
+    train = importlib.import_module("training.gan.train")
+    model, row = train.load_generator(home, None)
+    return synth.synthesize(home, model, row, label, n, plausibility="auto", seed=0,
+                            device=device, notify=lambda _msg: None)

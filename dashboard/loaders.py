@@ -107,3 +107,25 @@ def hover_images(root: str, db_url: str | None, ids: tuple[int, ...]) -> list[st
     """Inline thumbnails of catalog images for chart tooltips (made once, cached on disk)."""
     h = load_home(root, db_url)
     return [core.data_url(core.thumbnail(h, i)) for i in ids]
+
+
+@st.cache_resource(show_spinner="Loading the anomaly scorer...", max_entries=4)
+def load_scorer(root: str, db_url: str | None, model: str, metrics_key: str):
+    api = core.scan_api()
+    h = load_home(root, db_url)
+    return api.load_scorer(h, h.catalog.model(model), os.environ.get(ENV_DEVICE) or "auto")
+
+
+def scorer(h: Home, model_id: int):
+    """(encoder, fitted scorer) of a model from the scan API, or None (no API, not calibrated)."""
+    api = core.scan_api()
+    rows = [m for m in h.catalog.models() if m.id == model_id]
+    if api is None or not hasattr(api, "load_scorer") or not rows:
+        return None
+    state = (rows[0].metrics or {}).get("scoring")
+    if not state:
+        return None
+    try:
+        return load_scorer(*home_location(), rows[0].name, repr(sorted(state.items()))[:2000])
+    except LatentsightError:
+        return None

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import streamlit as st
 
 from dashboard import core
+from embedder.errors import LatentsightError
 from index.home import Home
 
 COLUMNS = 6  # cards per row in every grid
@@ -66,14 +67,56 @@ def synthetic_choice(key: str) -> bool | None:
 
 
 def scan_starter(home: Home, state: core.HomeState) -> None:
-    """Start an anomaly scan on a folder (when this build has the scan API)."""
+    """Start an anomaly scan on a folder with the active model, with a progress bar."""
     if not ready(state):
         return
-    st.info("Scanning is not available in this build: the scan API (embedder/scoring.py) is "
-            "missing. Review scans made elsewhere below.")
+    if core.scan_api() is None:
+        st.info("Scanning is not available in this build (the scan API, index/scan.py, is "
+                "missing). Scans recorded in the catalog can still be reviewed below.")
+        return
+    with st.form("scan_form"):
+        folder = st.text_input("Folder on the server to scan", key="scan_folder")
+        fpr = st.number_input("False-positive rate for the threshold (0 = the model's own)",
+                              0.0, 0.5, 0.0, step=0.01, key="scan_fpr")
+        go = st.form_submit_button("Scan")
+    if go and folder.strip():
+        bar = st.progress(0.0, text="listing files...")
+        try:
+            summary = core.start_scan(
+                home, folder.strip(), fpr=fpr or None,
+                on_progress=lambda done, total: bar.progress(
+                    done / total if total else 1.0, text=f"{done}/{total} images scored"))
+        except (LatentsightError, ValueError) as e:
+            st.error(str(e))
+            return
+        st.session_state.pop("scan", None)  # show the newest scan
+        st.success(f"scan #{summary.scan_id}: {len(summary.results)} images, "
+                   f"{summary.n_flagged} flagged, {len(summary.failed)} failed")
 
 
 def synthesizer(home: Home, state: core.HomeState, labels: list[str], sparse: list[str]) -> None:
-    """Generate images for a class (when this build has the GAN)."""
-    st.info("Synthesis is not available in this build: the conditional GAN (training/gan/) is "
-            "missing.")
+    """Generate images for a class with the latest generator (when this build has the GAN)."""
+    api = core.synth_api()
+    if api is None:
+        st.info("Synthesis is not available in this build (the conditional GAN, "
+                "training/gan/, is missing).")
+        return
+    if not core.generators(home):
+        st.info(f"No generator trained yet. Run: `latentsight gan train --home {state.root}`.")
+        return
+    with st.form("synth_form"):
+        a, b = st.columns(2)
+        label = a.selectbox("Class", labels, key="synth_label",
+                            index=labels.index(sparse[0]) if sparse else 0)
+        n = b.number_input("Images", 1, 1000, 20, key="synth_n")
+        go = st.form_submit_button("Synthesize")
+    if go:
+        with st.spinner(f"Generating {n} {label!r} images..."):
+            try:
+                rep = core.synthesize(home, label, int(n))
+            except (LatentsightError, ValueError) as e:
+                st.error(str(e))
+                return
+        st.success(f"{rep.accepted} synthetic {label!r} images added ({rep.generated} "
+                   f"generated, {rep.rejected_memorized} near-copies and "
+                   f"{rep.rejected_implausible} implausible rejected).")

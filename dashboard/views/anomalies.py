@@ -53,7 +53,8 @@ st.download_button("Export CSV", core.scan_csv(results, threshold), key="scan_cs
 
 st.subheader("Flagged images")
 show = st.slider("Show the top", 1, 50, 8, key="top")
-enc = loaders.encoder(home, scan.model_id)
+fitted = loaders.scorer(home, scan.model_id)  # the scan API's scorer, when this build has it
+enc = loaders.encoder(home, scan.model_id) if fitted is None else None
 flagged_sha = {results[i].sha256 for i in fl.order}
 gen = core.index_generation(home, home.catalog.model())[0] if state.indexed else -1
 for i in fl.order[:show]:
@@ -64,9 +65,13 @@ for i in fl.order[:show]:
         if thumb is not None:
             st.image(str(thumb), caption=f"score {r.score:.5f}", width="stretch")
     with cols[1]:
-        overlay = core.heatmap_overlay(enc, r.path) if enc is not None else None
+        if fitted is not None:
+            overlay, what = core.anomaly_overlay(*fitted, r.path), "anomaly map"
+        else:
+            overlay = core.heatmap_overlay(enc, r.path) if enc is not None else None
+            what = "reconstruction error"
         if overlay is not None:
-            st.image(overlay, caption="reconstruction error", width="stretch")
+            st.image(overlay, caption=what, width="stretch")
         else:
             st.caption("no heatmap for this model")
     with cols[2]:

@@ -151,3 +151,18 @@ def test_status_page_shows_models_curves_and_index_health(monkeypatch, dash_home
     assert at.selectbox(key="curve").value.name == "test-ae"
     assert at.get("plotly_chart")
     assert len(at.dataframe) >= 2
+
+
+def test_scan_and_synthesis_say_when_this_build_lacks_them(monkeypatch, dash_home):
+    from dashboard import core
+
+    at = open_page(monkeypatch, dash_home, "views/anomalies.py")
+    if core.scan_api() is None:
+        assert "Scanning is not available in this build" in texts(at)
+    else:
+        assert at.text_input(key="scan_folder")
+    at = open_page(monkeypatch, dash_home, "views/classes.py")
+    if core.synth_api() is None:
+        assert "Synthesis is not available in this build" in texts(at)
+    else:
+        assert "latentsight gan train" in texts(at) or at.selectbox(key="synth_label")
