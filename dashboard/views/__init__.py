@@ -1,0 +1,1 @@
+"""The dashboard pages (one st.Page each, listed in dashboard/app.py)."""
