@@ -249,9 +249,13 @@ def main() -> None:
     args = ap.parse_args()
     with serve(args.home) as url:
         for title, info in tour(url, args.out, args.query).items():
-            print(f"{title}: title {info['title']}, images {info['images']}, "
-                  f"exception {info['exception']} -> {info['screenshot']}")
-
+            if "screenshot" in info:
+                print(f"{title}: title {info['title']}, images {info['images']}, "
+                      f"exception {info['exception']}, hover thumbnail {info['hover_image']} "
+                      f"-> {info['screenshot']}")
+            else:
+                print(f"{title}: tooltip {info['tooltip']!r} opened in Search: "
+                      f"{'1. #' in info['search']}")
 
 if __name__ == "__main__":
     main()
