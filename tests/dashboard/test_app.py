@@ -166,3 +166,24 @@ def test_scan_and_synthesis_say_when_this_build_lacks_them(monkeypatch, dash_hom
         assert "Synthesis is not available in this build" in texts(at)
     else:
         assert "latentsight gan train" in texts(at) or at.selectbox(key="synth_label")
+
+
+def test_status_page_ingests_a_folder_into_catalog_and_index(monkeypatch, dash_home, tmp_path):
+    import shutil
+
+    from index.manager import status
+    from tests.imagegen import write_folder
+
+    dash_home.catalog.engine.dispose()
+    home = Home(shutil.copytree(dash_home.root, tmp_path / "home"))
+    before = home.catalog.count_images()
+    folder = write_folder(tmp_path / "new", per_label=2, seed=7)
+    (folder / "blobs" / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    at = open_page(monkeypatch, home, "views/status.py")
+    at.text_input(key="ingest_folder").set_value(str(folder))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("added 8" in s.value and "failed 1" in s.value for s in at.success)
+    assert home.catalog.count_images() == before + 8
+    assert status(home, home.catalog.model()).ok  # the new images went into the index
+    assert any("junk.png" in c.value for c in at.caption)
