@@ -116,7 +116,10 @@ class AutoEncoder(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))  # (B, C, H, W)
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean squared reconstruction error; returns (total, parts)."""
+    def loss(
+        self, x: torch.Tensor, *, epoch: float | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean squared reconstruction error; returns (total, parts). `epoch` is unused here."""
+        del epoch  # no schedule inside the model
         rec = F.mse_loss(self.reconstruct(x), x)
         return rec, {"rec": float(rec.detach())}

@@ -1,0 +1,152 @@
+"""Retrieval benchmark on NEU-CLS: every encoder, with and without the auxiliary objective.
+
+Runs the product's own code paths in a temporary home: `ingest_paths` with
+labels from folders, `training.train.train`, `training.evaluate.evaluate_retrieval`
+(leave-one-out precision@10 and mAP by class label over all 1800 images), and
+computes the raw-pixel and PCA-64 baselines in the same run, all at 64x64
+grayscale. Writes the table into docs/benchmarks.md under `## Retrieval (issue 3)`.
+
+    python benchmarks/retrieval.py                      # every variant (tens of minutes on CPU)
+    python benchmarks/retrieval.py --only ae,ae+infonce --no-write
+
+Skips cleanly (exit 0) when ../shared/datasets/neu-cls is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from index.home import Home  # noqa: E402
+from index.ingest import ingest_paths  # noqa: E402
+from training.evaluate import evaluate_retrieval, raw_pixels, retrieval_scores  # noqa: E402
+from training.train import TrainConfig, train  # noqa: E402
+
+NEU = ROOT.parent / "shared" / "datasets" / "neu-cls"
+DOC = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Retrieval (issue 3)"
+SIZE = 64
+
+# name -> (TrainConfig fields, model config fields). The "+infonce" variants differ
+# from their plain twin only in the auxiliary objective; both get the same crops.
+AUGMENT = {"crop_scale": 0.5, "rotate_deg": 10.0}
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "ae": ({"model": "ae", "epochs": 6, **AUGMENT}, {"width": 16}),
+    "ae+infonce": ({"model": "ae", "epochs": 6, "aux": "infonce", **AUGMENT}, {"width": 16}),
+    "vae": ({"model": "vae", "epochs": 6, **AUGMENT}, {"width": 16}),
+    "vae+infonce": ({"model": "vae", "epochs": 6, "aux": "infonce", **AUGMENT}, {"width": 16}),
+    "vit": ({"model": "vit", "epochs": 20, **AUGMENT}, {}),
+    "vit+infonce": ({"model": "vit", "epochs": 20, "aux": "infonce", **AUGMENT}, {}),
+}
+
+
+def baselines(home: Home, k: int) -> dict[str, dict[str, float]]:
+    """Raw pixels (L2) and PCA-64 on pixels (cosine on centred components), same images."""
+    from sklearn.decomposition import PCA
+
+    rows = [r for r in home.catalog.images(labeled_only=True)]
+    px, kept = raw_pixels([r.path for r in rows], image_size=SIZE, channels=1)
+    labels = [rows[int(i)].label for i in kept]
+    raw = retrieval_scores(px, labels, k=k, metric="l2")
+    pca = PCA(n_components=64, random_state=0).fit_transform(px)  # (n, 64)
+    pc = retrieval_scores(pca, labels, k=k, metric="l2")
+    return {"raw pixels": {"p": raw.precision_at_k, "map": raw.map},
+            "PCA-64": {"p": pc.precision_at_k, "map": pc.map}}
+
+
+def run_variant(home: Home, name: str, k: int, epochs: int | None) -> dict[str, Any]:
+    fields, model_cfg = VARIANTS[name]
+    fields = dict(fields)
+    if epochs is not None:
+        fields["epochs"] = epochs
+    cfg = TrainConfig(**fields, name=name, device="cpu", patience=100,
+                      model_config={"image_size": SIZE, **model_cfg})
+    t0 = time.perf_counter()
+    res = train(home, cfg, progress=False)
+    seconds = time.perf_counter() - t0
+    ev = evaluate_retrieval(home, model=name, k=k, device="cpu", progress=False, baseline=False)
+    return {"variant": name, "model": fields["model"], "aux": fields.get("aux", "none"),
+            "p": ev["precision_at_k"], "map": ev["map"], "per_label": ev["per_label"],
+            "train_seconds": round(seconds, 1), "epochs": res.metrics["epochs_run"],
+            "val_loss": res.metrics["val_loss"]}
+
+
+def render(base: dict[str, dict[str, float]], results: list[dict[str, Any]], k: int,
+           note: str) -> str:
+    lines = [SECTION, "", note, "",
+             f"| encoder | aux objective | precision@{k} | mAP | epochs | training time (s) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, b in base.items():
+        lines.append(f"| {name} | - | {b['p']:.3f} | {b['map']:.3f} | - | - |")
+    for r in results:
+        lines.append(f"| {r['model']} | {r['aux']} | {r['p']:.3f} | {r['map']:.3f} | "
+                     f"{r['epochs']} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    DOC.write_text(new)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    ap.add_argument("--epochs", type=int, default=None, help="override every variant's epochs")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
+    ap.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
+    args = ap.parse_args()
+    if not NEU.is_dir():
+        print(f"skip: NEU-CLS not found at {NEU}", file=sys.stderr)
+        return 0
+    torch.set_num_threads(args.threads)
+    names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        print(f"unknown variants {unknown}; known: {list(VARIANTS)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="ls-bench-") as tmp:
+        home = Home(tmp)
+        ingest_paths(home, [str(NEU)], labels_from_folders=True, progress=False)
+        base = baselines(home, args.k)
+        print(json.dumps(base), file=sys.stderr)
+        results = []
+        for name in names:
+            r = run_variant(home, name, args.k, args.epochs)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+            results.append(r)
+        home.close()
+    note = (f"NEU-CLS, 1800 images, 64x64 grayscale, leave-one-out by class label, seed 0; "
+            f"CPU, {args.threads} torch threads on a 2-core machine shared with other jobs, "
+            f"so the times are inflated (load average was {os.getloadavg()[0]:.1f} at the end).")
+    text = render(base, results, args.k, note)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"baselines": base, "results": results}, indent=2))
+    if not args.no_write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
