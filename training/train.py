@@ -218,7 +218,7 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
             step += 1
             bar.update(1)
         train_loss = running / steps_per_epoch
-        val_loss = evaluate(model, val if n_val else tr, device)
+        val_loss = evaluate(model, val if n_val else tr, device, cfg=cfg, head=head)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
         bar.set_postfix(epoch=epoch, train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
         print(f"epoch {epoch:3d} | train {train_loss:.5f} | val {val_loss:.5f} | lr {lr:.2e}",
@@ -255,15 +255,31 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: torch.Tensor, device: torch.device,
-             batch_size: int = 256) -> float:
-    """Mean loss over `data` in eval mode (no augmentation)."""
+             batch_size: int = 256, *, cfg: TrainConfig | None = None,
+             head: torch.nn.Module | None = None) -> float:
+    """Mean validation objective over `data` in eval mode.
+
+    The model's own loss on the plain images; with an auxiliary objective, plus
+    its term on two views drawn with a fixed seed, so epochs compare and the
+    kept checkpoint is the best under the objective actually trained.
+    """
     model.eval()
+    aux = cfg is not None and cfg.aux != "none" and head is not None
+    if aux:
+        head.eval()
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
     total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
-        x = data[i : i + batch_size].float().div_(255.0).to(device)
-        loss, _ = model.loss(x)
+        x = data[i : i + batch_size].float().div_(255.0)
+        loss, _ = model.loss(x.to(device))
+        if aux and len(x) > 1:
+            e1 = model.embed(make_view(x, cfg, gen).to(device))  # (B, D)
+            e2 = model.embed(make_view(x, cfg, gen).to(device))  # (B, D)
+            loss = loss + cfg.aux_weight * info_nce(head(e1), head(e2), cfg.aux_temperature)
         total += float(loss) * len(x)
         count += len(x)
+    if aux:
+        head.train()
     return total / max(1, count)
 
 
