@@ -47,9 +47,9 @@ class TrainConfig:
     patience: int = 5  # epochs without validation improvement before stopping
     seed: int = 0  # seeds the split, the init and the augmentations
     augment: bool = True  # random flips and 90-degree turns (textures have no "up")
-    crop_scale: float = 0.0  # random crops, side in [crop_scale, 1] x image, resized back; 0 = off
-    rotate_deg: float = 0.0  # small random rotations up to +/- this many degrees; 0 = off
-    aux: str = "none"  # auxiliary objective on embeddings of two views: none | infonce
+    crop_scale: float = 0.5  # random crops, side in [crop_scale, 1] x image, resized back; 0 = off
+    rotate_deg: float = 10.0  # small random rotations up to +/- this many degrees; 0 = off
+    aux: str = "infonce"  # auxiliary objective on two views: none | infonce (see benchmarks.md)
     aux_weight: float = 1.0  # weight of the auxiliary term beside the model's own loss
     aux_temperature: float = 0.2  # InfoNCE softmax temperature (SimCLR uses 0.1-0.5)
     labels: list[str] = field(default_factory=list)  # restrict to these labels (empty = all)
