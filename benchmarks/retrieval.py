@@ -34,15 +34,8 @@ from training.evaluate import evaluate_retrieval, raw_pixels, retrieval_scores  
 from training.train import TrainConfig, train  # noqa: E402
 
 NEU = ROOT.parent / "shared" / "datasets" / "neu-cls"
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Retrieval (issue 3)"
 SIZE = 64
-HEADER = (
-    "# Benchmarks\n\n"
-    "Measured on this project's development machine (2 CPU cores, no GPU) unless a\n"
-    "section says otherwise. Each section is written by the script it names; speed is\n"
-    "always a ratio against a baseline measured in the same run.\n"
-)
 
 # name -> (TrainConfig fields, model config fields). The "+infonce" variants differ
 # from their plain twin only in the auxiliary objective; both get the same crops.
@@ -148,15 +141,10 @@ def render(base: dict[str, dict[str, float]], results: list[dict[str, Any]], k: 
 
 
 def write_section(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    old = DOC.read_text() if DOC.exists() else HEADER
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    DOC.write_text(new)
+    """Replace this benchmark's section of docs/benchmarks.md, leaving the others."""
+    from benchmarks.report import replace_section
+
+    replace_section(SECTION.removeprefix("## "), text.removeprefix(SECTION).lstrip("\n"))
 
 
 def main() -> int:

@@ -203,6 +203,12 @@ def to_mode(img: Image.Image, mode: str) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8).copy()
 
 
+def default_workers() -> int:
+    """Worker processes for decoding: one core is left to the main process (at most 4)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, n - 1))
+
+
 def resize(pixels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Resize a uint8 (H, W[, 3]) array to `size` (square int or (w, h)) with area filtering."""
     w, h = (size, size) if isinstance(size, int) else size
@@ -211,6 +217,18 @@ def resize(pixels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     img = Image.fromarray(pixels)
     return np.asarray(img.resize((w, h), Image.Resampling.BOX if _shrinks(pixels, w, h)
                                  else Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def prepare(pixels: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """Resize one uint8 image to (C, S, S) uint8 with the model's channel count."""
+    arr = resize(pixels, image_size)
+    if channels == 1 and arr.ndim == 3:
+        arr = np.rint(arr @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    if channels == 3 and arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 2:
+        return arr[None].copy()  # (1, S, S), writable
+    return arr.transpose(2, 0, 1).copy()  # (3, S, S)
 
 
 def _shrinks(pixels: np.ndarray, w: int, h: int) -> bool:

@@ -13,22 +13,22 @@ import hashlib
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from embedder.data import default_workers
-from embedder.encoder import Encoder, prepare
 from embedder.errors import CatalogError, DecodeError
-from embedder.images import decode_bytes, looks_like_image, read_bytes
-from index.catalog import ModelRow
-from index.home import Home
-from index.manager import IndexMissingError, load_encoder, open_index, sync_index
+from embedder.images import decode_bytes, default_workers, looks_like_image, prepare, read_bytes
+
+if TYPE_CHECKING:  # heavy modules (torch, faiss) stay out of the decode workers' imports
+    from embedder.encoder import Encoder
+    from index.catalog import ModelRow
+    from index.home import Home
 
 
 @dataclass
@@ -155,17 +155,19 @@ def ingest_paths(
     model, encoder, store = _index_target(home) if update_index else (None, None, None)
     want = (encoder.image_size, encoder.channels) if encoder else None
     report = IngestReport()
-    ready: dict[int, np.ndarray] = {}
     files = list(iter_files(paths))
     workers = default_workers() if workers is None else workers
     bar = tqdm(total=len(files), desc="ingest", unit="file", file=sys.stderr,
                disable=not progress or None)
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers else None
+    batches = [files[s : s + batch_size] for s in range(0, len(files), batch_size)]
     try:
-        for start in range(0, len(files), batch_size):
-            batch = files[start : start + batch_size]
-            strs = [_path_str(f) for f, _ in batch]
-            probes = _run_probes(pool, strs, want, workers)
+        # Pipeline: workers decode batch i+1 while this process commits and embeds batch i.
+        pending = _submit_probes(pool, batches[0], want, workers) if batches else None
+        for b, batch in enumerate(batches):
+            probes = _collect_probes(pending, batch, want)
+            if b + 1 < len(batches):
+                pending = _submit_probes(pool, batches[b + 1], want, workers)
             rows, failures, seen = [], [], set()
             known = catalog.known_sha256(p.sha256 for p in probes if p.sha256)
             for (f, root), pr in zip(batch, probes, strict=True):
@@ -189,9 +191,10 @@ def ingest_paths(
             report.failed.extend(failures)
             report.added += len(ids)
             report.ids.extend(ids)
-            for i, (pr, _lab) in zip(ids, rows, strict=True):
-                if pr.pixels is not None:
-                    ready[i] = pr.pixels
+            if store is not None and ids:
+                x = np.stack([pr.pixels for pr, _lab in rows])  # (B, C, S, S) uint8
+                store.add(ids, encoder.embed_uint8(x))
+                report.indexed += len(ids)
             bar.update(len(batch))
             bar.set_postfix(added=report.added, dup=report.duplicates, failed=len(report.failed))
     finally:
@@ -199,27 +202,48 @@ def ingest_paths(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     if model is not None and store is not None:
-        report.indexed = sync_index(home, model, encoder=encoder, store=store, ready=ready,
-                                    progress=progress)
+        from index.manager import sync_index
+
+        # Adds what an earlier, killed run committed to the catalog but not to the index,
+        # then saves the index atomically and records its new generation.
+        report.indexed += sync_index(home, model, encoder=encoder, store=store,
+                                     progress=progress, force_save=report.indexed > 0)
     return report
 
 
-def _run_probes(
-    pool: ProcessPoolExecutor | None, paths: list[str], want: tuple[int, int] | None, workers: int
-) -> list[Probe]:
+def _submit_probes(
+    pool: ProcessPoolExecutor | None,
+    batch: list[tuple[Path, Path]],
+    want: tuple[int, int] | None,
+    workers: int,
+) -> list[Future[list[Probe]]] | None:
+    """Start probing a batch in the worker processes (None: probe in this process later)."""
     if pool is None:
-        return [probe_file(p, want) for p in paths]
+        return None
+    paths = [_path_str(f) for f, _ in batch]
     n = max(1, min(len(paths), workers * 4))
-    chunks = [paths[i::n] for i in range(n)]
+    return [pool.submit(_probe_many, (paths[i::n], want)) for i in range(n)]
+
+
+def _collect_probes(
+    pending: list[Future[list[Probe]]] | None,
+    batch: list[tuple[Path, Path]],
+    want: tuple[int, int] | None,
+) -> list[Probe]:
+    paths = [_path_str(f) for f, _ in batch]
+    if pending is None:
+        return [probe_file(p, want) for p in paths]
     results: dict[str, Probe] = {}
-    for probes in pool.map(_probe_many, [(c, want) for c in chunks]):
-        for pr in probes:
+    for fut in pending:
+        for pr in fut.result():
             results[pr.path] = pr
     return [results[p] for p in paths]
 
 
 def _index_target(home: Home) -> tuple[ModelRow | None, Encoder | None, object | None]:
     """The active model, its encoder and its index, when both exist."""
+    from index.manager import IndexMissingError, load_encoder, open_index
+
     try:
         model = home.catalog.model()
     except CatalogError:

@@ -31,9 +31,7 @@ def index_path(home: Home, model: ModelRow, backend: str = BACKEND) -> Path:
 
 def load_encoder(home: Home, model: ModelRow, device: str = "auto") -> Encoder:
     """Load a model's checkpoint, refusing weights whose sha256 differs from the catalog's."""
-    path = Path(model.checkpoint_path)
-    if not path.is_absolute():
-        path = home.root / path
+    path = home.resolve(model.checkpoint_path)
     return Encoder.from_checkpoint(path, device=device, expected_sha256=model.checkpoint_sha256)
 
 
@@ -61,13 +59,13 @@ class IndexMissingError(StoreError):
 def open_index(home: Home, model: ModelRow) -> tuple[FaissStore, IndexRow]:
     """Load the index of `model`; a clear error naming the fix when there is none."""
     row = home.catalog.index_for(model.id, BACKEND)
-    if row is None or not Path(row.path).is_file():
+    if row is None or not home.resolve(row.path).is_file():
         msg = (
             f"Model {model.name!r} has no index yet. "
             f"Run: latentsight index build --model {model.name}"
         )
         raise IndexMissingError(msg)
-    store = FaissStore.load(row.path, spec=row.spec)
+    store = FaissStore.load(home.resolve(row.path), spec=row.spec)
     return store, row
 
 
@@ -93,7 +91,7 @@ def build_index(
         store.add(kept, vecs)
     path = index_path(home, model)
     store.save(path)
-    home.catalog.record_index(model_id=model.id, backend=BACKEND, spec=spec, path=str(path),
+    home.catalog.record_index(model_id=model.id, backend=BACKEND, spec=spec, path=home.rel(path),
                               ntotal=store.ntotal)
     return status(home, model)
 
@@ -141,6 +139,7 @@ def sync_index(
     store: VectorStore | None = None,
     ready: dict[int, np.ndarray] | None = None,
     progress: bool = True,
+    force_save: bool = False,
 ) -> int:
     """Bring the index of `model` in line with the catalog; returns the number of vectors added.
 
@@ -175,12 +174,12 @@ def sync_index(
                                               progress=progress, home=home)
             store.add(kept, vecs)
             added += len(kept)
-    if missing.size or extra.size:
+    if missing.size or extra.size or force_save:
         row = home.catalog.index_for(model.id, BACKEND)
-        path = Path(row.path) if row else index_path(home, model)
+        path = home.resolve(row.path) if row else index_path(home, model)
         store.save(path)
         home.catalog.record_index(model_id=model.id, backend=BACKEND,
-                                  spec=getattr(store, "spec", "Flat"), path=str(path),
+                                  spec=getattr(store, "spec", "Flat"), path=home.rel(path),
                                   ntotal=store.ntotal)
     return added
 
@@ -191,7 +190,7 @@ def status(home: Home, model: ModelRow) -> IndexStatus:
     catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
     present = store.ids()
     return IndexStatus(
-        model=model.name, backend=row.backend, spec=row.spec, path=row.path,
+        model=model.name, backend=row.backend, spec=row.spec, path=str(home.resolve(row.path)),
         ntotal=store.ntotal, catalog_images=len(catalog_ids),
         missing=int(np.setdiff1d(catalog_ids, present).size),
         extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,
