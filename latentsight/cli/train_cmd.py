@@ -73,25 +73,25 @@ def train(
     aux_weight: Annotated[float | None, typer.Option(
         help="Weight of the auxiliary objective.", show_default=False)] = None,
     # model-specific options: left out = the model's default
-    image_size: Annotated[int | None, typer.Option(help="[all] Input side in pixels.")] = None,
-    channels: Annotated[int | None, typer.Option(help="[all] 1 = grayscale, 3 = RGB.")] = None,
-    latent_dim: Annotated[int | None, typer.Option(help="[ae, vae] Size of z.")] = None,
-    width: Annotated[int | None, typer.Option(help="[ae, vae] Channels of the first conv "
+    image_size: Annotated[int | None, typer.Option(help="all: Input side in pixels.")] = None,
+    channels: Annotated[int | None, typer.Option(help="all: 1 = grayscale, 3 = RGB.")] = None,
+    latent_dim: Annotated[int | None, typer.Option(help="ae/vae: Size of z.")] = None,
+    width: Annotated[int | None, typer.Option(help="ae/vae: Channels of the first conv "
                                               "stage.")] = None,
-    depth: Annotated[int | None, typer.Option(help="[ae, vae] conv stages; [vit] transformer "
+    depth: Annotated[int | None, typer.Option(help="ae/vae: conv stages; vit: transformer "
                                               "blocks.")] = None,
-    beta: Annotated[float | None, typer.Option(help="[vae] Weight of the KL term.")] = None,
+    beta: Annotated[float | None, typer.Option(help="vae: Weight of the KL term.")] = None,
     kl_warmup: Annotated[float | None, typer.Option(
-        help="[vae] Epochs over which beta ramps up linearly from 0.")] = None,
+        help="vae: Epochs over which beta ramps up linearly from 0.")] = None,
     free_bits: Annotated[float | None, typer.Option(
-        help="[vae] Nats per latent dimension the KL may use for free.")] = None,
+        help="vae: Nats per latent dimension the KL may use for free.")] = None,
     mask_ratio: Annotated[float | None, typer.Option(
-        help="[vit] Fraction of patches masked in training.")] = None,
-    patch_size: Annotated[int | None, typer.Option(help="[vit] Patch side in pixels.")] = None,
-    dim: Annotated[int | None, typer.Option(help="[vit] Token width (= embedding size).")] = None,
-    heads: Annotated[int | None, typer.Option(help="[vit] Attention heads.")] = None,
+        help="vit: Fraction of patches masked in training.")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="vit: Patch side in pixels.")] = None,
+    dim: Annotated[int | None, typer.Option(help="vit: Token width (= embedding size).")] = None,
+    heads: Annotated[int | None, typer.Option(help="vit: Attention heads.")] = None,
     norm_pix_loss: Annotated[bool | None, typer.Option(
-        "--norm-pix-loss/--no-norm-pix-loss", help="[vit] Per-patch normalized targets.",
+        "--norm-pix-loss/--no-norm-pix-loss", help="vit: Per-patch normalized targets.",
         show_default=False)] = None,
     name: Annotated[str | None, typer.Option(help="Model name. Default: KIND-TIMESTAMP.")] = None,
     json_out: JsonOpt = False,
