@@ -181,6 +181,9 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
     perm = torch.randperm(n, generator=gen)
     n_val = max(1, int(round(n * cfg.val_frac))) if n >= 10 else 0
     val, tr = data[perm[:n_val]], data[perm[n_val:]]
+    if cfg.aux != "none" and len(tr) < 2:
+        msg = f"The '{cfg.aux}' auxiliary objective needs >= 2 training images. Got {len(tr)}."
+        raise CatalogError(msg)
     head = projection_head(model.embed_dim) if cfg.aux != "none" else torch.nn.Identity()
     model.to(device)
     head.to(device)
