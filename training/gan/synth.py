@@ -3,9 +3,10 @@
 Two gates stand between the generator and the catalog:
 
 - memorization: a sample whose embedding (the active encoder's) lies closer to a
-  real image of its label than `min_distance` (cosine distance) is a near-copy and
-  is rejected. The default threshold is half the median nearest-neighbour distance
-  among the real images themselves, so a sample must be at least half as far from
+  real image of its label than `min_distance` (in units of the real embeddings'
+  spread, see MemorizationGate) is a near-copy and is rejected. The default threshold
+  is half the median nearest-neighbour distance among the real images themselves,
+  so a sample must be at least half as far from
   every training image as real images typically are from each other;
 - plausibility: a pluggable callable (images -> True where implausible), used when
   an anomaly scorer is available, skipped with a notice otherwise.
@@ -33,7 +34,6 @@ from embedder.encoder import Encoder, prepare
 from embedder.errors import CatalogError
 from index.home import Home
 from index.manager import IndexMissingError, load_encoder, open_index, sync_index
-from index.store import normalize
 from training.gan.metrics import match_input
 from training.gan.model import ConditionalGAN
 
@@ -42,35 +42,52 @@ PlausibilityGate = Callable[[torch.Tensor], np.ndarray]
 
 
 class MemorizationGate:
-    """Rejects samples whose embedding is within `min_distance` of a reference embedding."""
+    """Rejects samples whose embedding is within `min_distance` of a reference embedding.
+
+    Distances are Euclidean after centring on the reference mean and dividing by the
+    reference's RMS spread, so one threshold means the same for any encoder (raw
+    cosine distances of an autoencoder's embeddings can all sit near 0).
+    """
+
+    EXACT = 1e-4  # at or below this a sample is a copy whatever the threshold
 
     def __init__(
         self, reference: np.ndarray, *, min_distance: float | None = None, factor: float = 0.5
     ) -> None:
-        self.reference = normalize(reference)  # (n, d) unit rows
+        ref = np.asarray(reference, dtype=np.float64)  # (n, d)
+        self.mean = ref.mean(0) if len(ref) else np.zeros(ref.shape[1])
+        centred = ref - self.mean
+        self.scale = float(np.sqrt((centred**2).sum(1).mean())) if len(ref) > 1 else 1.0
+        self.scale = self.scale if self.scale > 0 else 1.0
+        self.reference = centred / self.scale  # (n, d) in units of the reference spread
         if min_distance is None:
             min_distance = factor * self.typical_nn_distance()
         self.min_distance = float(min_distance)
 
     def typical_nn_distance(self) -> float:
-        """Median cosine distance from each reference image to its nearest other one."""
+        """Median distance from each reference image to its nearest other one."""
         if len(self.reference) < 2:
             return 0.0
-        sim = self.reference @ self.reference.T  # (n, n)
-        np.fill_diagonal(sim, -np.inf)
-        return float(np.median(1.0 - sim.max(1)))
+        d = _pdist(self.reference, self.reference)  # (n, n)
+        np.fill_diagonal(d, np.inf)
+        return float(np.median(d.min(1)))
 
     def distances(self, vectors: np.ndarray) -> np.ndarray:
-        """Cosine distance (n,) from each vector to its nearest reference embedding."""
+        """Distance (n,) from each vector to its nearest reference embedding."""
         if len(self.reference) == 0:
             return np.full(len(vectors), np.inf)
-        sim = normalize(vectors) @ self.reference.T  # (m, n)
-        return np.clip(1.0 - sim.max(1), 0.0, 2.0)
+        v = (np.asarray(vectors, dtype=np.float64) - self.mean) / self.scale
+        return _pdist(v, self.reference).min(1)
 
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
         """True where a sample is a near-copy (distance <= threshold; an exact copy always)."""
         d = self.distances(vectors)
-        return (d <= self.min_distance) | (d <= 1e-6)
+        return (d <= self.min_distance) | (d <= self.EXACT)
+
+
+def _pdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sq = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+    return np.sqrt(np.clip(sq, 0, None))
 
 
 def find_plausibility_gate(home: Home) -> tuple[PlausibilityGate | None, str]:
@@ -159,8 +176,9 @@ def reference_embeddings(home: Home, encoder: Encoder, label: str) -> np.ndarray
     rows = home.catalog.images(labels=[label], synthetic=False)
     ds = FileImages([r.id for r in rows], [r.path for r in rows], image_size=encoder.image_size,
                     channels=encoder.channels)
+    workers = 0 if len(ds) < 512 else None  # spawning workers costs more than small reads
     out = [encoder.embed_tensor(x.float().div_(255.0))
-           for ids, x, _bad in iter_batches(ds, batch_size=256) if len(ids)]
+           for ids, x, _bad in iter_batches(ds, batch_size=256, workers=workers) if len(ids)]
     return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
 
 

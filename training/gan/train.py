@@ -379,7 +379,8 @@ def load_real_images(
     ds = FileImages([r.id for r in rows], [r.path for r in rows], image_size=image_size,
                     channels=channels)
     xs, ids = [], []
-    for b_ids, xb, _bad in iter_batches(ds, batch_size=256):
+    workers = 0 if len(ds) < 512 else None  # spawning workers costs more than small reads
+    for b_ids, xb, _bad in iter_batches(ds, batch_size=256, workers=workers):
         if len(b_ids):
             xs.append(xb)
             ids.extend(int(i) for i in b_ids)
@@ -397,31 +398,57 @@ def train_gan_on_catalog(
     gan: GANConfig | None = None,
     labels: list[str] | None = None,
     name: str | None = None,
+    holdout: float = 0.0,
     progress: bool = True,
 ) -> GANResult:
-    """Train on every real labeled image (or `labels`), save, register with role generator."""
+    """Train on every real labeled image (or `labels`), save, register with role generator.
+
+    With `holdout` > 0, that fraction of every class (seeded) is kept out of training
+    and recorded, so `latentsight eval augment` can test on images the GAN never saw.
+    """
+    from training.gan.study import stratified_split
+
+    if not 0.0 <= holdout < 1.0:
+        msg = f"The 'holdout' fraction must be in [0, 1). Got {holdout} instead."
+        raise ValueError(msg)
     gcfg = gan or GANConfig()
     name = name or f"gan-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     if any(m.name == name for m in home.catalog.models()):
         raise CatalogError(f"A model named {name!r} exists already; pick another --name.")
     x, y, classes, ids = load_real_images(home, labels=labels, image_size=gcfg.image_size,
                                           channels=gcfg.channels)
+    held: list[int] = []
+    if holdout > 0:
+        tr, te = stratified_split(y.numpy(), holdout, seed=cfg.seed)
+        held = [ids[i] for i in te]
+        x, y, ids = x[tr], y[tr], [ids[i] for i in tr]
     directory = home.models_dir / name
     res = train_gan(x, y, classes, cfg, gan=gcfg, grid_dir=directory / "samples",
                     progress=progress)
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
     metrics = {
         "train_seconds": round(res.seconds, 2), "steps": cfg.steps, "loss": cfg.loss,
-        "n_train": len(ids), "class_counts": counts, "history": res.history,
-        "diagnostics": res.diagnostics, "grids": res.grids,
+        "n_train": len(ids), "n_holdout": len(held), "class_counts": counts,
+        "history": res.history, "diagnostics": res.diagnostics, "grids": res.grids,
     }
-    meta = {"name": name, "train": asdict(cfg), "metrics": metrics, "train_image_ids": ids}
+    meta = {"name": name, "train": asdict(cfg), "metrics": metrics, "train_image_ids": ids,
+            "holdout_image_ids": held}
     sha = save_gan(res.model, directory, meta)
     home.catalog.add_model(name=name, kind=ConditionalGAN.kind, config=asdict(res.model.config),
                            checkpoint_path=str(directory), checkpoint_sha256=sha, metrics=metrics,
                            activate=False, role="generator")
     res.name, res.checkpoint = name, str(directory)
     return res
+
+
+def gan_meta(row: Any, home: Home) -> dict[str, Any]:
+    """The JSON written beside a GAN's weights (training ids, held-out ids, history)."""
+    path = Path(row.checkpoint_path)
+    path = path if path.is_absolute() else home.root / path
+    try:
+        return json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path / CONFIG_FILE}: cannot read: {e}") from e
 
 
 def load_generator(home: Home, name: str | None = None) -> tuple[ConditionalGAN, Any]:
