@@ -39,6 +39,8 @@ def test_gan_is_registered_as_a_generator_never_the_active_encoder(gan_home):
     assert rows["enc"]["active"] is True and rows["g1"]["active"] is False
     assert (gan_home / "models" / "g1" / "model.safetensors").is_file()
     assert list((gan_home / "models" / "g1" / "samples").glob("step_*.png"))
+    curves = (gan_home / "models" / "g1" / "losses.csv").read_text().splitlines()
+    assert curves[0] == "step,d_loss,g_loss,d_real,d_fake" and len(curves) >= 2
     res = runner.invoke(app, ["models", "use", "g1", "--home", str(gan_home)])
     assert res.exit_code == 2
 

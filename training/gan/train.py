@@ -326,6 +326,15 @@ def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8) -> Path:
     return path
 
 
+def write_loss_curves(history: list[dict[str, float]], path: str | Path) -> Path:
+    """The recorded loss curves as CSV (step, d_loss, g_loss, d_real, d_fake)."""
+    path = Path(path)
+    cols = ["step", "d_loss", "g_loss", "d_real", "d_fake"]
+    rows = [",".join(cols)] + [",".join(str(h[c]) for c in cols) for h in history]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 def save_gan(model: ConditionalGAN, directory: str | Path, meta: dict[str, Any]) -> str:
     """safetensors (generator, EMA, discriminator) + config.json; returns the weights' sha256."""
     return save_checkpoint(model, directory, meta)
@@ -434,6 +443,7 @@ def train_gan_on_catalog(
     meta = {"name": name, "train": asdict(cfg), "metrics": metrics, "train_image_ids": ids,
             "holdout_image_ids": held}
     sha = save_gan(res.model, directory, meta)
+    write_loss_curves(res.history, directory / "losses.csv")
     home.catalog.add_model(name=name, kind=ConditionalGAN.kind, config=asdict(res.model.config),
                            checkpoint_path=str(directory), checkpoint_sha256=sha, metrics=metrics,
                            activate=False, role="generator")
