@@ -86,7 +86,16 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=str(ROOT / "docs" / "bench_augment.json"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--render", nargs="+", metavar="JSON",
+                    help="only write the docs section from these result files (runs merged)")
     args = ap.parse_args()
+    if args.render:
+        docs = [json.loads(Path(p).read_text()) for p in args.render]
+        merged = docs[0]
+        for d in docs[1:]:
+            merged["runs"].update(d["runs"])
+        write_section(merged)
+        return 0
     if not NEU.is_dir():
         print(f"skip: NEU-CLS not found at {NEU}")
         return 0
@@ -254,7 +263,10 @@ def render(out: dict) -> str:
                      f"{warn} |")
     lines += ["", f"Total {out.get('total_seconds', 0):.0f} s on 2 CPU cores shared with other "
               f"jobs (1-minute load average {out.get('load_end', 0)} at the end): timings are "
-              "not comparable across runs.", ""]
+              "not comparable across runs."]
+    if out.get("note"):
+        lines += ["", out["note"]]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -171,3 +171,24 @@ def test_augmentation_study_reports_every_class_and_condition():
     for r in res.values():
         assert set(r["per_class"]) == set(CLASSES) and len(r["per_seed"]) == 2
         assert all(0 <= v["f1_mean"] <= 1 for v in r["per_class"].values())
+
+
+def test_local_inception_checkpoint_is_loaded_from_safetensors(tmp_path):
+    from safetensors.torch import save_file
+    from torchvision.models import inception_v3
+
+    from embedder.errors import ModelError
+    from training.gan.metrics import inception_features
+
+    torch.manual_seed(0)
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    path = tmp_path / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    feats = inception_features(path)
+    assert "inception_v3" in feats.name
+    out = feats(torch.rand(2, 1, 32, 32))
+    assert out.shape == (2, 2048) and np.isfinite(out).all()
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"w": torch.zeros(3)}, str(wrong))
+    with pytest.raises(ModelError, match="not inception_v3 weights"):
+        inception_features(wrong)
