@@ -255,12 +255,12 @@ def render(out: dict) -> str:
             lines.append(f"| {mi} | {tag} | {v['fid']:.3f} | {v['fid_real_train_vs_test']:.3f} "
                          f"| {v['precision']:.2f} | {v['recall']:.2f} |")
     lines += ["", "| minority run | GAN s | classifier s (all arms) | generated | rejected as "
-              "near-copies | diagnostics |", "|---|---|---|---|---|---|"]
+              "near-copies | kept | diagnostics |", "|---|---|---|---|---|---|---|"]
     for mi, run in out["runs"].items():
         warn = "; ".join(run["diagnostics"]["warnings"]) or "none"
         lines.append(f"| {mi} | {run['gan_seconds']:.0f} | {run['clf_seconds']:.0f} | "
                      f"{run['gate']['generated']} | {run['gate']['rejected_memorized']} | "
-                     f"{warn} |")
+                     f"{run['n_synthetic']} | {warn} |")
     lines += ["", f"Total {out.get('total_seconds', 0):.0f} s on 2 CPU cores shared with other "
               f"jobs (1-minute load average {out.get('load_end', 0)} at the end): timings are "
               "not comparable across runs."]
