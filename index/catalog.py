@@ -185,11 +185,13 @@ class Catalog:
 
     # ---- images -------------------------------------------------------------------------
 
-    def count_images(self, *, label: str | None = None) -> int:
+    def count_images(self, *, label: str | None = None, synthetic: bool | None = None) -> int:
         with self.session() as s:
             q = select(func.count(ImageRow.id))
             if label is not None:
                 q = q.where(ImageRow.label == label)
+            if synthetic is not None:
+                q = q.where(ImageRow.synthetic.is_(synthetic))
             return int(s.scalar(q) or 0)
 
     def count_images_since(self, when: datetime) -> int:
@@ -222,7 +224,9 @@ class Catalog:
         labels: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
         labeled_only: bool = False,
+        synthetic: bool | None = None,
     ) -> list[ImageRow]:
+        """Image rows by id; `synthetic` True/False keeps only GAN-made / real ones."""
         with self.session() as s:
             q = select(ImageRow).order_by(ImageRow.id)
             if ids is not None:
@@ -233,13 +237,25 @@ class Catalog:
                 q = q.where(ImageRow.source.in_(list(sources)))
             if labeled_only:
                 q = q.where(ImageRow.label.is_not(None))
+            if synthetic is not None:
+                q = q.where(ImageRow.synthetic.is_(synthetic))
             return list(s.scalars(q))
 
-    def image_ids(self, *, labels: Sequence[str] | None = None) -> list[int]:
+    def image_ids(
+        self,
+        *,
+        labels: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        synthetic: bool | None = None,
+    ) -> list[int]:
         with self.session() as s:
             q = select(ImageRow.id).order_by(ImageRow.id)
             if labels:
                 q = q.where(ImageRow.label.in_(list(labels)))
+            if sources:
+                q = q.where(ImageRow.source.in_(list(sources)))
+            if synthetic is not None:
+                q = q.where(ImageRow.synthetic.is_(synthetic))
             return list(s.scalars(q))
 
     def image(self, image_id: int) -> ImageRow:
@@ -249,9 +265,12 @@ class Catalog:
             raise CatalogError(f"No image with id {image_id} in the catalog.")
         return row
 
-    def label_counts(self) -> dict[str | None, int]:
+    def label_counts(self, *, synthetic: bool | None = None) -> dict[str | None, int]:
         with self.session() as s:
-            rows = s.execute(select(ImageRow.label, func.count()).group_by(ImageRow.label))
+            q = select(ImageRow.label, func.count())
+            if synthetic is not None:
+                q = q.where(ImageRow.synthetic.is_(synthetic))
+            rows = s.execute(q.group_by(ImageRow.label))
             return {label: int(n) for label, n in rows}
 
     def delete_images(self, ids: Sequence[int]) -> int:

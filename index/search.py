@@ -22,6 +22,7 @@ class Hit:
     label: str | None
     source: str
     score: float
+    synthetic: bool = False  # made by a GAN (`latentsight synth`), not a real image
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -54,20 +55,29 @@ class Searcher:
         k: int = 10,
         label: str | None = None,
         source: str | None = None,
+        include_synthetic: bool = False,
     ) -> list[Hit]:
-        """Return up to k hits, best first. With a label or source, a filter inside the search."""
+        """Return up to k hits, best first. With a label or source, a filter inside the search.
+
+        Synthetic (GAN-made) images are left out unless `include_synthetic`.
+        """
         vec = self.query_vector(query)
         allowed = None
-        if label is not None or source is not None:
-            rows = self.home.catalog.images(labels=[label] if label else None,
-                                            sources=[source] if source else None)
-            allowed = np.asarray([r.id for r in rows], dtype=np.int64)
+        catalog = self.home.catalog
+        drop_synthetic = not include_synthetic and catalog.count_images(synthetic=True) > 0
+        if label is not None or source is not None or drop_synthetic:
+            allowed = np.asarray(
+                catalog.image_ids(labels=[label] if label else None,
+                                  sources=[source] if source else None,
+                                  synthetic=False if drop_synthetic else None),
+                dtype=np.int64)
         scores, ids = self.store.search(vec, k, allowed_ids=allowed)
         found = [int(i) for i in ids[0] if i >= 0]
         rows = {r.id: r for r in self.home.catalog.images(ids=found)}
         return [
             Hit(id=int(i), path=rows[int(i)].path, label=rows[int(i)].label,
-                source=rows[int(i)].source, score=float(s))
+                source=rows[int(i)].source, score=float(s),
+                synthetic=bool(rows[int(i)].synthetic))
             for s, i in zip(scores[0], ids[0], strict=True)
             if i >= 0 and int(i) in rows
         ]
@@ -81,9 +91,11 @@ def search(
     label: str | None = None,
     model: str | None = None,
     device: str = "auto",
+    include_synthetic: bool = False,
 ) -> list[Hit]:
     """Search the catalog for images like `query` (one-shot; use Searcher for many queries)."""
-    return Searcher(home, model, device=device).search(query, k=k, label=label)
+    return Searcher(home, model, device=device).search(query, k=k, label=label,
+                                                       include_synthetic=include_synthetic)
 
 
 def resolve_query(home: Home, query: str | int | Path) -> str:

@@ -20,7 +20,13 @@ app = typer.Typer(
 )
 
 # Each module registers its commands on `app` (or a sub-app) when imported.
-from latentsight.cli import core, dashboard_cmd, index_cmd, train_cmd  # noqa: E402, F401
+from latentsight.cli import (  # noqa: E402, F401
+    core,
+    dashboard_cmd,
+    gan_cmd,
+    index_cmd,
+    train_cmd,
+)
 
 
 def main() -> None:

@@ -70,6 +70,9 @@ def search(
                                          "catalog id.")],
     k: Annotated[int, typer.Option("--k", "-k", help="How many results.")] = 10,
     label: Annotated[str | None, typer.Option(help="Only return images of this label.")] = None,
+    include_synthetic: Annotated[bool, typer.Option(
+        "--include-synthetic", help="Also return GAN-made images (left out by default).")]
+    = False,
     model: ModelOpt = None,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
@@ -83,12 +86,13 @@ def search(
     from index.search import search as run_search
 
     h = open_home(home, db_url)
-    hits = run_search(h, query, k=k, label=label, model=model, device=device)
+    hits = run_search(h, query, k=k, label=label, model=model, device=device,
+                      include_synthetic=include_synthetic)
     if json_out:
         echo_json([hit.as_dict() for hit in hits])
     else:
         typer.echo(table([hit.as_dict() for hit in hits], ["id", "score", "label", "source",
-                                                             "path"]))
+                                                             "synthetic", "path"]))
 
 
 @models_app.command("list")

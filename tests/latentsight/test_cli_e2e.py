@@ -47,7 +47,7 @@ def test_search_returns_query_first_and_same_label_above_chance(cli_home, textur
                                   "--device", "cpu"))
             assert Path(hits[0]["path"]).resolve() == q.resolve()
             assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-            assert set(hits[0]) == {"id", "path", "label", "source", "score"}
+            assert set(hits[0]) == {"id", "path", "label", "source", "score", "synthetic"}
             same += sum(h["label"] == label for h in hits[1:])
             total += len(hits[1:])
     assert same / total > 0.25 + 0.15  # chance is 11/47 ~ 0.23 for 4 balanced labels
