@@ -147,7 +147,7 @@ def load_images(
     home: Home, *, labels: list[str], image_size: int, channels: int, progress: bool = True
 ) -> tuple[torch.Tensor, list[int]]:
     """Decode the selected catalog images into one uint8 tensor (N, C, S, S)."""
-    rows = home.catalog.images(labels=labels or None)
+    rows = home.catalog.images(labels=labels or None, synthetic=False)  # real images only
     if not rows:
         what = f" with labels {labels}" if labels else ""
         raise CatalogError(f"No catalog images{what} to train on. Run: latentsight ingest PATH")
