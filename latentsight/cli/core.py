@@ -80,6 +80,12 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     augment: Annotated[bool, typer.Option(help="Random flips and 90-degree turns.")] = True,
     name: Annotated[str | None, typer.Option(help="Model name. Default: KIND-TIMESTAMP.")] = None,
+    normal_label: Annotated[str | None, typer.Option(
+        "--normal-label", help="Train a scanning model on the images labeled L only (random "
+        "tile crops) and calibrate its anomaly threshold on a held-out part of them.",
+        show_default=False)] = None,
+    fpr: Annotated[float, typer.Option(help="With --normal-label: target false-positive rate "
+                                       "on held-out normal images.")] = 0.01,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
@@ -101,6 +107,9 @@ def train(
         augment=augment, labels=list(label or []), name=name, device=device,
         model_config={"image_size": image_size, "latent_dim": latent_dim, "channels": channels},
     )
+    if normal_label is not None:
+        _train_scanner(h, cfg, normal_label, fpr, json_out)
+        return
     res = run_train(h, cfg)
     m = {k: v for k, v in res.metrics.items() if k != "history"}
     if json_out:
@@ -109,6 +118,19 @@ def train(
         typer.echo(f"trained {res.name} ({res.kind}): val_loss {m['val_loss']:.5f} after "
                    f"{m['epochs_run']} epochs in {m['train_seconds']:.1f}s; now the active model")
         typer.echo(f"next: latentsight index build --model {res.name}")
+
+
+def _train_scanner(h, cfg, normal_label: str, fpr: float, json_out: bool) -> None:
+    from training.anomaly import train_scorer
+
+    res = train_scorer(h, normal_label, cfg, fpr=fpr)
+    if json_out:
+        echo_json(res.as_dict())
+    else:
+        typer.echo(f"trained {res.name} on {res.n_train} images labeled {normal_label!r}; "
+                   f"{res.scorer} threshold calibrated on {res.n_calib} held-out ones for "
+                   f"FPR {fpr}; now the active model")
+        typer.echo("next: latentsight scan FOLDER --report report/")
 
 
 @app.command()
