@@ -37,6 +37,7 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/anomaly.py
 
 clean:
 	rm -rf $(VENV) $(HOME_DEMO) .pytest_cache

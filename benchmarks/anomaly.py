@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> str:
                           model_config={"image_size": 64, "depth": 3, "width": args.width,
                                         "latent_dim": 128})
         res = train_scorer(home, c, cfg, fpr=0.01, scale=args.scale, build=False,
-                           progress=False)
+                           progress=False, scorer_params={"stride": args.stride})
         model = home.catalog.model(res.name)
         encoder, knn = load_scorer(home, model, "cpu")
         state = model.metrics["scoring"]
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> str:
             if name == "knn":
                 sc = knn
             else:
-                sc = make_scorer(name, encoder, scale=args.scale, fpr=0.01)
+                sc = make_scorer(name, encoder, scale=args.scale, fpr=0.01, stride=args.stride)
                 kw = {"reference": ref_px} if name == "combined" else {}
                 sc.fit(cal_px, **kw)
             s_norm = sc.decision_function(normal_px)
@@ -180,8 +180,8 @@ def run(args: argparse.Namespace) -> str:
         from embedder.scoring import tile_positions
 
         t = encoder.image_size
-        for y in tile_positions(x.shape[1], t, t // 2):
-            for x0 in tile_positions(x.shape[2], t, t // 2):
+        for y in tile_positions(x.shape[1], t, args.stride):
+            for x0 in tile_positions(x.shape[2], t, args.stride):
                 tiles.append(x[:, y : y + t, x0 : x0 + t])
     batch = torch.stack(tiles)
     with torch.no_grad():
@@ -256,6 +256,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--stride", type=int, default=36, help="tile stride at the scaled size")
     ap.add_argument("--classes", default="")
     ap.add_argument("--n-test", type=int, default=60, help="held-out images per class")
     ap.add_argument("--threads", type=int, default=1)

@@ -44,9 +44,10 @@ class ScorerResult:
     metrics: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "scorer": self.scorer, "normal_label": self.normal_label,
-                "threshold": self.threshold, "n_train": self.n_train, "n_calib": self.n_calib,
-                **{k: v for k, v in self.metrics.items() if k != "history"}}
+        train = {k: v for k, v in self.metrics.items() if k not in ("history", "n_train")}
+        return {**train, "name": self.name, "scorer": self.scorer,
+                "normal_label": self.normal_label, "threshold": self.threshold,
+                "n_train": self.n_train, "n_calib": self.n_calib}
 
 
 def normal_rows(home: Home, label: str) -> list[ImageRow]:

