@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> str:
                           model_config={"image_size": 64, "depth": 3, "width": args.width,
                                         "latent_dim": 128})
         res = train_scorer(home, c, cfg, fpr=0.01, scale=args.scale, build=False,
-                           progress=False, scorer_params={"stride": args.stride})
+                           progress=False,
+                           scorer_params={"stride": args.stride, "max_bank": args.max_bank})
         model = home.catalog.model(res.name)
         encoder, knn = load_scorer(home, model, "cpu")
         state = model.metrics["scoring"]
@@ -139,7 +140,10 @@ def run(args: argparse.Namespace) -> str:
             if name == "knn":
                 sc = knn
             else:
-                sc = make_scorer(name, encoder, scale=args.scale, fpr=0.01, stride=args.stride)
+                extra = ({"part_params": {"knn": {"max_bank": args.max_bank}}}
+                         if name == "combined" else {})
+                sc = make_scorer(name, encoder, scale=args.scale, fpr=0.01, stride=args.stride,
+                                 **extra)
                 kw = {"reference": ref_px} if name == "combined" else {}
                 sc.fit(cal_px, **kw)
             s_norm = sc.decision_function(normal_px)
@@ -257,6 +261,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--stride", type=int, default=36, help="tile stride at the scaled size")
+    ap.add_argument("--max-bank", type=int, default=10000, help="kNN memory bank size")
     ap.add_argument("--classes", default="")
     ap.add_argument("--n-test", type=int, default=60, help="held-out images per class")
     ap.add_argument("--threads", type=int, default=1)

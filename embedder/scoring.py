@@ -335,7 +335,7 @@ class KNNScorer(TileScorer):
     name = "knn"
     reduce = "max"
 
-    def __init__(self, encoder: Encoder, *, k: int = 3, max_bank: int = 30000,
+    def __init__(self, encoder: Encoder, *, k: int = 3, max_bank: int = 10000,
                  index_factory: str = "Flat", pixel_weight: float = 3.0, seed: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(encoder, **kwargs)
@@ -448,16 +448,19 @@ class CombinedScorer(TileScorer):
     name = "combined"
 
     def __init__(self, encoder: Encoder, *, parts: Sequence[str] = ("knn", "local-mse"),
-                 **kwargs: Any) -> None:
+                 part_params: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> None:
         super().__init__(encoder, **kwargs)
         self.parts = tuple(parts)
+        self.part_params = part_params
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "parts": list(self.parts)}
+        return {**super().params(), "parts": list(self.parts), "part_params": self.part_params}
 
     def _make_parts(self) -> list[TileScorer]:
-        common = {k: v for k, v in self.params().items() if k not in ("parts", "threshold")}
-        return [make_scorer(p, self.encoder, **common) for p in self.parts]
+        common = {k: v for k, v in super().params().items() if k != "threshold"}
+        extra = self.part_params or {}
+        return [make_scorer(p, self.encoder, **{**common, **extra.get(p, {})})
+                for p in self.parts]
 
     def fit(self, images: Sequence[np.ndarray], **kwargs: Any) -> CombinedScorer:
         self._validate(images)

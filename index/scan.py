@@ -46,8 +46,7 @@ COMMIT_EVERY = 8  # images per catalog transaction: a kill loses at most this ma
 
 
 def checkpoint_dir(home: Home, model: ModelRow) -> Path:
-    path = Path(model.checkpoint_path)
-    return path if path.is_absolute() else home.root / path
+    return home.resolve(model.checkpoint_path)
 
 
 def save_scorer(home: Home, model: ModelRow, scorer: TileScorer, extra: dict[str, Any]) -> dict:

@@ -125,6 +125,9 @@ def run_scan_demo(home: Home, data: Path, *, epochs: int = 8, device: str = "aut
     say(f"[scan 3/3] scanned digit_0/ and digit_6/: {summary.n_flagged} of "
         f"{len(summary.scored)} flagged; report: {report / 'report.html'} "
         f"({time.perf_counter() - t0:.0f}s)")
-    home.catalog.set_active(DEMO_MODEL)
+    try:
+        home.catalog.set_active(DEMO_MODEL)  # search keeps using the retrieval model
+    except CatalogError:
+        pass
     say(f"try: latentsight scan {data / 'digit_8'} --model {DEMO_SCANNER} --home {home.root}")
     return float(ev["auroc"])
