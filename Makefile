@@ -38,6 +38,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/augment.py
+	$(BIN)/python benchmarks/anomaly.py
 
 clean:
 	rm -rf $(VENV) $(HOME_DEMO) .pytest_cache

@@ -43,3 +43,30 @@ def neu_dir() -> Path:
     if not NEU.is_dir():
         pytest.skip(f"NEU-CLS data set not found at {NEU}")
     return NEU
+
+
+@pytest.fixture(scope="session")
+def anomaly_home(tmp_path_factory: pytest.TempPathFactory):
+    """A home whose scanning model learned 40 'good' stripe textures (32x32, 16-pixel tiles).
+
+    Also holds 12 'checker' textures (anomalies for `eval anomaly`). Tiny
+    models run fastest single-threaded, so the session switches to 1 thread.
+    """
+    from index.home import Home
+    from index.ingest import ingest_paths
+    from tests.imagegen import write_folder, write_normal_folder
+    from training.anomaly import train_scorer
+    from training.train import TrainConfig
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("anomaly")
+    normal = write_normal_folder(root / "good", n=40, seed=1)
+    other = write_folder(root / "others", per_label=12, seed=2)
+    home = Home(root / "home")
+    ingest_paths(home, [normal], label="good", progress=False, workers=0)
+    ingest_paths(home, [other / "checker"], label="checker", progress=False, workers=0)
+    cfg = TrainConfig(epochs=80, batch_size=16, lr=3e-3, patience=80, name="scan-test",
+                      device="cpu", model_config={"image_size": 16, "depth": 2, "width": 16,
+                                                  "latent_dim": 32})
+    train_scorer(home, "good", cfg, fpr=0.1, progress=False, workers=0)
+    return home

@@ -44,3 +44,23 @@ def write_folder(root: Path, per_label: int = 12, size: int = 32, seed: int = 0)
         for i in range(per_label):
             Image.fromarray(texture(label, rng, size), mode="L").save(d / f"{i:03d}.png")
     return root
+
+
+NORMAL_LABEL = "stripes_h"
+
+
+def write_normal_folder(root: Path, n: int = 40, size: int = 32, seed: int = 0) -> Path:
+    """root/NNN.png: `n` textures of one class (the 'normal' images of anomaly tests)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(texture(NORMAL_LABEL, rng, size), mode="L").save(root / f"{i:03d}.png")
+    return root
+
+
+def normal_textures(n: int, seed: int, size: int | tuple[int, int] = 32) -> list[np.ndarray]:
+    """`n` normal textures as arrays; size may be (h, w) for non-square images."""
+    rng = np.random.default_rng(seed)
+    h, w = (size, size) if isinstance(size, int) else size
+    side = max(h, w)
+    return [texture(NORMAL_LABEL, rng, side)[:h, :w].copy() for _ in range(n)]

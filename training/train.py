@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embedder.data import FileImages, iter_batches
-from embedder.errors import CatalogError
+from embedder.errors import CatalogError, DecodeError
+from embedder.images import resize
 from embedder.models import create, resolve_device, save_checkpoint
 from index.home import Home
 
@@ -56,6 +57,9 @@ class TrainConfig:
     name: str | None = None  # model name; default "<kind>-<timestamp>"
     device: str = "auto"  # auto | cpu | cuda
     model_config: dict[str, Any] = field(default_factory=dict)  # e.g. image_size, latent_dim
+    crops: bool = False  # train on random image_size crops of native-size images (for scans)
+    tile_scale: float = 1.0  # with crops: resize factor before cropping (mildly reduced resolution)
+    image_ids: list[int] = field(default_factory=list)  # only these catalog ids (empty = all)
 
 
 @dataclass
@@ -144,10 +148,11 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
 
 
 def load_images(
-    home: Home, *, labels: list[str], image_size: int, channels: int, progress: bool = True
+    home: Home, *, labels: list[str], image_size: int, channels: int, progress: bool = True,
+    ids: list[int] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Decode the selected catalog images into one uint8 tensor (N, C, S, S)."""
-    rows = home.catalog.images(labels=labels or None, synthetic=False)  # real images only
+    rows = home.catalog.images(labels=labels or None, ids=ids or None, synthetic=False)
     if not rows:
         what = f" with labels {labels}" if labels else ""
         raise CatalogError(f"No catalog images{what} to train on. Run: latentsight ingest PATH")
@@ -167,6 +172,60 @@ def load_images(
     return torch.cat(xs), ids
 
 
+class CropImages:
+    """Native-size images; indexing with ids returns fresh random crops, uint8 (B, C, S, S)."""
+
+    def __init__(self, images: list[torch.Tensor], size: int, gen: torch.Generator) -> None:
+        self.images, self.size, self.gen = images, size, gen
+
+    @classmethod
+    def load(cls, home: Home, cfg: TrainConfig, *, size: int, channels: int,
+             gen: torch.Generator) -> CropImages:
+        from embedder.images import decode_file
+        from embedder.scoring import to_channels
+
+        rows = home.catalog.images(labels=cfg.labels or None, ids=cfg.image_ids or None)
+        if not rows:
+            raise CatalogError("No catalog images to train on. Run: latentsight ingest PATH")
+        mode = "L" if channels == 1 else "RGB"
+        images = []
+        for r in rows:
+            try:
+                px = decode_file(r.path, mode=mode).pixels
+            except DecodeError as e:
+                print(f"skipped: {e}", file=sys.stderr)
+                continue
+            h, w = px.shape[:2]
+            if cfg.tile_scale != 1.0:
+                px = resize(px, (max(1, round(w * cfg.tile_scale)),
+                                 max(1, round(h * cfg.tile_scale))))
+            if min(px.shape[:2]) < size:  # small images are resized up to one tile
+                px = resize(px, (max(size, px.shape[1]), max(size, px.shape[0])))
+            images.append(torch.from_numpy(np.array(to_channels(px, channels))))
+        if not images:
+            raise CatalogError("None of the selected catalog images could be read.")
+        return cls(images, size, gen)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx: torch.Tensor) -> CropImages:
+        return CropImages([self.images[int(i)] for i in idx], self.size, self.gen)
+
+    def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        s, out = self.size, []
+        ids = range(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).reshape(-1)
+        for i in list(ids):
+            i = int(i)
+            img = self.images[i]  # (C, H, W)
+            y = int(torch.randint(0, img.shape[1] - s + 1, (1,), generator=self.gen))
+            x = int(torch.randint(0, img.shape[2] - s + 1, (1,), generator=self.gen))
+            out.append(img[:, y : y + s, x : x + s])
+        if not out:
+            return torch.zeros((0, self.images[0].shape[0], s, s), dtype=torch.uint8)
+        return torch.stack(out)  # (B, C, S, S)
+
+
 def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Train, keep the best validation checkpoint, register it as the active model."""
     check_config(cfg)
@@ -174,13 +233,19 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
     device = resolve_device(cfg.device)
     model = create(cfg.model, **cfg.model_config)
     mcfg = model.config
-    data, _ids = load_images(home, labels=cfg.labels, image_size=mcfg.image_size,
-                             channels=mcfg.channels, progress=progress)
+    if cfg.crops:
+        data = CropImages.load(home, cfg, size=mcfg.image_size, channels=mcfg.channels,
+                               gen=torch.Generator().manual_seed(cfg.seed + 1))
+    else:
+        data, _ids = load_images(home, labels=cfg.labels, image_size=mcfg.image_size,
+                                 channels=mcfg.channels, progress=progress, ids=cfg.image_ids)
     n = len(data)
     gen = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(n, generator=gen)
     n_val = max(1, int(round(n * cfg.val_frac))) if n >= 10 else 0
     val, tr = data[perm[:n_val]], data[perm[n_val:]]
+    if cfg.crops:  # fixed crops for validation, fresh random crops at every training step
+        tr = data.subset(perm[n_val:])
     if cfg.aux != "none" and len(tr) < 2:
         msg = f"The '{cfg.aux}' auxiliary objective needs >= 2 training images. Got {len(tr)}."
         raise CatalogError(msg)

@@ -25,6 +25,7 @@ from latentsight.cli import (  # noqa: E402, F401
     dashboard_cmd,
     gan_cmd,
     index_cmd,
+    scan_cmd,
     train_cmd,
 )
 

@@ -94,6 +94,12 @@ def train(
         "--norm-pix-loss/--no-norm-pix-loss", help="vit: Per-patch normalized targets.",
         show_default=False)] = None,
     name: Annotated[str | None, typer.Option(help="Model name. Default: KIND-TIMESTAMP.")] = None,
+    normal_label: Annotated[str | None, typer.Option(
+        "--normal-label", help="Train a scanning model on the images labeled L only (random "
+        "tile crops) and calibrate its anomaly threshold on a held-out part of them.",
+        show_default=False)] = None,
+    fpr: Annotated[float, typer.Option(help="With --normal-label: target false-positive rate "
+                                       "on held-out normal images.")] = 0.01,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
@@ -107,6 +113,7 @@ def train(
 
     Examples:
       latentsight train
+      latentsight train --normal-label good --fpr 0.01    # a model for anomaly scans
       latentsight train --model vae --beta 0.5 --kl-warmup 5 --free-bits 0.1
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
     """
@@ -130,6 +137,9 @@ def train(
         **{k: v for k, v in overrides.items() if v is not None},
     )
     h = open_home(home, db_url)
+    if normal_label is not None:
+        _train_scanner(h, cfg, normal_label, fpr, json_out)
+        return
     res = run_train(h, cfg)
     m = {k: v for k, v in res.metrics.items() if k != "history"}
     if json_out:
@@ -138,3 +148,16 @@ def train(
         typer.echo(f"trained {res.name} ({res.kind}): val_loss {m['val_loss']:.5f} after "
                    f"{m['epochs_run']} epochs in {m['train_seconds']:.1f}s; now the active model")
         typer.echo(f"next: latentsight index build --model {res.name}")
+
+
+def _train_scanner(h: Any, cfg: Any, normal_label: str, fpr: float, json_out: bool) -> None:
+    from training.anomaly import train_scorer
+
+    res = train_scorer(h, normal_label, cfg, fpr=fpr)
+    if json_out:
+        echo_json(res.as_dict())
+    else:
+        typer.echo(f"trained {res.name} on {res.n_train} images labeled {normal_label!r}; "
+                   f"{res.scorer} threshold calibrated on {res.n_calib} held-out ones for "
+                   f"FPR {fpr}; now the active model")
+        typer.echo("next: latentsight scan FOLDER --report report/")

@@ -1,0 +1,322 @@
+"""Batch anomaly scans: score every image under some folders, record the scan in the catalog.
+
+    summary = scan_paths(home, ["incoming/"], report_dir="report/")
+    summary.n_flagged, summary.results[0].score
+
+A model's fitted scorer is stored beside its checkpoint (`save_scorer`): its
+JSON state under "scoring" in the checkpoint's config.json and in the
+catalog's model metrics, its arrays (a kNN memory bank) in
+`scoring.safetensors`, whose sha256 is checked on load. Each scored image is
+committed to `scan_results` in small batches, so a killed scan keeps its work
+and `resume=True` continues the last unfinished scan over the same paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from sqlalchemy import select
+
+from embedder.encoder import Encoder
+from embedder.errors import CatalogError, DecodeError, ModelError, StoreError
+from embedder.fsutil import atomic_write, atomic_write_bytes
+from embedder.images import decode_bytes, looks_like_image, read_bytes
+from embedder.models import CONFIG_FILE, sha256_file
+from embedder.scoring import TileScorer, scorer_from_state
+from index.catalog import ModelRow, ScanResultRow, ScanRow, utcnow
+from index.home import Home
+from index.ingest import iter_files
+from index.manager import load_encoder, open_index
+
+SCORER_FILE = "scoring.safetensors"
+COMMIT_EVERY = 8  # images per catalog transaction: a kill loses at most this many
+
+
+# ---- the fitted scorer, stored with its model ------------------------------------------------
+
+
+def checkpoint_dir(home: Home, model: ModelRow) -> Path:
+    return home.resolve(model.checkpoint_path)
+
+
+def save_scorer(home: Home, model: ModelRow, scorer: TileScorer, extra: dict[str, Any]) -> dict:
+    """Store a fitted scorer with `model` (checkpoint folder + catalog); returns its state."""
+    directory = checkpoint_dir(home, model)
+    arrays = {k: np.ascontiguousarray(v) for k, v in scorer.arrays().items()}
+    state = {**scorer.state(), **extra}
+    if arrays:
+        atomic_write(directory / SCORER_FILE, lambda tmp: save_file(arrays, tmp))
+        state["arrays_sha256"] = sha256_file(directory / SCORER_FILE)
+    cfg_path = directory / CONFIG_FILE
+    doc = json.loads(cfg_path.read_text())
+    doc["scoring"] = state
+    atomic_write_bytes(cfg_path, json.dumps(doc, indent=2).encode())
+    home.catalog.update_model_metrics(model.id, {"scoring": state})
+    return state
+
+
+def load_scorer(home: Home, model: ModelRow, device: str = "auto") -> tuple[Encoder, TileScorer]:
+    """The model's encoder and its fitted scorer; a clear error when it was never calibrated."""
+    state = (model.metrics or {}).get("scoring")
+    if not state:
+        msg = (f"Model {model.name!r} has no anomaly calibration. Train one on normal images: "
+               "latentsight train --normal-label LABEL")
+        raise ModelError(msg)
+    encoder = load_encoder(home, model, device)
+    arrays: dict[str, np.ndarray] = {}
+    if state.get("arrays_sha256"):
+        path = checkpoint_dir(home, model) / SCORER_FILE
+        if not path.is_file():
+            raise ModelError(f"{path}: missing (the scorer's memory bank of model {model.name!r})")
+        if sha256_file(path) != state["arrays_sha256"]:
+            raise ModelError(f"{path}: sha256 differs from the catalog's; refusing to load it")
+        arrays = load_file(str(path))
+    return encoder, scorer_from_state(encoder, state, arrays)
+
+
+# ---- scans --------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanItem:
+    path: str
+    sha256: str | None = None
+    score: float | None = None
+    anomalous: bool | None = None
+    error: str | None = None
+    nearest_ids: list[int] | None = None
+
+    def as_json(self, threshold: float) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "score": self.score,
+                "anomalous": self.anomalous, "threshold": threshold}
+
+
+@dataclass
+class ScanSummary:
+    scan_id: int
+    model: str
+    threshold: float
+    results: list[ScanItem] = field(default_factory=list)
+    skipped: int = 0  # files that are not images by name or content
+    resumed: int = 0  # images already scored by the interrupted run
+    report_dir: str | None = None
+
+    @property
+    def scored(self) -> list[ScanItem]:
+        return [r for r in self.results if r.error is None]
+
+    @property
+    def failed(self) -> list[ScanItem]:
+        return [r for r in self.results if r.error is not None]
+
+    @property
+    def n_flagged(self) -> int:
+        return sum(bool(r.anomalous) for r in self.results)
+
+
+def normalize_paths(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    return sorted(os.path.abspath(os.fspath(p)) for p in paths)
+
+
+def resolve_threshold(scorer: TileScorer, *, fpr: float | None, threshold: float | None) -> float:
+    """Explicit threshold, or the one for `fpr` from the stored calibration, or the model's."""
+    if fpr is not None and threshold is not None:
+        raise ValueError("Give either --fpr or --threshold, not both.")
+    if threshold is not None:
+        if not threshold > 0:
+            msg = f"The 'threshold' option must be > 0. Got {threshold} instead."
+            raise ValueError(msg)
+        return float(threshold)
+    if fpr is not None:
+        return scorer.threshold_for_fpr(fpr)
+    return float(scorer.threshold_)
+
+
+def scan_paths(
+    home: Home,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    model: str | None = None,
+    fpr: float | None = None,
+    threshold: float | None = None,
+    report_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    k_neighbors: int = 3,
+    include_synthetic: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+) -> ScanSummary:
+    """Score every image under `paths`; record the scan; optionally write a report.
+
+    Bad files become results with an `error` and the scan goes on. Raises
+    CatalogError when a path does not exist, ModelError when the model has
+    no calibrated scorer.
+    """
+    from tqdm import tqdm
+
+    for p in paths:
+        if not os.path.lexists(p):
+            raise CatalogError(f"{p}: no such file or folder")
+    row = home.catalog.model(model)
+    encoder, scorer = load_scorer(home, row, device)
+    norm = normalize_paths(paths)
+    scan, done = _open_scan(home, row, norm, resume=resume, fpr=fpr,
+                            threshold=resolve_threshold(scorer, fpr=fpr, threshold=threshold))
+    thr = float(scan.threshold)
+    neighbors = _Neighbors(home, row, encoder, scorer, k=k_neighbors,
+                           include_synthetic=include_synthetic)
+    heat_dir = Path(report_dir) / "heatmaps" if report_dir else None
+    if heat_dir:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    summary = ScanSummary(scan_id=scan.id, model=row.name, threshold=thr,
+                          report_dir=str(report_dir) if report_dir else None)
+    files = [os.path.abspath(f) for f, _root in iter_files(norm)]
+    todo = []
+    for f in files:
+        if f in done:
+            summary.results.append(done[f])
+            summary.resumed += 1
+        elif looks_like_image(f) or not os.path.exists(f):
+            todo.append(f)
+        else:
+            summary.skipped += 1
+    bar = tqdm(total=len(todo), desc=f"scan {row.name}", unit="img", file=sys.stderr,
+               disable=not progress or None)
+    pending: list[ScanItem] = []
+    try:
+        for f in todo:
+            item = _score_one(f, encoder, scorer, thr, neighbors, heat_dir)
+            summary.results.append(item)
+            pending.append(item)
+            if len(pending) >= COMMIT_EVERY:
+                _commit(home, scan.id, pending)
+                pending = []
+            bar.update(1)
+            bar.set_postfix(flagged=summary.n_flagged, failed=len(summary.failed))
+        _commit(home, scan.id, pending)
+    finally:
+        bar.close()
+    _finish(home, scan.id, summary)
+    if report_dir:
+        from index.report import write_report
+
+        write_report(home, summary, Path(report_dir), encoder=encoder, scorer=scorer,
+                     neighbors=neighbors)
+    return summary
+
+
+class _Neighbors:
+    """Nearest normal catalog images of a query (the model's index, normal label only)."""
+
+    def __init__(self, home: Home, model: ModelRow, encoder: Encoder, scorer: TileScorer, *,
+                 k: int, include_synthetic: bool) -> None:
+        self.encoder, self.k, self.store, self.allowed = encoder, k, None, None
+        if k < 1:
+            return
+        try:
+            self.store, _ = open_index(home, model)
+        except StoreError:
+            return  # no index: no neighbors, the scan still runs
+        state = (model.metrics or {}).get("scoring") or {}
+        label = state.get("normal_label")
+        rows = home.catalog.images(labels=[label] if label else None)
+        self.allowed = np.asarray([r.id for r in rows if include_synthetic or not r.synthetic],
+                                  dtype=np.int64)
+
+    def __call__(self, pixels: np.ndarray) -> list[int] | None:
+        if self.store is None or self.allowed is None or not len(self.allowed):
+            return None
+        _, ids = self.store.search(self.encoder.embed_pixels([pixels]), self.k,
+                                   allowed_ids=self.allowed)
+        return [int(i) for i in ids[0] if i >= 0]
+
+
+def _score_one(path: str, encoder: Encoder, scorer: TileScorer, thr: float,
+               neighbors: _Neighbors, heat_dir: Path | None) -> ScanItem:
+    try:
+        data = read_bytes(path)
+        sha = hashlib.sha256(data).hexdigest()
+        img = decode_bytes(data, path=path, mode=encoder.mode)
+        score, amap = scorer.score_and_map(img.pixels)
+    except DecodeError as e:
+        return ScanItem(path=path, error=e.reason)
+    except Exception as e:  # noqa: BLE001 - one hostile file must not end the scan
+        return ScanItem(path=path, error=f"{type(e).__name__}: {e}")
+    flagged = bool(score > thr)
+    item = ScanItem(path=path, sha256=sha, score=float(score), anomalous=flagged,
+                    nearest_ids=neighbors(img.pixels))
+    if flagged and heat_dir is not None:
+        from index.report import write_overlay
+
+        write_overlay(img.pixels, amap, thr, heat_dir / heatmap_name(path, sha))
+    return item
+
+
+def heatmap_name(path: str, sha: str) -> str:
+    return f"{Path(path).stem[:40]}-{sha[:12]}.png"
+
+
+def _open_scan(home: Home, model: ModelRow, paths: list[str], *, resume: bool,
+               fpr: float | None, threshold: float) -> tuple[ScanRow, dict[str, ScanItem]]:
+    """The unfinished scan to resume (and its finished items), or a new scan."""
+    with home.catalog.session() as s:
+        if resume:
+            q = (select(ScanRow).where(ScanRow.model_id == model.id, ScanRow.status == "running")
+                 .order_by(ScanRow.id.desc()))
+            for scan in s.scalars(q):
+                if sorted(scan.paths or []) == paths:
+                    rows = s.scalars(select(ScanResultRow).where(ScanResultRow.scan_id == scan.id))
+                    done = {r.path: ScanItem(path=r.path, sha256=r.sha256, score=r.score,
+                                             anomalous=r.anomalous, error=r.error,
+                                             nearest_ids=r.nearest_ids) for r in rows}
+                    print(f"resuming scan {scan.id}: {len(done)} image(s) already done",
+                          file=sys.stderr)
+                    return scan, done
+            print("no unfinished scan over these paths; starting a new one", file=sys.stderr)
+        scan = ScanRow(model_id=model.id, threshold=threshold, fpr=fpr, paths=paths,
+                       status="running")
+        s.add(scan)
+        s.flush()
+        return scan, {}
+
+
+def _commit(home: Home, scan_id: int, items: list[ScanItem]) -> None:
+    if not items:
+        return
+    with home.catalog.session() as s:
+        s.add_all(ScanResultRow(scan_id=scan_id, path=i.path, sha256=i.sha256, score=i.score,
+                                anomalous=i.anomalous, error=i.error, nearest_ids=i.nearest_ids)
+                  for i in items)
+
+
+def _finish(home: Home, scan_id: int, summary: ScanSummary) -> None:
+    with home.catalog.session() as s:
+        scan = s.get(ScanRow, scan_id)
+        scan.status = "done"
+        scan.n_images = len(summary.scored)
+        scan.n_flagged = summary.n_flagged
+        scan.n_failed = len(summary.failed)
+        scan.report_dir = summary.report_dir
+        scan.finished_at = utcnow()
+
+
+def scans(home: Home, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest scans, newest first, as dicts."""
+    with home.catalog.session() as s:
+        rows = s.scalars(select(ScanRow).order_by(ScanRow.id.desc()).limit(limit))
+        return [{c: (v.isoformat() if isinstance(v, datetime) else v)
+                 for c, v in ((c.name, getattr(r, c.name)) for c in ScanRow.__table__.columns)}
+                for r in rows]
+
+
+__all__ = ["ScanItem", "ScanSummary", "load_scorer", "save_scorer", "scan_paths", "scans"]

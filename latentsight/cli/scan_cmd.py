@@ -1,0 +1,124 @@
+"""Commands: scan (batch anomaly scan of folders), eval anomaly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from latentsight.cli import app
+from latentsight.cli.common import (
+    EXIT_ERROR,
+    EXIT_FOUND,
+    DbUrlOpt,
+    DeviceOpt,
+    HomeOpt,
+    JsonOpt,
+    ModelOpt,
+    echo_json,
+    err,
+    handle_errors,
+    open_home,
+    table,
+)
+from latentsight.cli.core import eval_app
+
+
+@app.command()
+@handle_errors
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively); "
+                                                "the images need not be in the catalog.")],
+    model: ModelOpt = None,
+    fpr: Annotated[float | None, typer.Option(
+        "--fpr", help="Target false-positive rate; the threshold comes from the model's "
+        "held-out normal scores. Default: the rate the model was calibrated for.",
+        show_default=False)] = None,
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", help="Explicit threshold in score units (1.0 = the calibrated one).",
+        show_default=False)] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write scores.csv, heatmaps/ and report.html into DIR.",
+        show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the last unfinished scan over the same paths.")] = False,
+    neighbors: Annotated[int, typer.Option(
+        "--neighbors", help="Nearest normal catalog images recorded per image.")] = 3,
+    include_synthetic: Annotated[bool, typer.Option(
+        "--include-synthetic", help="Allow synthetic catalog images as nearest normals.")]
+    = False,
+    json_out: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Score every image under PATHS; flag those above the threshold.
+
+    Exit status: 0 nothing flagged, 1 something flagged, 2 error. Unreadable
+    files are reported with a reason and the scan goes on.
+
+    Example: latentsight scan incoming/ --fpr 0.01 --report scan-report/
+    """
+    from index.scan import scan_paths
+
+    h = open_home(home, db_url)
+    s = scan_paths(h, [str(p) for p in paths], model=model, fpr=fpr, threshold=threshold,
+                   report_dir=report, resume=resume, k_neighbors=neighbors,
+                   include_synthetic=include_synthetic, device=device)
+    for f in s.failed:
+        err(f"failed: {f.path}: {f.error}")
+    if json_out:
+        echo_json([r.as_json(s.threshold) for r in s.scored])
+    else:
+        flagged = sorted((r for r in s.scored if r.anomalous), key=lambda r: -(r.score or 0))
+        if flagged:
+            typer.echo(table([{"score": r.score, "path": r.path} for r in flagged],
+                             ["score", "path"]))
+        typer.echo(f"scan {s.scan_id} with {s.model}: {len(s.scored)} scored, {s.n_flagged} "
+                   f"flagged (threshold {s.threshold:.4f}), {len(s.failed)} unreadable, "
+                   f"{s.skipped} not images" + (f", {s.resumed} resumed" if s.resumed else ""))
+        if report:
+            typer.echo(f"report: {report / 'report.html'}")
+    if s.n_flagged:
+        raise typer.Exit(EXIT_FOUND)
+    if not s.scored and s.failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@eval_app.command("anomaly")
+@handle_errors
+def eval_anomaly(
+    normal_label: Annotated[str | None, typer.Option(
+        "--normal-label", help="The label of normal images; all other labels are anomalies. "
+        "Default: the label the model was trained on.", show_default=False)] = None,
+    model: ModelOpt = None,
+    max_per_label: Annotated[int | None, typer.Option(
+        help="Sample each label down to N images (seeded) for a quicker estimate.",
+        show_default=False)] = None,
+    json_out: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """AUROC, AUPR, F1 at the calibrated threshold and the false-positive rate achieved.
+
+    The model's own training images are left out. Example:
+    latentsight eval anomaly --normal-label good
+    """
+    from training.anomaly import evaluate_anomaly
+
+    h = open_home(home, db_url)
+    res = evaluate_anomaly(h, normal_label=normal_label, model=model, device=device,
+                           max_per_label=max_per_label)
+    if json_out:
+        echo_json(res)
+        return
+    typer.echo(f"model {res['model']} ({res['scorer']}), normal = {res['normal_label']!r}: "
+               f"{res['n_normal']} normal, {res['n_anomalous']} anomalous images")
+    typer.echo(f"AUROC {res['auroc']:.3f}  AUPR {res['aupr']:.3f}  F1 {res['f1']:.3f} at "
+               f"threshold {res['threshold']:.3f}  (precision {res['precision']:.3f}, recall "
+               f"{res['recall']:.3f}, false-positive rate {res['fpr']:.3f})")
+    rows = [{"label": k, "auroc": v} for k, v in res["auroc_per_label"].items()]
+    if rows:
+        typer.echo(table(rows, ["label", "auroc"]))
