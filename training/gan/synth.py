@@ -19,7 +19,6 @@ active model's index (when it has one) is brought in line.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from PIL import Image
 
 from embedder.data import FileImages, iter_batches
 from embedder.encoder import Encoder, prepare
-from embedder.errors import CatalogError
+from embedder.errors import CatalogError, LatentsightError
 from index.home import Home
 from index.manager import IndexMissingError, load_encoder, open_index, sync_index
 from training.gan.metrics import match_input
@@ -91,30 +90,30 @@ def _pdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def find_plausibility_gate(home: Home) -> tuple[PlausibilityGate | None, str]:
-    """The anomaly scorer of the home as a gate, or None and a notice saying why not.
+    """The newest calibrated anomaly scorer of the home as a gate, or None and a notice why not.
 
-    Hook: `embedder.scoring.load_scorer(home)` returning a fitted scorer whose
-    `predict(images)` is 1 for anomalous (PyOD's convention).
+    A scanning model (`latentsight train --normal-label L`) stores its fitted
+    scorer; a generated sample it flags (`predict == 1`, PyOD's sign) is rejected.
     """
+    from index.scan import load_scorer
+
+    scanners = [m for m in home.catalog.models()
+                if m.role == "encoder" and (m.metrics or {}).get("scoring")]
+    if not scanners:
+        return None, ("no anomaly scorer trained (latentsight train --normal-label L); "
+                      "plausibility gate skipped")
+    model = scanners[-1]
     try:
-        scoring = importlib.import_module("embedder.scoring")
-    except ImportError:
-        return None, "no anomaly scorer in this install (embedder.scoring); plausibility gate " \
-                     "skipped"
-    loader = getattr(scoring, "load_scorer", None)
-    if loader is None:
-        return None, "embedder.scoring has no load_scorer(home); plausibility gate skipped"
-    try:
-        scorer = loader(home)
-    except Exception as e:  # noqa: BLE001 - no scorer trained is a normal state
-        return None, f"no anomaly scorer available ({e}); plausibility gate skipped"
-    if scorer is None:
-        return None, "no anomaly scorer trained; plausibility gate skipped"
+        _encoder, scorer = load_scorer(home, model, "cpu")
+    except LatentsightError as e:
+        return None, f"anomaly scorer of {model.name!r} unusable ({e}); plausibility gate skipped"
 
     def gate(images: torch.Tensor) -> np.ndarray:
-        return np.asarray(scorer.predict(images)).astype(bool).reshape(-1)
+        px = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (N, C, S, S)
+        arrays = [p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0) for p in px]
+        return np.asarray(scorer.predict(arrays)).astype(bool).reshape(-1)
 
-    return gate, f"plausibility gate: {type(scorer).__name__}.predict"
+    return gate, f"plausibility gate: {type(scorer).__name__} of model {model.name!r}"
 
 
 @dataclass
