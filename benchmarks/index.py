@@ -123,7 +123,9 @@ def index_bytes(index: object) -> int:
         return os.path.getsize(f.name)
 
 
-def faiss_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray) -> list[dict]:
+def faiss_rows(
+    x: np.ndarray, q: np.ndarray, truth: np.ndarray, *, pq: bool = True
+) -> list[dict]:
     n, dim = x.shape
     ids = np.arange(n, dtype=np.int64)
     nlist = ivf_lists(n)
@@ -134,6 +136,8 @@ def faiss_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray) -> list[dict]:
         (f"IVF{nlist},PQ{m}", [f"nprobe={p}" for p in (16, 64)]),
         ("HNSW32", [f"efSearch={e}" for e in (32, 64, 128)]),
     ]
+    if not pq:
+        families = [f for f in families if "PQ" not in f[0]]
     rows = []
     for spec, param_sets in families:
         log(f"  build {spec} on {n} x {dim}")
@@ -271,9 +275,10 @@ def _mib(b: int | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--dims", default="128,640")
-    ap.add_argument("--big-dims", default="128", help="dims run at sizes >= 1M")
+    ap.add_argument("--jobs", default="10000x128,10000x640,100000x128,1000000x128,100000x640",
+                    help="NxDIM runs, in order (640 = the default AE's embed_dim)")
+    ap.add_argument("--pq-max", type=int, default=100_000,
+                    help="largest n with an IVF-PQ row (PQ training time on 2 shared cores)")
     ap.add_argument("--milvus-max", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
@@ -281,35 +286,33 @@ def main() -> None:
     global THREADS
     THREADS = args.threads
     faiss.omp_set_num_threads(args.threads)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    dims = [int(d) for d in args.dims.split(",")]
-    big_dims = {int(d) for d in args.big_dims.split(",")}
+    jobs = [tuple(int(v) for v in j.split("x")) for j in args.jobs.split(",")]
+    sizes = sorted({n for n, _ in jobs})
     rows, over, notes = [], [], []
     tmp = Path(tempfile.mkdtemp(prefix="ls-bench-"))
     out = ROOT / "benchmarks" / "results" / "index.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    for n in sizes:
-        for dim in dims:
-            if n >= 1_000_000 and dim not in big_dims:
-                notes.append(f"- {n:,} x {dim} skipped (runtime on the shared 2-core machine).")
-                continue
-            log(f"data {n} x {dim}")
-            x, q = make_data(n, dim)
-            truth = ground_truth(x, q)
-            rows += faiss_rows(x, q, truth)
-            if n <= args.milvus_max:
-                rows += milvus_rows(x, q, truth, tmp)
-            elif dim == dims[0]:
-                notes.append(f"- Milvus Lite not run at {n:,}: inserting through the embedded "
-                             "server is too slow here; use Milvus standalone at that size.")
-            if n == 100_000 and dim == dims[0]:
-                log("store overhead")
-                best = choose_spec(n, dim, memory_budget=1 << 62)
-                over.append(overhead(x, q, "Flat", None))
-                over.append(overhead(x, q, best.spec, best.params))
-                over.append(overhead(x, q, "HNSW32", "efSearch=64"))
-            del x, q, truth
-            out.write_text(json.dumps({"rows": rows, "overhead": over, "partial": True}, indent=2))
+    for n, dim in jobs:
+        log(f"data {n} x {dim}")
+        x, q = make_data(n, dim)
+        truth = ground_truth(x, q)
+        rows += faiss_rows(x, q, truth, pq=n <= args.pq_max)
+        if n > args.pq_max:
+            notes.append(f"- No IVF-PQ row at {n:,} x {dim}: its training did not fit the "
+                         "time this run had on the shared cores.")
+        if n <= args.milvus_max:
+            rows += milvus_rows(x, q, truth, tmp)
+        else:
+            notes.append(f"- Milvus Lite not run at {n:,} x {dim}: inserting through the "
+                         "embedded server is too slow here; use Milvus standalone at that size.")
+        if n == 100_000 and not over:
+            log("store overhead")
+            best = choose_spec(n, dim, memory_budget=1 << 62)
+            over.append(overhead(x, q, "Flat", None))
+            over.append(overhead(x, q, best.spec, best.params))
+            over.append(overhead(x, q, "HNSW32", "efSearch=64"))
+        del x, q, truth
+        out.write_text(json.dumps({"rows": rows, "overhead": over, "partial": True}, indent=2))
     meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores",
             "faiss": faiss.__version__, "threads": args.threads, "gpus": faiss.get_num_gpus(),
             "notes": notes, "load": " / ".join(f"{v:.1f}" for v in os.getloadavg()),

@@ -226,9 +226,11 @@ class FaissStore(VectorStore):
             except RuntimeError as e:
                 msg = f"Invalid faiss index spec {spec!r} for dimension {dim}: {_first_line(e)}"
                 raise StoreError(msg) from e
-            if isinstance(faiss.try_extract_index_ivf(inner), faiss.IndexIVFPQ):
+            ivf = faiss.try_extract_index_ivf(inner)
+            ivf = faiss.downcast_index(ivf) if ivf is not None else None
+            if isinstance(ivf, faiss.IndexIVFPQ):
                 # polysemous training costs minutes and serves only Hamming-filtered search
-                faiss.downcast_index(faiss.extract_index_ivf(inner)).do_polysemous_training = False
+                ivf.do_polysemous_training = False
             index = faiss.IndexIDMap2(inner)
         self.index = index
         if params:
