@@ -213,15 +213,17 @@ def _build_milvus(
     uri: str | None,
 ) -> tuple[VectorStore, str]:
     from index.milvus_store import MilvusStore, collection_name
+    from index.milvus_store import _connect as _milvus_connect
 
     uri = uri or str(index_path(home, model, "milvus"))
     if spec == "auto" or spec == "Flat":
         spec = "FLAT" if len(kept) < 50_000 else "HNSW:M=32,efConstruction=200,ef=64"
         say(f"spec auto (milvus): {spec} for {len(kept)} vectors")
     name = collection_name(model.name)
-    store = MilvusStore(dim, uri=uri, collection=name, spec=spec)
-    store.drop()  # a rebuild starts empty; the catalog holds everything needed to refill it
-    store = MilvusStore(dim, uri=uri, collection=name, spec=spec)
+    client = _milvus_connect(uri, None)
+    if client.has_collection(name):  # a rebuild starts empty; the catalog refills it
+        client.drop_collection(name)
+    store = MilvusStore(dim, uri=uri, collection=name, spec=spec, client=client)
     meta = catalog_metadata(home, kept)
     for s in range(0, len(kept), 5000):
         store.add(kept[s : s + 5000], vecs[s : s + 5000], meta[s : s + 5000])

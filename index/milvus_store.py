@@ -83,9 +83,10 @@ class MilvusStore(VectorStore):
         metric: str = "IP",
         token: str | None = None,
         create: bool = True,
+        client: object | None = None,
     ) -> None:
         try:
-            from pymilvus import MilvusClient
+            import pymilvus  # noqa: F401
         except ImportError as e:
             msg = "The Milvus backend needs pymilvus: pip install 'pymilvus[milvus-lite]'"
             raise StoreError(msg) from e
@@ -100,11 +101,7 @@ class MilvusStore(VectorStore):
         self.index_type, self.build_params, self.search_params = parse_spec(spec)
         if is_lite(uri):
             Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        token = token if token is not None else os.environ.get(ENV_TOKEN, "")
-        try:
-            self.client = MilvusClient(uri=uri, token=token)
-        except Exception as e:  # noqa: BLE001 - pymilvus raises several unrelated types
-            raise StoreError(_connect_error(uri, e)) from e
+        self.client = client if client is not None else _connect(uri, token)
         if not self.client.has_collection(collection):
             if not create:
                 msg = f"Milvus at {uri} has no collection {collection!r}; build the index first."
@@ -117,13 +114,7 @@ class MilvusStore(VectorStore):
     @classmethod
     def open(cls, uri: str, collection: str, *, token: str | None = None) -> MilvusStore:
         """Open an existing collection, reading dimension, index type and metric from it."""
-        from pymilvus import MilvusClient
-
-        tok = token if token is not None else os.environ.get(ENV_TOKEN, "")
-        try:
-            client = MilvusClient(uri=uri, token=tok)
-        except Exception as e:  # noqa: BLE001
-            raise StoreError(_connect_error(uri, e)) from e
+        client = _connect(uri, token)
         if not client.has_collection(collection):
             msg = f"Milvus at {uri} has no collection {collection!r}; build the index first."
             raise StoreError(msg)
@@ -134,9 +125,8 @@ class MilvusStore(VectorStore):
         spec = described.split(SPEC_MARK, 1)[1] if SPEC_MARK in described else None
         spec = spec or idx.get("index_type")
         metric = idx.get("metric_type", "IP")
-        client.close()
         return cls(dim, uri=uri, collection=collection, spec=str(spec or "FLAT"), metric=metric,
-                   token=token, create=False)
+                   create=False, client=client)
 
     def _create(self) -> None:
         from pymilvus import DataType
@@ -254,9 +244,11 @@ class MilvusStore(VectorStore):
         """Milvus persists on its own; saving is flushing (`path` is ignored)."""
         self.flush()
 
-    def drop(self) -> None:
-        """Delete the whole collection (a rebuild starts from an empty one)."""
+    def reset(self) -> None:
+        """Drop the collection and create it empty (a rebuild refills it from the catalog)."""
         self.client.drop_collection(self.collection)
+        self._create()
+        self.client.load_collection(self.collection)
 
     def close(self) -> None:
         self.client.close()
@@ -328,6 +320,16 @@ class MilvusStore(VectorStore):
                 out[r, j] = int(hit["id"])
                 scores[r, j] = sign * float(hit["distance"])
         return scores, out
+
+
+def _connect(uri: str, token: str | None) -> object:
+    from pymilvus import MilvusClient
+
+    token = token if token is not None else os.environ.get(ENV_TOKEN, "")
+    try:
+        return MilvusClient(uri=uri, token=token)
+    except Exception as e:  # noqa: BLE001 - pymilvus raises several unrelated types
+        raise StoreError(_connect_error(uri, e)) from e
 
 
 def _text(value: object) -> str:

@@ -13,6 +13,7 @@ from embedder.images import decode_bytes
 from index.catalog import IndexRow, ModelRow
 from index.home import Home
 from index.manager import load_encoder, open_index
+from index.store import Filter
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Searcher:
     def __init__(self, home: Home, model: str | None = None, *, device: str = "auto") -> None:
         self.home = home
         self.model: ModelRow = home.catalog.model(model)
-        self.store, self.index_row = open_index(home, self.model)
+        self.store, self.index_row = open_index(home, self.model, device=device)
         _check_fresh(home, self.model, self.index_row)
         self.encoder = load_encoder(home, self.model, device)
 
@@ -54,15 +55,13 @@ class Searcher:
         k: int = 10,
         label: str | None = None,
         source: str | None = None,
+        synthetic: bool | None = None,
     ) -> list[Hit]:
-        """Return up to k hits, best first. With a label or source, a filter inside the search."""
+        """Return up to k hits, best first. With a label, source or synthetic flag, a filter
+        inside the search (FAISS: catalog ids + ID selector; Milvus: a boolean expression)."""
         vec = self.query_vector(query)
-        allowed = None
-        if label is not None or source is not None:
-            rows = self.home.catalog.images(labels=[label] if label else None,
-                                            sources=[source] if source else None)
-            allowed = np.asarray([r.id for r in rows], dtype=np.int64)
-        scores, ids = self.store.search(vec, k, allowed_ids=allowed)
+        filt = Filter.of(labels=label, sources=source, synthetic=synthetic)
+        scores, ids = self.store.search(vec, k, filter=None if filt.empty else filt)
         found = [int(i) for i in ids[0] if i >= 0]
         rows = {r.id: r for r in self.home.catalog.images(ids=found)}
         return [

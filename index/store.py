@@ -462,9 +462,9 @@ def gpu_device(device: str = "auto") -> int | None:
     if device.startswith("cuda"):
         num = int(device.split(":", 1)[1]) if ":" in device else 0
         if num >= n:
-            msg = (f"The device {device!r} was asked for but faiss sees {n} GPU(s); "
-                   "install faiss-gpu on a CUDA machine or use --device cpu.")
-            raise StoreError(msg)
+            say(f"warning: --device {device} asked for, but faiss sees {n} GPU(s) (a CPU-only "
+                "faiss build?); the index stays on the CPU.")
+            return None
         return num
     msg = f"The 'device' must be auto, cpu, cuda or cuda:N. Got {device!r} instead."
     raise StoreError(msg)
