@@ -89,6 +89,14 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 THREADS = 2
+RESULTS: dict = {"rows": [], "overhead": [], "notes": []}
+OUT = ROOT / "benchmarks" / "results" / "index.json"
+
+
+def checkpoint() -> None:
+    """Write what has been measured so far (a long run cut short keeps its rows)."""
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({**RESULTS, "partial": True}, indent=2))
 
 
 def qps(fn, q: np.ndarray, batch: int, n: int) -> tuple[float, np.ndarray]:
@@ -156,6 +164,8 @@ def faiss_rows(
             rows.append({"engine": "faiss", "spec": spec, "params": params or "-", "n": n,
                          "dim": dim, "build_s": build, "bytes": size,
                          "recall10": recall(found, truth), "qps_b1": q1, "qps_b64": q64})
+            RESULTS["rows"].append(rows[-1])
+            checkpoint()
             log(f"    {params or '-'}: recall {rows[-1]['recall10']:.3f} qps1 {q1:.0f} "
                 f"qps64 {q64:.0f}")
         if faiss.get_num_gpus() > 0 and spec.startswith(("Flat", "IVF")):
@@ -282,6 +292,10 @@ def main() -> None:
     ap.add_argument("--milvus-max", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--append", action="store_true",
+                    help="add to the rows already in benchmarks/results/index.json")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the docs section from benchmarks/results/index.json")
     args = ap.parse_args()
     global THREADS
     THREADS = args.threads
@@ -289,19 +303,25 @@ def main() -> None:
     jobs = [tuple(int(v) for v in j.split("x")) for j in args.jobs.split(",")]
     sizes = sorted({n for n, _ in jobs})
     rows, over, notes = [], [], []
+    if args.append or args.render:
+        old = json.loads(OUT.read_text())
+        rows, over = old["rows"], old["overhead"]
+        notes = old.get("notes") or old.get("meta", {}).get("notes", [])
+        jobs = [] if args.render else jobs
+    RESULTS.update(rows=rows, overhead=over, notes=notes)
     tmp = Path(tempfile.mkdtemp(prefix="ls-bench-"))
-    out = ROOT / "benchmarks" / "results" / "index.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = OUT
     for n, dim in jobs:
         log(f"data {n} x {dim}")
         x, q = make_data(n, dim)
         truth = ground_truth(x, q)
-        rows += faiss_rows(x, q, truth, pq=n <= args.pq_max)
+        faiss_rows(x, q, truth, pq=n <= args.pq_max)  # appends to RESULTS["rows"]
         if n > args.pq_max:
             notes.append(f"- No IVF-PQ row at {n:,} x {dim}: its training did not fit the "
                          "time this run had on the shared cores.")
         if n <= args.milvus_max:
             rows += milvus_rows(x, q, truth, tmp)
+            checkpoint()
         else:
             notes.append(f"- Milvus Lite not run at {n:,} x {dim}: inserting through the "
                          "embedded server is too slow here; use Milvus standalone at that size.")
@@ -312,12 +332,13 @@ def main() -> None:
             over.append(overhead(x, q, best.spec, best.params))
             over.append(overhead(x, q, "HNSW32", "efSearch=64"))
         del x, q, truth
-        out.write_text(json.dumps({"rows": rows, "overhead": over, "partial": True}, indent=2))
+        checkpoint()
     meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores",
             "faiss": faiss.__version__, "threads": args.threads, "gpus": faiss.get_num_gpus(),
             "notes": notes, "load": " / ".join(f"{v:.1f}" for v in os.getloadavg()),
             "sqrt_rule": {n: round(4 * math.sqrt(n)) for n in sizes}}
-    out.write_text(json.dumps({"rows": rows, "overhead": over, "meta": meta}, indent=2))
+    out.write_text(json.dumps({"rows": rows, "overhead": over, "notes": notes, "meta": meta},
+                              indent=2))
     text = render(rows, over, meta)
     print(text)
     if not args.no_doc:
