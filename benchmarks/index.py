@@ -246,14 +246,15 @@ def render(rows: list[dict], over: list[dict], meta: dict) -> str:
         "",
         "Synthetic vectors: a Gaussian mixture (n/100 centres, at most 4,096), L2-normalized; "
         "dim 640 is the default AE's embedding size. The clusters are well separated, so "
-        "IVF finds the true neighbours in few lists: recall here is an upper bound of what "
-        "real embeddings give at the same nprobe / efSearch. recall@10 against exact search "
+        "IVF finds the true neighbours in few lists; this data may flatter IVF compared "
+        "with real embeddings at the same nprobe. recall@10 against exact search "
         "over 1,000 held-out queries; queries/s at batch 64 (1,000 queries) and batch 1 "
         "(300 single calls). "
         "Batch 1 = single queries issued by as many client threads as OpenMP threads, faiss "
         "on one OpenMP thread per query. Memory = serialized index size (not measured for "
         "Milvus Lite). The machine's 2 cores were shared with other jobs (load average "
-        f"{meta['load']}), so times carry noise of tens of percent.",
+        f"{meta['load']} when this table was written; see the notes), so times carry noise "
+        "of tens of percent.",
         "",
         "| engine | spec | search params | n | dim | build s | memory MiB | recall@10 "
         "| q/s batch 1 | q/s batch 64 |",
