@@ -71,9 +71,7 @@ def _check_backend(backend: str) -> None:
 
 def load_encoder(home: Home, model: ModelRow, device: str = "auto") -> Encoder:
     """Load a model's checkpoint, refusing weights whose sha256 differs from the catalog's."""
-    path = Path(model.checkpoint_path)
-    if not path.is_absolute():
-        path = home.root / path
+    path = home.resolve(model.checkpoint_path)
     return Encoder.from_checkpoint(path, device=device, expected_sha256=model.checkpoint_sha256)
 
 
@@ -126,33 +124,46 @@ def open_index(
         if not repair:
             raise
         say(f"warning: {e}")
-        aside = _move_aside(row)
+        aside = _move_aside(home, row)
         say(f"the index of {model.name!r} could not be loaded{aside}; rebuilding it from the "
             "catalog (the source of truth)")
         build_index(home, model, backend=row.backend, spec=row.spec,
-                    uri=row.path if row.backend == "milvus" else None, device=device,
-                    progress=False)
+                    uri=location(home, row) if row.backend == "milvus" else None,
+                    device=device, progress=False)
         row = home.catalog.index_for(model.id, row.backend)
         return _load_store(home, model, row, device), row
 
 
+def location(home: Home, row: IndexRow) -> str:
+    """Where an index lives: a file path resolved in the home, or a Milvus server URI."""
+    if "://" in row.path:
+        return row.path
+    return str(home.resolve(row.path))
+
+
+def _stored(home: Home, where: str | Path) -> str:
+    """The form the catalog stores: home-relative for files, the URI for servers."""
+    return str(where) if "://" in str(where) else home.rel(where)
+
+
 def _load_store(home: Home, model: ModelRow, row: IndexRow, device: str) -> VectorStore:
+    where = location(home, row)
     if row.backend == "milvus":
         from index.milvus_store import MilvusStore, collection_name
 
-        return MilvusStore.open(row.path, collection_name(model.name))
+        return MilvusStore.open(where, collection_name(model.name))
     if row.backend != "faiss":
         msg = f"Index row {row.id} has backend {row.backend!r}; known: {', '.join(BACKENDS)}."
         raise StoreError(msg)
-    if not Path(row.path).is_file():
-        raise StoreError(f"{row.path}: the index file of model {model.name!r} is missing")
-    return FaissStore.load(row.path, spec=row.spec, device=device,
+    if not Path(where).is_file():
+        raise StoreError(f"{where}: the index file of model {model.name!r} is missing")
+    return FaissStore.load(where, spec=row.spec, device=device,
                            resolver=catalog_resolver(home.catalog))
 
 
-def _move_aside(row: IndexRow) -> str:
+def _move_aside(home: Home, row: IndexRow) -> str:
     """Rename a damaged index file out of the way (kept for inspection); returns a note."""
-    path = Path(row.path)
+    path = Path(location(home, row))
     if row.backend != "faiss" or not path.exists():
         return ""
     aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -202,8 +213,9 @@ def build_index(
             store.add(kept, vecs)
         path = index_path(home, model)
         store.save(path)
-    home.catalog.record_index(model_id=model.id, backend=backend, spec=spec, path=str(path),
-                              ntotal=store.ntotal, model_sha256=model.checkpoint_sha256)
+    home.catalog.record_index(model_id=model.id, backend=backend, spec=spec,
+                              path=_stored(home, path), ntotal=store.ntotal,
+                              model_sha256=model.checkpoint_sha256)
     store.close()
     return status(home, model, backend)
 
@@ -314,11 +326,10 @@ def sync_index(
     if missing.size or extra.size or force_save:
         backend = store.backend
         row = home.catalog.index_for(model.id, backend)
-        path = Path(row.path) if row else index_path(home, model, backend)
+        path = location(home, row) if row else str(index_path(home, model, backend))
         store.save(path)  # faiss: atomic file write; milvus: flush
         home.catalog.record_index(model_id=model.id, backend=backend,
-                                  spec=getattr(store, "spec", "Flat"),
-                                  path=row.path if row and backend != "faiss" else str(path),
+                                  spec=getattr(store, "spec", "Flat"), path=_stored(home, path),
                                   ntotal=store.ntotal, model_sha256=model.checkpoint_sha256)
     return added
 
@@ -330,7 +341,7 @@ def status(home: Home, model: ModelRow, backend: str | None = None) -> IndexStat
         catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
         present = store.ids()
         return IndexStatus(
-            model=model.name, backend=row.backend, spec=row.spec, path=row.path,
+            model=model.name, backend=row.backend, spec=row.spec, path=location(home, row),
             ntotal=store.ntotal, catalog_images=len(catalog_ids),
             missing=int(np.setdiff1d(catalog_ids, present).size),
             extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,
@@ -385,10 +396,11 @@ def delete_images(home: Home, ids: Sequence[int]) -> dict[str, int]:
             store.close()
             say(f"{e}; rebuilding the index of {model.name!r} without the deleted images")
             build_index(home, model, backend=row.backend, spec=row.spec,
-                        uri=row.path if row.backend == "milvus" else None, progress=False)
+                        uri=location(home, row) if row.backend == "milvus" else None,
+                        progress=False)
             out["indexes_rebuilt"] += 1
             continue
-        store.save(row.path)
+        store.save(location(home, row))
         home.catalog.record_index(model_id=model.id, backend=row.backend, spec=row.spec,
                                   path=row.path, ntotal=store.ntotal,
                                   model_sha256=getattr(row, "model_sha256", None))

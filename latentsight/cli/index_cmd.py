@@ -94,14 +94,15 @@ def rebuild(
 
     Keeps the backend, spec and URI of its latest index unless told otherwise.
     """
-    from index.manager import build_index
+    from index.manager import build_index, location
 
     h = open_home(home, db_url)
     m = h.catalog.model(model)
     row = h.catalog.index_for(m.id, backend)
     be = backend or (row.backend if row else _backend(None, uri)[0])
     if be == "milvus" and uri is None:
-        uri = row.path if row is not None and row.backend == "milvus" else _backend(be, None)[1]
+        uri = (location(h, row) if row is not None and row.backend == "milvus"
+               else _backend(be, None)[1])
     keep = row.spec if row is not None and row.backend == be else "Flat"
     st = build_index(h, m, spec=spec or keep, backend=be, uri=uri, device=device)
     typer.echo(f"rebuilt {st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
