@@ -23,7 +23,8 @@ def home(tmp_path, trained_home, texture_dir):
     h = Home(tmp_path / "h")
     m = trained_home.catalog.model("test-ae")
     h.catalog.add_model(name=m.name, kind=m.kind, config=m.config,
-                        checkpoint_path=m.checkpoint_path, checkpoint_sha256=m.checkpoint_sha256,
+                        checkpoint_path=str(trained_home.resolve(m.checkpoint_path)),
+                        checkpoint_sha256=m.checkpoint_sha256,
                         metrics=m.metrics)
     ingest_paths(h, [texture_dir], labels_from_folders=True, progress=False, workers=0)
     yield h
