@@ -75,7 +75,7 @@ def test_a_broken_index_is_moved_aside_and_rebuilt_not_emptied(home):
     m = home.catalog.model()
     build_index(home, m, device="cpu", progress=False, workers=0)
     row = home.catalog.index_for(m.id)
-    with open(row.path, "r+b") as f:  # damage the file in place
+    with open(home.resolve(row.path), "r+b") as f:  # damage the file in place
         f.seek(0)
         f.write(b"\0" * 64)
     with pytest.raises(StoreError, match="cannot read"):
