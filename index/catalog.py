@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -28,9 +29,11 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from embedder.errors import CatalogError
@@ -38,6 +41,16 @@ from embedder.errors import CatalogError
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
+        return url
 
 
 class Base(DeclarativeBase):
@@ -99,6 +112,8 @@ class IndexRow(Base):
     ntotal: Mapped[int] = mapped_column(BigInteger, default=0)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # checkpoint the vectors were embedded with (index verify reports a stale model)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ScanRow(Base):
@@ -165,13 +180,61 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+BASELINE = "0001"  # the schema `create_all` made before migrations existed
+
+
+def alembic_config() -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def migrate(engine: Engine) -> str | None:
+    """Upgrade the catalog schema to the newest Alembic revision; returns the revision.
+
+    A fresh database gets every migration; a catalog created before migrations
+    (tables but no alembic_version) is stamped at the baseline first. Cheap when
+    already at head (one query), so every `Catalog()` calls it.
+    """
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config()
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        tables = set(inspect(conn).get_table_names())
+    if current == head:
+        return current
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            if current is None and "images" in tables:
+                command.stamp(cfg, BASELINE)
+            command.upgrade(cfg, "head")
+    except (OperationalError, ProgrammingError, IntegrityError):
+        # another process may have migrated at the same moment: fine if it reached head
+        with engine.connect() as conn:
+            if MigrationContext.configure(conn).get_current_revision() != head:
+                raise
+    return head
+
+
 class Catalog:
-    """Typed access to the catalog database. Schema is created on first use."""
+    """Typed access to the catalog database. Migrated to the newest schema on first use."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        try:
+            migrate(self.engine)
+        except (OperationalError, ProgrammingError) as e:
+            msg = f"Cannot open the catalog at {_safe_url(url)}: {e.orig or e}"
+            raise CatalogError(msg) from e
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -247,15 +310,21 @@ class Catalog:
         labels: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
         synthetic: bool | None = None,
+        match_empty: bool = False,
     ) -> list[int]:
+        """Ids of the images matching every filter given (None = no filter on that field).
+
+        An empty `labels` or `sources` means no filter, unless `match_empty`, where it
+        matches nothing (how a vector-store Filter reads it).
+        """
         with self.session() as s:
             q = select(ImageRow.id).order_by(ImageRow.id)
-            if labels:
+            if labels or (match_empty and labels is not None):
                 q = q.where(ImageRow.label.in_(list(labels)))
-            if sources:
+            if sources or (match_empty and sources is not None):
                 q = q.where(ImageRow.source.in_(list(sources)))
             if synthetic is not None:
-                q = q.where(ImageRow.synthetic.is_(synthetic))
+                q = q.where(ImageRow.synthetic == bool(synthetic))
             return list(s.scalars(q))
 
     def image(self, image_id: int) -> ImageRow:
@@ -372,7 +441,8 @@ class Catalog:
             return s.scalar(q.order_by(IndexRow.built_at.desc(), IndexRow.id.desc()))
 
     def record_index(
-        self, *, model_id: int, backend: str, spec: str, path: str, ntotal: int
+        self, *, model_id: int, backend: str, spec: str, path: str, ntotal: int,
+        model_sha256: str | None = None,
     ) -> IndexRow:
         """Create or update the index row of (model, backend) and bump its generation."""
         with self.session() as s:
@@ -380,10 +450,13 @@ class Catalog:
             row = s.scalar(q)
             if row is None:
                 row = IndexRow(model_id=model_id, backend=backend, spec=spec, path=path,
-                               ntotal=ntotal, generation=1, built_at=utcnow())
+                               ntotal=ntotal, generation=1, built_at=utcnow(),
+                               model_sha256=model_sha256)
                 s.add(row)
             else:
                 row.spec, row.path, row.ntotal = spec, path, ntotal
+                if model_sha256 is not None:
+                    row.model_sha256 = model_sha256
                 row.generation += 1
                 row.built_at = utcnow()
             s.flush()

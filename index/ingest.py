@@ -193,7 +193,8 @@ def ingest_paths(
             report.ids.extend(ids)
             if store is not None and ids:
                 x = np.stack([pr.pixels for pr, _lab in rows])  # (B, C, S, S) uint8
-                store.add(ids, encoder.embed_uint8(x))
+                meta = [{"label": lab, "source": source, "synthetic": False} for _pr, lab in rows]
+                store.add(ids, encoder.embed_uint8(x), meta)  # metadata: for Milvus filters
                 report.indexed += len(ids)
             bar.update(len(batch))
             bar.set_postfix(added=report.added, dup=report.duplicates, failed=len(report.failed))

@@ -3,12 +3,22 @@
 Each index belongs to one model (embedding spaces are never mixed); the
 catalog records its spec, path, size and generation. The catalog is the
 source of truth: `sync_index` adds what the index lacks and drops what the
-catalog no longer has, so a killed ingest is repaired by the next one.
+catalog no longer has, so a killed ingest is repaired by the next one; an
+index that fails to load is moved aside and rebuilt from the catalog, never
+replaced by an empty one; `delete_images` removes images from the catalog and
+their vectors from every index.
+
+Backends: "faiss" (a file per model, HOME/indexes/NAME.faiss) and "milvus"
+(a collection per model at a URI: a Milvus Lite file by default,
+HOME/indexes/NAME.milvus.db, or a server). The index row's `backend`
+column says which one a model's index lives in.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +28,45 @@ from tqdm import tqdm
 from embedder.data import FileImages, iter_batches
 from embedder.encoder import Encoder
 from embedder.errors import StoreError
-from index.catalog import IndexRow, ModelRow
+from index.catalog import Catalog, IndexRow, ModelRow
 from index.home import Home
-from index.store import FaissStore, VectorStore
+from index.store import FaissStore, Filter, VectorStore, choose_spec, say
 
 BACKEND = "faiss"
+BACKENDS = ("faiss", "milvus")
 
 
 def index_path(home: Home, model: ModelRow, backend: str = BACKEND) -> Path:
+    if backend == "milvus":
+        return home.indexes_dir / f"{model.name}.milvus.db"
     return home.indexes_dir / f"{model.name}.{backend}"
+
+
+def catalog_resolver(catalog: Catalog):
+    """A Filter -> allowed catalog ids function, for stores that keep no metadata (FAISS)."""
+
+    def resolve(f: Filter) -> np.ndarray:
+        ids = catalog.image_ids(labels=f.labels, sources=f.sources, synthetic=f.synthetic,
+                                match_empty=True)
+        return np.asarray(ids, dtype=np.int64)
+
+    return resolve
+
+
+def catalog_metadata(home: Home, ids: Sequence[int]) -> list[dict[str, object]]:
+    """label, source and synthetic of catalog images, in the order of `ids`."""
+    rows = {r.id: r for r in home.catalog.images(ids=[int(i) for i in ids])}
+    return [
+        {"label": rows[int(i)].label, "source": rows[int(i)].source,
+         "synthetic": bool(rows[int(i)].synthetic)} if int(i) in rows else {}
+        for i in ids
+    ]
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        msg = f"The 'backend' must be one of {', '.join(BACKENDS)}. Got {backend!r} instead."
+        raise StoreError(msg)
 
 
 def load_encoder(home: Home, model: ModelRow, device: str = "auto") -> Encoder:
@@ -46,27 +86,89 @@ class IndexStatus:
     missing: int  # in the catalog, not in the index
     extra: int  # in the index, not in the catalog
     generation: int
+    stale_model: str | None = None  # why the vectors do not come from the model's checkpoint
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.extra == 0
+        return self.missing == 0 and self.extra == 0 and self.stale_model is None
 
 
 class IndexMissingError(StoreError):
     pass
 
 
-def open_index(home: Home, model: ModelRow) -> tuple[FaissStore, IndexRow]:
-    """Load the index of `model`; a clear error naming the fix when there is none."""
-    row = home.catalog.index_for(model.id, BACKEND)
-    if row is None or not home.resolve(row.path).is_file():
+def open_index(
+    home: Home,
+    model: ModelRow,
+    backend: str | None = None,
+    *,
+    device: str = "cpu",
+    repair: bool = True,
+) -> tuple[VectorStore, IndexRow]:
+    """Load the index of `model` (its latest, or the one of `backend`).
+
+    A clear error naming the fix when there is none. An index the catalog
+    knows but that fails to load (a damaged or deleted file, a dropped
+    collection) is moved aside and rebuilt from the catalog when `repair`.
+    """
+    row = home.catalog.index_for(model.id, backend)
+    if row is None:
         msg = (
-            f"Model {model.name!r} has no index yet. "
+            f"Model {model.name!r} has no {backend + ' ' if backend else ''}index yet. "
             f"Run: latentsight index build --model {model.name}"
         )
         raise IndexMissingError(msg)
-    store = FaissStore.load(home.resolve(row.path), spec=row.spec)
-    return store, row
+    try:
+        return _load_store(home, model, row, device), row
+    except StoreError as e:
+        if not repair:
+            raise
+        say(f"warning: {e}")
+        aside = _move_aside(home, row)
+        say(f"the index of {model.name!r} could not be loaded{aside}; rebuilding it from the "
+            "catalog (the source of truth)")
+        build_index(home, model, backend=row.backend, spec=row.spec,
+                    uri=location(home, row) if row.backend == "milvus" else None,
+                    device=device, progress=False)
+        row = home.catalog.index_for(model.id, row.backend)
+        return _load_store(home, model, row, device), row
+
+
+def location(home: Home, row: IndexRow) -> str:
+    """Where an index lives: a file path resolved in the home, or a Milvus server URI."""
+    if "://" in row.path:
+        return row.path
+    return str(home.resolve(row.path))
+
+
+def _stored(home: Home, where: str | Path) -> str:
+    """The form the catalog stores: home-relative for files, the URI for servers."""
+    return str(where) if "://" in str(where) else home.rel(where)
+
+
+def _load_store(home: Home, model: ModelRow, row: IndexRow, device: str) -> VectorStore:
+    where = location(home, row)
+    if row.backend == "milvus":
+        from index.milvus_store import MilvusStore, collection_name
+
+        return MilvusStore.open(where, collection_name(model.name))
+    if row.backend != "faiss":
+        msg = f"Index row {row.id} has backend {row.backend!r}; known: {', '.join(BACKENDS)}."
+        raise StoreError(msg)
+    if not Path(where).is_file():
+        raise StoreError(f"{where}: the index file of model {model.name!r} is missing")
+    return FaissStore.load(where, spec=row.spec, device=device,
+                           resolver=catalog_resolver(home.catalog))
+
+
+def _move_aside(home: Home, row: IndexRow) -> str:
+    """Rename a damaged index file out of the way (kept for inspection); returns a note."""
+    path = Path(location(home, row))
+    if row.backend != "faiss" or not path.exists():
+        return ""
+    aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+    path.rename(aside)
+    return f" (moved aside to {aside})"
 
 
 def build_index(
@@ -74,26 +176,71 @@ def build_index(
     model: ModelRow,
     *,
     spec: str = "Flat",
+    backend: str = BACKEND,
+    uri: str | None = None,
+    params: str | None = None,
     device: str = "auto",
     batch_size: int = 128,
     workers: int | None = None,
     progress: bool = True,
 ) -> IndexStatus:
-    """Embed every catalog image with `model` and write its index atomically."""
+    """Embed every catalog image with `model` and write its index.
+
+    faiss: `spec` is an index_factory string or "auto" (chosen by collection
+    size, said on stderr); the file is written atomically. milvus: `spec` is a
+    Milvus index type ("FLAT", "HNSW:M=16,ef=64", ...; "auto" = FLAT below 50k
+    vectors, HNSW above); the collection at `uri` (default: a Milvus Lite file
+    in the home) is dropped and refilled, flushed, then recorded.
+    """
+    _check_backend(backend)
     encoder = load_encoder(home, model, device)
     rows = home.catalog.images()
     ids = [r.id for r in rows]
-    store = FaissStore(encoder.embed_dim, spec)
     vecs, kept = embed_catalog_images(encoder, ids, [r.path for r in rows], batch_size=batch_size,
                                       workers=workers, progress=progress, home=home)
-    if len(kept):
-        store.train(vecs)
-        store.add(kept, vecs)
-    path = index_path(home, model)
-    store.save(path)
-    home.catalog.record_index(model_id=model.id, backend=BACKEND, spec=spec, path=home.rel(path),
-                              ntotal=store.ntotal)
-    return status(home, model)
+    if backend == "milvus":
+        store, path = _build_milvus(home, model, encoder.embed_dim, vecs, kept, spec, uri)
+        spec = store.spec
+    else:
+        if spec == "auto":
+            choice = choose_spec(len(kept), encoder.embed_dim)
+            say(f"spec auto: {choice.spec}{' ' + choice.params if choice.params else ''} "
+                f"({choice.reason})")
+            spec, params = choice.spec, params or choice.params
+        store = FaissStore(encoder.embed_dim, spec, params=params, device=device)
+        if len(kept):
+            store.train(vecs)
+            store.add(kept, vecs)
+        path = index_path(home, model)
+        store.save(path)
+    home.catalog.record_index(model_id=model.id, backend=backend, spec=spec,
+                              path=_stored(home, path), ntotal=store.ntotal,
+                              model_sha256=model.checkpoint_sha256)
+    store.close()
+    return status(home, model, backend)
+
+
+def _build_milvus(
+    home: Home, model: ModelRow, dim: int, vecs: np.ndarray, kept: np.ndarray, spec: str,
+    uri: str | None,
+) -> tuple[VectorStore, str]:
+    from index.milvus_store import MilvusStore, collection_name
+    from index.milvus_store import _connect as _milvus_connect
+
+    uri = uri or str(index_path(home, model, "milvus"))
+    if spec == "auto" or spec == "Flat":
+        spec = "FLAT" if len(kept) < 50_000 else "HNSW:M=32,efConstruction=200,ef=64"
+        say(f"spec auto (milvus): {spec} for {len(kept)} vectors")
+    name = collection_name(model.name)
+    client = _milvus_connect(uri, None)
+    if client.has_collection(name):  # a rebuild starts empty; the catalog refills it
+        client.drop_collection(name)
+    store = MilvusStore(dim, uri=uri, collection=name, spec=spec, client=client)
+    meta = catalog_metadata(home, kept)
+    for s in range(0, len(kept), 5000):
+        store.add(kept[s : s + 5000], vecs[s : s + 5000], meta[s : s + 5000])
+    store.flush()  # sealed before the catalog records the index as built
+    return store, uri
 
 
 def embed_catalog_images(
@@ -149,6 +296,7 @@ def sync_index(
     if store is None:
         store, _row = open_index(home, model)
     encoder = encoder or load_encoder(home, model)
+    keeps_meta = store.backend != "faiss"  # FAISS resolves filters through the catalog
     catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
     present = store.ids()
     extra = np.setdiff1d(present, catalog_ids)
@@ -165,33 +313,96 @@ def sync_index(
             for s in range(0, len(in_hand), 256):
                 chunk = in_hand[s : s + 256]
                 x = torch.from_numpy(np.stack([ready[i] for i in chunk])).float().div_(255.0)
-                store.add(chunk, encoder.embed_tensor(x))
+                meta = catalog_metadata(home, chunk) if keeps_meta else None
+                store.add(chunk, encoder.embed_tensor(x), meta)
                 added += len(chunk)
         rest = [i for i in missing.tolist() if i not in ready]
         if rest:
             rows = home.catalog.images(ids=rest)
             vecs, kept = embed_catalog_images(encoder, [r.id for r in rows], [r.path for r in rows],
                                               progress=progress, home=home)
-            store.add(kept, vecs)
+            store.add(kept, vecs, catalog_metadata(home, kept) if keeps_meta else None)
             added += len(kept)
     if missing.size or extra.size or force_save:
-        row = home.catalog.index_for(model.id, BACKEND)
-        path = home.resolve(row.path) if row else index_path(home, model)
-        store.save(path)
-        home.catalog.record_index(model_id=model.id, backend=BACKEND,
-                                  spec=getattr(store, "spec", "Flat"), path=home.rel(path),
-                                  ntotal=store.ntotal)
+        backend = store.backend
+        row = home.catalog.index_for(model.id, backend)
+        path = location(home, row) if row else str(index_path(home, model, backend))
+        store.save(path)  # faiss: atomic file write; milvus: flush
+        home.catalog.record_index(model_id=model.id, backend=backend,
+                                  spec=getattr(store, "spec", "Flat"), path=_stored(home, path),
+                                  ntotal=store.ntotal, model_sha256=model.checkpoint_sha256)
     return added
 
 
-def status(home: Home, model: ModelRow) -> IndexStatus:
-    """Compare the catalog with the index of `model` (missing and extra ids)."""
-    store, row = open_index(home, model)
-    catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
-    present = store.ids()
-    return IndexStatus(
-        model=model.name, backend=row.backend, spec=row.spec, path=str(home.resolve(row.path)),
-        ntotal=store.ntotal, catalog_images=len(catalog_ids),
-        missing=int(np.setdiff1d(catalog_ids, present).size),
-        extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,
-    )
+def status(home: Home, model: ModelRow, backend: str | None = None) -> IndexStatus:
+    """Compare the catalog with the index of `model`: missing and extra ids, stale model."""
+    store, row = open_index(home, model, backend)
+    try:
+        catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
+        present = store.ids()
+        return IndexStatus(
+            model=model.name, backend=row.backend, spec=row.spec, path=location(home, row),
+            ntotal=store.ntotal, catalog_images=len(catalog_ids),
+            missing=int(np.setdiff1d(catalog_ids, present).size),
+            extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,
+            stale_model=_stale_reason(model, row, store),
+        )
+    finally:
+        store.close()
+
+
+def _stale_reason(model: ModelRow, row: IndexRow, store: VectorStore) -> str | None:
+    """Why the index's vectors may not be this model's embeddings (None when they are)."""
+    dim = _model_embed_dim(model)
+    if dim is not None and dim != store.dim:
+        return f"index dimension {store.dim} != model embedding dimension {dim}"
+    built_with = getattr(row, "model_sha256", None)
+    if built_with and built_with != model.checkpoint_sha256:
+        return (f"built with checkpoint {built_with[:12]}, the model's checkpoint is now "
+                f"{model.checkpoint_sha256[:12]}")
+    return None
+
+
+def _model_embed_dim(model: ModelRow) -> int | None:
+    """The embedding size a model's config gives (None when it cannot be told)."""
+    try:
+        from embedder.models import create
+
+        return int(create(model.kind, **(model.config or {})).embed_dim)
+    except Exception:  # noqa: BLE001 - a model kind this build does not know
+        return None
+
+
+def delete_images(home: Home, ids: Sequence[int]) -> dict[str, int]:
+    """Delete images from the catalog, then their vectors from every index.
+
+    The catalog goes first (it is the source of truth): if this is interrupted
+    between the two, the next sync or `index verify` finds the extra vectors
+    and searches already skip ids the catalog no longer has. Indexes that
+    cannot remove (HNSW) are rebuilt from the catalog. Returns counts.
+    """
+    ids = sorted({int(i) for i in ids})
+    deleted = home.catalog.delete_images(ids)
+    out = {"deleted": deleted, "vectors_removed": 0, "indexes_rebuilt": 0}
+    models = {m.id: m for m in home.catalog.models()}
+    for row in home.catalog.indexes():
+        model = models.get(row.model_id)
+        if model is None:
+            continue
+        store, row = open_index(home, model, row.backend)
+        try:
+            out["vectors_removed"] += store.remove(ids)
+        except StoreError as e:
+            store.close()
+            say(f"{e}; rebuilding the index of {model.name!r} without the deleted images")
+            build_index(home, model, backend=row.backend, spec=row.spec,
+                        uri=location(home, row) if row.backend == "milvus" else None,
+                        progress=False)
+            out["indexes_rebuilt"] += 1
+            continue
+        store.save(location(home, row))
+        home.catalog.record_index(model_id=model.id, backend=row.backend, spec=row.spec,
+                                  path=row.path, ntotal=store.ntotal,
+                                  model_sha256=getattr(row, "model_sha256", None))
+        store.close()
+    return out

@@ -13,6 +13,7 @@ from embedder.images import decode_bytes
 from index.catalog import IndexRow, ModelRow
 from index.home import Home
 from index.manager import load_encoder, open_index
+from index.store import Filter
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Searcher:
     def __init__(self, home: Home, model: str | None = None, *, device: str = "auto") -> None:
         self.home = home
         self.model: ModelRow = home.catalog.model(model)
-        self.store, self.index_row = open_index(home, self.model)
+        self.store, self.index_row = open_index(home, self.model, device=device)
         _check_fresh(home, self.model, self.index_row)
         self.encoder = load_encoder(home, self.model, device)
 
@@ -56,22 +57,21 @@ class Searcher:
         label: str | None = None,
         source: str | None = None,
         include_synthetic: bool = False,
+        synthetic: bool | None = None,
     ) -> list[Hit]:
-        """Return up to k hits, best first. With a label or source, a filter inside the search.
+        """Return up to k hits, best first. With a label, source or synthetic flag, a filter
+        inside the search (FAISS: catalog ids + ID selector; Milvus: a boolean expression).
 
-        Synthetic (GAN-made) images are left out unless `include_synthetic`.
+        Synthetic (GAN-made) images are left out unless `include_synthetic`;
+        `synthetic=True` asks for them alone.
         """
         vec = self.query_vector(query)
-        allowed = None
-        catalog = self.home.catalog
-        drop_synthetic = not include_synthetic and catalog.count_images(synthetic=True) > 0
-        if label is not None or source is not None or drop_synthetic:
-            allowed = np.asarray(
-                catalog.image_ids(labels=[label] if label else None,
-                                  sources=[source] if source else None,
-                                  synthetic=False if drop_synthetic else None),
-                dtype=np.int64)
-        scores, ids = self.store.search(vec, k, allowed_ids=allowed)
+        if synthetic is None and not include_synthetic and (
+            self.home.catalog.count_images(synthetic=True) > 0
+        ):
+            synthetic = False
+        filt = Filter.of(labels=label, sources=source, synthetic=synthetic)
+        scores, ids = self.store.search(vec, k, filter=None if filt.empty else filt)
         found = [int(i) for i in ids[0] if i >= 0]
         rows = {r.id: r for r in self.home.catalog.images(ids=found)}
         return [

@@ -10,7 +10,11 @@ similarity: higher scores are closer.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +33,96 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return v / np.maximum(norms, 1e-12)
 
 
+Metadata = Sequence[Mapping[str, object]]  # one {"label", "source", "synthetic"} per vector
+META_DEFAULTS: dict[str, object] = {"label": None, "source": "ingest", "synthetic": False}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which vectors a search may return, by catalog metadata.
+
+    Each field left None does not filter; the fields combine with AND, the
+    values inside one field with OR. Every backend translates the same
+    object: FAISS resolves it to catalog ids and searches through an ID
+    selector; Milvus turns it into a boolean expression on scalar fields.
+    """
+
+    labels: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+    synthetic: bool | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        labels: Sequence[str] | str | None = None,
+        sources: Sequence[str] | str | None = None,
+        synthetic: bool | None = None,
+    ) -> Filter:
+        def tup(v: Sequence[str] | str | None) -> tuple[str, ...] | None:
+            if v is None:
+                return None
+            return (v,) if isinstance(v, str) else tuple(v)
+
+        return cls(labels=tup(labels), sources=tup(sources), synthetic=synthetic)
+
+    @property
+    def empty(self) -> bool:
+        return self.labels is None and self.sources is None and self.synthetic is None
+
+    def matches(self, meta: Mapping[str, object]) -> bool:
+        """Whether one vector's metadata passes (the reference the backends must agree with)."""
+        if self.labels is not None and meta.get("label") not in self.labels:
+            return False
+        if self.sources is not None and meta.get("source") not in self.sources:
+            return False
+        return self.synthetic is None or bool(meta.get("synthetic")) == self.synthetic
+
+    def to_milvus_expr(self) -> str:
+        """A Milvus boolean expression over the scalar fields label, source, synthetic."""
+        parts = []
+        if self.labels is not None:
+            parts.append(f"label in {_milvus_list(self.labels)}")
+        if self.sources is not None:
+            parts.append(f"source in {_milvus_list(self.sources)}")
+        if self.synthetic is not None:
+            parts.append(f"synthetic == {'true' if self.synthetic else 'false'}")
+        return " and ".join(parts)
+
+
+def _milvus_list(values: Sequence[str]) -> str:
+    quoted = []
+    for v in values:
+        text = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        quoted.append(f'"{text}"')
+    return "[" + ", ".join(quoted) + "]"
+
+
+# A function from a Filter to the catalog ids it allows (FAISS keeps no metadata itself).
+Resolver = Callable[[Filter], np.ndarray]
+
+
 class VectorStore(abc.ABC):
-    """The contract every backend keeps (FAISS here; Milvus in its own module)."""
+    """The contract every backend keeps (FAISS here; Milvus in index/milvus_store.py).
+
+    A new backend is covered by tests/index/test_store_contract.py once it is
+    added to the BACKENDS registry there.
+    """
 
     dim: int
+    backend: str = "?"
+    spec: str = "?"
 
     @abc.abstractmethod
-    def add(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors under catalog ids; an id already present is an error (use upsert)."""
+    def add(
+        self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None = None
+    ) -> None:
+        """Add vectors under catalog ids; an id already present is an error (use upsert).
+
+        `metadata` (one mapping with label, source, synthetic per vector) is kept
+        by backends that filter on their own scalar fields (Milvus) and ignored
+        by those that resolve filters through the catalog (FAISS).
+        """
 
     @abc.abstractmethod
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
@@ -44,12 +130,18 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def search(
-        self, vectors: np.ndarray, k: int, *, allowed_ids: Sequence[int] | np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: Sequence[int] | np.ndarray | None = None,
+        filter: Filter | None = None,  # noqa: A002 - the name pymilvus and faiss users expect
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return (scores, ids), each (n, k), best first; -1 ids for missing slots.
 
-        With `allowed_ids`, only those ids are candidates: a filter applied
-        inside the search, so k results come back whenever k allowed ids exist.
+        With `allowed_ids` and/or `filter`, only matching ids are candidates: a
+        filter applied inside the search, so k results come back whenever k
+        matching ids exist.
         """
 
     @abc.abstractmethod
@@ -60,13 +152,23 @@ class VectorStore(abc.ABC):
     def save(self, path: str | Path) -> None:
         """Persist atomically: readers see the old file or the new one, never half of one."""
 
-    def upsert(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
+    def flush(self) -> None:
+        """Make every write so far durable and visible (before the catalog records it)."""
+        return None
+
+    def close(self) -> None:
+        """Release connections or files."""
+        return None
+
+    def upsert(
+        self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None = None
+    ) -> None:
         """Replace the vectors of ids already present and add the others."""
         ids = np.asarray(ids, dtype=np.int64)
         present = np.isin(ids, self.ids())
         if present.any():
             self.remove(ids[present])
-        self.add(ids, vectors)
+        self.add(ids, vectors, metadata)
 
     @property
     def ntotal(self) -> int:
@@ -80,25 +182,72 @@ class FaissStore(VectorStore):
     """A faiss index built from any `index_factory` string, wrapped in an IDMap2.
 
     `spec` is passed to `faiss.index_factory` verbatim ("Flat", "IVF256,Flat",
-    "IVF1024,PQ32", "HNSW32", ...). Indexes that need training are trained on
-    the first vectors added (or on `train()`).
+    "IVF1024,PQ32", "HNSW32", ...); "auto" picks one by collection size (see
+    `choose_spec`). `params` sets search-time parameters with faiss's
+    ParameterSpace syntax ("nprobe=32", "efSearch=128"); faiss saves them
+    in the index file. Indexes that need training are trained on a sample
+    of the first vectors added (or on `train()`).
+
+    Filters: faiss keeps no metadata, so a `Filter` is resolved to catalog ids
+    by `resolver` (the manager passes a catalog lookup) and applied inside the
+    search through an ID selector.
+
+    GPU: with `device` "cuda" (or "auto" when faiss sees a GPU), training and
+    unfiltered searches run on a GPU copy of the index; the CPU index stays
+    the one that is written to disk, so saved files load anywhere. Adds,
+    removals and filtered searches (ID selectors) run on the CPU copy; HNSW
+    has no faiss GPU implementation and stays on the CPU.
     """
 
     backend = "faiss"
+    train_sample = 256 * 1024  # at most this many vectors train an IVF / PQ quantizer
 
-    def __init__(self, dim: int, spec: str = "Flat", *, index: object | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        spec: str = "Flat",
+        *,
+        index: object | None = None,
+        params: str | None = None,
+        device: str = "cpu",
+        resolver: Resolver | None = None,
+    ) -> None:
         import faiss
 
         self.dim = int(dim)
         self.spec = spec
+        self.resolver = resolver
         if index is None:
+            if spec == "auto":
+                msg = "Resolve spec 'auto' with choose_spec(n, dim) before creating the store."
+                raise StoreError(msg)
             try:
                 inner = faiss.index_factory(self.dim, spec, faiss.METRIC_INNER_PRODUCT)
             except RuntimeError as e:
                 msg = f"Invalid faiss index spec {spec!r} for dimension {dim}: {_first_line(e)}"
                 raise StoreError(msg) from e
+            ivf = faiss.try_extract_index_ivf(inner)
+            ivf = faiss.downcast_index(ivf) if ivf is not None else None
+            if isinstance(ivf, faiss.IndexIVFPQ):
+                # polysemous training costs minutes and serves only Hamming-filtered search
+                ivf.do_polysemous_training = False
             index = faiss.IndexIDMap2(inner)
         self.index = index
+        if params:
+            self.set_params(params)
+        self.gpu = gpu_device(device)
+        self._gpu_index: object | None = None  # a GPU clone, dropped on every write
+
+    def set_params(self, params: str) -> None:
+        """Set search-time parameters, e.g. "nprobe=32" or "efSearch=128"."""
+        import faiss
+
+        inner = faiss.downcast_index(self.index.index)
+        try:
+            faiss.ParameterSpace().set_index_parameters(inner, params)
+        except RuntimeError as e:
+            msg = f"Invalid search parameters {params!r} for {self.spec!r}: {_first_line(e)}"
+            raise StoreError(msg) from e
 
     # faiss keeps the ids of an IndexIDMap2 in `id_map`
     def ids(self) -> np.ndarray:
@@ -115,11 +264,52 @@ class FaissStore(VectorStore):
         return bool(self.index.is_trained)
 
     def train(self, vectors: np.ndarray) -> None:
+        """Train the quantizers (IVF, PQ) on a random sample of at most `train_sample` rows."""
+        if self.index.is_trained:
+            return
         v = normalize(vectors)
-        if not self.index.is_trained:
-            self.index.train(v)
+        if len(v) > self.train_sample:
+            pick = np.random.default_rng(0).choice(len(v), self.train_sample, replace=False)
+            v = v[np.sort(pick)]
+        self._check_trainable(len(v))
+        try:
+            if self.gpu is not None:
+                self._train_on_gpu(v)
+            else:
+                self.index.train(v)
+        except RuntimeError as e:
+            msg = f"Cannot train faiss index {self.spec!r} on {len(v)} vectors: {_first_line(e)}"
+            raise StoreError(msg) from e
+        self._gpu_index = None
 
-    def add(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
+    def _check_trainable(self, n: int) -> None:
+        import faiss
+
+        inner = faiss.downcast_index(self.index.index)
+        nlist = int(getattr(inner, "nlist", 0) or 0)
+        if nlist and n < nlist:
+            msg = (f"The index {self.spec!r} has {nlist} IVF lists but only {n} vectors to train "
+                   f"on; use fewer lists (about 4*sqrt(N)) or --spec auto.")
+            raise StoreError(msg)
+
+    def _train_on_gpu(self, v: np.ndarray) -> None:
+        """Train a GPU clone of the inner index and copy the trained quantizers back."""
+        import faiss
+
+        inner = self.index.index
+        try:
+            res = _gpu_resources()
+            g = faiss.index_cpu_to_gpu(res, self.gpu, inner)
+        except (RuntimeError, AttributeError):  # no GPU version of this index type (HNSW)
+            self.index.train(v)
+            return
+        g.train(v)
+        trained = faiss.index_gpu_to_cpu(g)
+        self.index = faiss.IndexIDMap2(trained)
+
+    def add(
+        self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None = None
+    ) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         v = normalize(vectors)
         if v.shape[0] != ids.shape[0]:
@@ -137,8 +327,9 @@ class FaissStore(VectorStore):
             msg = f"{clash.size} id(s) already in the index (first: {int(clash[0])}); use upsert."
             raise StoreError(msg)
         if not self.index.is_trained:
-            self.index.train(v)
+            self.train(v)
         self.index.add_with_ids(v, ids)
+        self._gpu_index = None
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         import faiss
@@ -147,31 +338,66 @@ class FaissStore(VectorStore):
         if ids.size == 0:
             return 0
         try:
-            return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+            n = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
         except RuntimeError as e:
             msg = (
                 f"The faiss index {self.spec!r} does not support removal ({_first_line(e)}). "
-                "Use a Flat or IVF spec, or rebuild: latentsight index rebuild"
+                "Use a Flat or IVF spec (e.g. IVF1024,Flat), or rebuild from the catalog: "
+                "latentsight index rebuild"
             )
             raise StoreError(msg) from e
+        self._gpu_index = None
+        return n
 
     def search(
-        self, vectors: np.ndarray, k: int, *, allowed_ids: Sequence[int] | np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: Sequence[int] | np.ndarray | None = None,
+        filter: Filter | None = None,  # noqa: A002
     ) -> tuple[np.ndarray, np.ndarray]:
-
         q = normalize(vectors)
         if k < 1:
             msg = f"The 'k' option must be >= 1. Got {k} instead."
             raise StoreError(msg)
         if self.index.ntotal == 0:
-            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        if allowed_ids is None:
-            scores, ids = self.index.search(q, k)
+            return _empty(len(q), k)
+        allowed = self._allowed(allowed_ids, filter)
+        if allowed is None:
+            scores, ids = self._searcher().search(q, k)
         else:
-            scores, ids = self._search_filtered(q, k, np.asarray(allowed_ids, dtype=np.int64))
-        scores = scores.astype(np.float32)
+            scores, ids = self._search_filtered(q, k, allowed)
+        scores = scores.astype(np.float32, copy=False)
         scores[ids < 0] = -np.inf
-        return scores, ids.astype(np.int64)
+        return scores, ids.astype(np.int64, copy=False)
+
+    def _allowed(
+        self, allowed_ids: Sequence[int] | np.ndarray | None, filt: Filter | None
+    ) -> np.ndarray | None:
+        allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64)
+        if filt is not None and not filt.empty:
+            if self.resolver is None:
+                msg = ("This faiss store has no catalog to resolve a Filter; open it through "
+                       "index.manager.open_index or pass resolver=.")
+                raise StoreError(msg)
+            by_meta = np.asarray(self.resolver(filt), dtype=np.int64)
+            allowed = by_meta if allowed is None else np.intersect1d(allowed, by_meta)
+        return allowed
+
+    def _searcher(self) -> object:
+        """The index unfiltered searches go to: a GPU clone when there is a GPU."""
+        if self.gpu is None:
+            return self.index
+        if self._gpu_index is None:
+            import faiss
+
+            try:
+                self._gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(), self.gpu, self.index)
+            except (RuntimeError, AttributeError):  # no GPU version (HNSW): stay on the CPU
+                self.gpu = None
+                return self.index
+        return self._gpu_index
 
     def _search_filtered(self, q: np.ndarray, k: int, allowed: np.ndarray):
         """Search the inner index with a bitmap selector over its internal positions.
@@ -185,7 +411,7 @@ class FaissStore(VectorStore):
         id_map = faiss.vector_to_array(self.index.id_map)
         mask = np.isin(id_map, allowed)
         if not mask.any():
-            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+            return _empty(len(q), k)
         bitmap = np.packbits(mask, bitorder="little")
         sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
         inner = faiss.downcast_index(self.index.index)
@@ -195,12 +421,20 @@ class FaissStore(VectorStore):
         return scores, ids
 
     def save(self, path: str | Path) -> None:
+        """Write the CPU index atomically (a GPU build is saved as its CPU copy)."""
         import faiss
 
         atomic_write(path, lambda tmp: faiss.write_index(self.index, tmp))
 
     @classmethod
-    def load(cls, path: str | Path, spec: str | None = None) -> FaissStore:
+    def load(
+        cls,
+        path: str | Path,
+        spec: str | None = None,
+        *,
+        device: str = "cpu",
+        resolver: Resolver | None = None,
+    ) -> FaissStore:
         import faiss
 
         try:
@@ -209,7 +443,116 @@ class FaissStore(VectorStore):
             raise StoreError(f"{path}: cannot read the faiss index: {_first_line(e)}") from e
         if not isinstance(index, faiss.IndexIDMap2):
             raise StoreError(f"{path}: not a latentsight index (expected an IndexIDMap2)")
-        return cls(index.d, spec or "?", index=index)
+        return cls(index.d, spec or "?", index=index, device=device, resolver=resolver)
+
+
+def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+
+
+def gpu_device(device: str = "auto") -> int | None:
+    """The GPU number faiss should use for `device` (auto|cpu|cuda|cuda:N), or None for the CPU."""
+    if device == "cpu":
+        return None
+    import faiss
+
+    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if device == "auto":
+        return 0 if n > 0 else None
+    if device.startswith("cuda"):
+        num = int(device.split(":", 1)[1]) if ":" in device else 0
+        if num >= n:
+            say(f"warning: --device {device} asked for, but faiss sees {n} GPU(s) (a CPU-only "
+                "faiss build?); the index stays on the CPU.")
+            return None
+        return num
+    msg = f"The 'device' must be auto, cpu, cuda or cuda:N. Got {device!r} instead."
+    raise StoreError(msg)
+
+
+_GPU_RES: list[object] = []
+
+
+def _gpu_resources() -> object:
+    import faiss
+
+    if not _GPU_RES:
+        _GPU_RES.append(faiss.StandardGpuResources())
+    return _GPU_RES[0]
+
+
+@dataclass(frozen=True)
+class SpecChoice:
+    spec: str
+    params: str | None
+    reason: str
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def choose_spec(n: int, dim: int, *, memory_budget: int | None = None) -> SpecChoice:
+    """Pick an index for n vectors of dimension dim, following faiss's guidelines.
+
+    Below 50k vectors exact search (Flat) is fast enough. Above, IVF with about
+    4*sqrt(N) lists (a power of two, within faiss's 4*sqrt(N)..16*sqrt(N) and
+    with >= 39 training points per list), probing 1/16 of them. When the
+    float32 vectors would take more than `memory_budget` (default: half the
+    available memory), the vectors are compressed with PQ (m bytes each).
+    """
+    if memory_budget is None:
+        memory_budget = available_memory() // 2
+    raw = n * dim * 4
+    if n < 50_000:
+        reason = f"{n} vectors < 50,000: exact search (Flat) is fast enough"
+        if raw <= memory_budget:
+            return SpecChoice("Flat", None, reason)
+    root = math.sqrt(max(n, 1))
+    nlist = ivf_lists(n)
+    nprobe = max(1, nlist // 16)
+    if raw <= memory_budget:
+        reason = (f"{n} vectors: IVF with {nlist} lists (4*sqrt(N) = {4 * root:.0f}), "
+                  f"nprobe {nprobe}; float32 vectors take {raw / 2**20:.0f} MiB")
+        return SpecChoice(f"IVF{nlist},Flat", f"nprobe={nprobe}", reason)
+    m = _pq_bytes(n, dim, memory_budget)
+    reason = (f"{n} vectors of dim {dim} take {raw / 2**20:.0f} MiB as float32, more than the "
+              f"budget {memory_budget / 2**20:.0f} MiB: IVF{nlist} with PQ{m} ({m} bytes/vector)")
+    return SpecChoice(f"IVF{nlist},PQ{m}", f"nprobe={nprobe}", reason)
+
+
+def ivf_lists(n: int) -> int:
+    """IVF list count for n vectors: a power of two near 4*sqrt(n), >= 39 training points each."""
+    root = math.sqrt(max(n, 1))
+    nlist = 2 ** math.ceil(math.log2(max(4 * root, 1)))
+    while nlist > 16 and (nlist > 16 * root or n < 39 * nlist):
+        nlist //= 2
+    return nlist
+
+
+def _pq_bytes(n: int, dim: int, budget: int) -> int:
+    """The largest PQ code size m (dividing dim, <= dim/2, <= 64) whose codes fit the budget."""
+    best = 1
+    for m in range(1, min(64, max(1, dim // 2)) + 1):
+        if dim % m == 0 and n * (m + 8) <= budget:
+            best = m
+    return best
+
+
+def say(msg: str) -> None:
+    """A progress line on stderr (results go to stdout)."""
+    print(msg, file=sys.stderr)
 
 
 def _search_params(inner: object, sel: object) -> object:

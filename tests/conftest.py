@@ -70,3 +70,36 @@ def anomaly_home(tmp_path_factory: pytest.TempPathFactory):
                                                   "latent_dim": 32})
     train_scorer(home, "good", cfg, fpr=0.1, progress=False, workers=0)
     return home
+
+
+PG_ENV = "LATENTSIGHT_TEST_PG_URL"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty catalog URL: a SQLite file, then a new PostgreSQL database.
+
+    The PostgreSQL case skips only when LATENTSIGHT_TEST_PG_URL is unset (CI sets it:
+    .ci/run starts a server with .ci/start-postgres.sh).
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+        return
+    admin_url = os.environ.get(PG_ENV)
+    if not admin_url:
+        pytest.skip(f"{PG_ENV} is not set (eval \"$(.ci/start-postgres.sh)\" starts a server)")
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"lt_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -23,6 +23,7 @@ app = typer.Typer(
 from latentsight.cli import (  # noqa: E402, F401
     core,
     dashboard_cmd,
+    delete_cmd,
     gan_cmd,
     index_cmd,
     scan_cmd,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -24,7 +25,26 @@ index_app = typer.Typer(help="Build and check the vector index of a model.", no_
 app.add_typer(index_app, name="index")
 
 SpecOpt = Annotated[str, typer.Option(
-    "--spec", help="faiss index_factory string: Flat, IVF256,Flat, IVF1024,PQ32, HNSW32 ...")]
+    "--spec", help="faiss: an index_factory string (Flat, IVF256,Flat, IVF1024,PQ32, HNSW32) "
+    "or auto (chosen by collection size, said on stderr); milvus: an index type with "
+    "parameters (FLAT, IVF_FLAT:nlist=1024,nprobe=32, HNSW:M=16,ef=64) or auto.")]
+BackendOpt = Annotated[str | None, typer.Option(
+    "--backend", help="faiss (a file in the home) or milvus. Default: LATENTSIGHT_BACKEND, "
+    "else faiss.", show_default=False)]
+UriOpt = Annotated[str | None, typer.Option(
+    "--uri", help="Milvus URI: a file path = Milvus Lite (default HOME/indexes/MODEL.milvus.db), "
+    "http://host:19530 = a Milvus server (token in LATENTSIGHT_MILVUS_TOKEN). "
+    "Default: LATENTSIGHT_MILVUS_URI.", show_default=False)]
+ParamsOpt = Annotated[str | None, typer.Option(
+    "--params", help="faiss search parameters saved with the index, e.g. nprobe=32 or "
+    "efSearch=128.", show_default=False)]
+
+
+def _backend(backend: str | None, uri: str | None) -> tuple[str, str | None]:
+    from latentsight.settings import ENV_MILVUS_URI, Settings
+
+    s = Settings.resolve(backend=backend, milvus_uri=uri)
+    return s.backend, (uri or os.environ.get(ENV_MILVUS_URI)) if s.backend == "milvus" else None
 
 
 @index_app.command("build")
@@ -32,25 +52,30 @@ SpecOpt = Annotated[str, typer.Option(
 def build(
     model: ModelOpt = None,
     spec: SpecOpt = "Flat",
+    backend: BackendOpt = None,
+    uri: UriOpt = None,
+    params: ParamsOpt = None,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
-    """Embed every catalog image with the model and write its index (atomically).
+    """Embed every catalog image with the model and write its index.
 
-    Example: latentsight index build --spec Flat
+    Examples: latentsight index build --spec auto;
+    latentsight index build --backend milvus --uri http://localhost:19530
     """
     from index.manager import build_index
 
     h = open_home(home, db_url)
     m = h.catalog.model(model)
-    st = build_index(h, m, spec=spec, device=device)
+    be, uri = _backend(backend, uri)
+    st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, device=device)
     if json_out:
         echo_json(st.__dict__)
     else:
-        typer.echo(f"index of {st.model}: {st.ntotal} vectors ({st.spec}), generation "
-                   f"{st.generation}, {st.path}")
+        typer.echo(f"{st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
+                   f"generation {st.generation}, {st.path}")
 
 
 @index_app.command("rebuild")
@@ -59,18 +84,29 @@ def rebuild(
     model: ModelOpt = None,
     spec: Annotated[str | None, typer.Option(help="New spec; default: keep the current one.")]
     = None,
+    backend: BackendOpt = None,
+    uri: UriOpt = None,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
-    """Rebuild a model's index from the catalog (the source of truth)."""
-    from index.manager import build_index
+    """Rebuild a model's index from the catalog (the source of truth).
+
+    Keeps the backend, spec and URI of its latest index unless told otherwise.
+    """
+    from index.manager import build_index, location
 
     h = open_home(home, db_url)
     m = h.catalog.model(model)
-    row = h.catalog.index_for(m.id)
-    st = build_index(h, m, spec=spec or (row.spec if row else "Flat"), device=device)
-    typer.echo(f"rebuilt index of {st.model}: {st.ntotal} vectors, generation {st.generation}")
+    row = h.catalog.index_for(m.id, backend)
+    be = backend or (row.backend if row else _backend(None, uri)[0])
+    if be == "milvus" and uri is None:
+        uri = (location(h, row) if row is not None and row.backend == "milvus"
+               else _backend(be, None)[1])
+    keep = row.spec if row is not None and row.backend == be else "Flat"
+    st = build_index(h, m, spec=spec or keep, backend=be, uri=uri, device=device)
+    typer.echo(f"rebuilt {st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
+               f"generation {st.generation}")
 
 
 @index_app.command("info")
@@ -81,7 +117,8 @@ def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = Non
     names = {m.id: m.name for m in h.catalog.models()}
     rows = [
         {"model": names.get(r.model_id), "backend": r.backend, "spec": r.spec,
-         "ntotal": r.ntotal, "generation": r.generation, "built_at": r.built_at, "path": r.path}
+         "ntotal": r.ntotal, "generation": r.generation, "built_at": r.built_at, "path": r.path,
+         "model_sha256": r.model_sha256}
         for r in h.catalog.indexes()
     ]
     if json_out:
@@ -95,20 +132,21 @@ def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = Non
 @index_app.command("verify")
 @handle_errors
 def verify(
-    model: ModelOpt = None, json_out: JsonOpt = False, home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    model: ModelOpt = None, backend: BackendOpt = None, json_out: JsonOpt = False,
+    home: HomeOpt = None, db_url: DbUrlOpt = None,
 ) -> None:
-    """Compare the catalog with the index: missing and extra ids. Exit 1 on a mismatch."""
+    """Compare the catalog with the index: missing, extra ids, stale model. Exit 1 on a mismatch."""
     from index.manager import status
 
     h = open_home(home, db_url)
-    st = status(h, h.catalog.model(model))
+    st = status(h, h.catalog.model(model), backend)
     if json_out:
         echo_json({**st.__dict__, "ok": st.ok})
     else:
         verdict = "ok" if st.ok else "MISMATCH"
-        typer.echo(f"{verdict}: index of {st.model} holds {st.ntotal} vectors; catalog has "
-                   f"{st.catalog_images} images; missing {st.missing}, extra {st.extra}")
+        typer.echo(f"{verdict}: {st.backend} index of {st.model} holds {st.ntotal} vectors; "
+                   f"catalog has {st.catalog_images} images; missing {st.missing}, "
+                   f"extra {st.extra}, stale model: {st.stale_model or 'no'}")
         if not st.ok:
             typer.echo(f"fix: latentsight index rebuild --model {st.model}")
     if not st.ok:

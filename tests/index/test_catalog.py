@@ -27,16 +27,16 @@ def test_sqlite_file_in_wal_mode_with_full_sync(tmp_path):
     assert sqlite3.connect(db).execute("select count(*) from images").fetchone()[0] == 1
 
 
-def test_sha256_is_unique(tmp_path):
-    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+def test_sha256_is_unique(db_url):
+    cat = Catalog(db_url)
     cat.add_images([_row(1)])
     with pytest.raises(IntegrityError):
         cat.add_images([_row(1)])
     assert cat.count_images() == 1  # the failed batch was rolled back whole
 
 
-def test_models_active_and_lookup(tmp_path):
-    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+def test_models_active_and_lookup(db_url):
+    cat = Catalog(db_url)
     with pytest.raises(CatalogError, match="latentsight train"):
         cat.model()
     for name in ("m1", "m2"):
@@ -52,11 +52,54 @@ def test_models_active_and_lookup(tmp_path):
                       metrics={})
 
 
-def test_index_generation_increments(tmp_path):
-    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+def test_index_generation_increments(db_url):
+    cat = Catalog(db_url)
     m = cat.add_model(name="m", kind="ae", config={}, checkpoint_path="p", checkpoint_sha256="0",
                       metrics={})
     r1 = cat.record_index(model_id=m.id, backend="faiss", spec="Flat", path="i", ntotal=3)
     r2 = cat.record_index(model_id=m.id, backend="faiss", spec="Flat", path="i", ntotal=5)
     assert (r1.generation, r2.generation, r2.ntotal) == (1, 2, 5)
     assert cat.index_for(m.id).generation == 2
+
+
+def test_filters_by_label_source_and_synthetic(db_url):
+    cat = Catalog(db_url)
+    rows = [{**_row(i, label="ab"[i % 2]), "source": f"s{i % 3}", "synthetic": i % 4 == 0}
+            for i in range(12)]
+    ids = cat.add_images(rows)
+    got = cat.image_ids(labels=["a"], sources=["s0", "s1"], synthetic=False)
+    want = [i for i, r in zip(ids, rows, strict=True)
+            if r["label"] == "a" and r["source"] in ("s0", "s1") and not r["synthetic"]]
+    assert got == want and got
+    assert cat.image_ids(labels=[], match_empty=True) == []
+    assert cat.image_ids(labels=[]) == ids  # an empty list is no filter by default
+    cat.close()
+
+
+def test_migrations_reach_head_and_adopt_a_pre_migration_catalog(db_url):
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from index.catalog import BASELINE, Base, alembic_config, make_engine
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    # a catalog made by create_all before migrations, without the columns added since
+    engine = make_engine(db_url)
+    Base.metadata.create_all(engine, tables=[t for n, t in Base.metadata.tables.items()
+                                             if n != "indexes"])
+    pk = "SERIAL PRIMARY KEY" if engine.dialect.name == "postgresql" else "INTEGER PRIMARY KEY"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE indexes (id {pk}, model_id INTEGER, backend VARCHAR(32), "
+            "spec VARCHAR(255), path TEXT, ntotal BIGINT, generation INTEGER, "
+            "built_at TIMESTAMP WITH TIME ZONE)")
+    engine.dispose()
+    cat = Catalog(db_url)
+    with cat.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == head != BASELINE
+    m = cat.add_model(name="m", kind="ae", config={}, checkpoint_path="p", checkpoint_sha256="0",
+                      metrics={})
+    row = cat.record_index(model_id=m.id, backend="faiss", spec="Flat", path="i", ntotal=1,
+                           model_sha256="ab" * 32)
+    assert cat.index_for(m.id).model_sha256 == row.model_sha256
+    cat.close()

@@ -20,9 +20,9 @@ def corpus_dir(tmp_path_factory):
     return root / "mixed", corpus
 
 
-def test_bad_corpus_ingests_to_completion(tmp_path, corpus_dir):
+def test_bad_corpus_ingests_to_completion(tmp_path, corpus_dir, db_url):
     folder, corpus = corpus_dir
-    home = Home(tmp_path / "h")
+    home = Home(tmp_path / "h", db_url)
     rep = ingest_paths(home, [folder], progress=False, workers=1)
     bad = {n for n, (_, e) in corpus.items() if e == "fail"}
     good = {n for n, (_, e) in corpus.items() if e == "ok"}
@@ -40,8 +40,8 @@ def test_bad_corpus_ingests_to_completion(tmp_path, corpus_dir):
     assert stored["cmyk.jpg"].mode == "CMYK"
 
 
-def test_reingest_adds_nothing_and_dedups_by_content(tmp_path, texture_dir):
-    home = Home(tmp_path / "h")
+def test_reingest_adds_nothing_and_dedups_by_content(tmp_path, texture_dir, db_url):
+    home = Home(tmp_path / "h", db_url)
     first = ingest_paths(home, [texture_dir], labels_from_folders=True, progress=False, workers=0)
     assert first.added == 48 and not first.failed
     again = ingest_paths(home, [texture_dir], progress=False, workers=0)
@@ -63,8 +63,8 @@ def test_symlink_loop_is_walked_once(tmp_path, texture_dir):
     assert rep.added == 12
 
 
-def test_label_options_and_missing_path(tmp_path, texture_dir):
-    home = Home(tmp_path / "h")
+def test_label_options_and_missing_path(tmp_path, texture_dir, db_url):
+    home = Home(tmp_path / "h", db_url)
     with pytest.raises(CatalogError, match="not both"):
         ingest_paths(home, [texture_dir], label="x", labels_from_folders=True)
     with pytest.raises(CatalogError, match="no such file"):
@@ -73,10 +73,12 @@ def test_label_options_and_missing_path(tmp_path, texture_dir):
     assert rep.added == 12 and home.catalog.label_counts() == {"grid": 12}
 
 
-def test_ingest_into_existing_index_adds_without_rebuild(tmp_path, trained_home, texture_dir):
+def test_ingest_into_existing_index_adds_without_rebuild(
+    tmp_path, trained_home, texture_dir, db_url
+):
     from index.manager import open_index, status
 
-    home = Home(tmp_path / "h2")
+    home = Home(tmp_path / "h2", db_url)
     # reuse the session model: copy its catalog row + checkpoint into a fresh home
     m = trained_home.catalog.model("test-ae")
     home.catalog.add_model(name=m.name, kind=m.kind, config=m.config,

@@ -1,0 +1,345 @@
+"""The Milvus backend: the VectorStore contract over pymilvus's MilvusClient.
+
+The URI alone chooses the deployment, as `MilvusClient` does:
+
+- a file path (`HOME/indexes/NAME.milvus.db`) is **Milvus Lite**, embedded in
+  this process: the default for this backend, for small collections. Milvus
+  Lite is single-process: one process at a time may open a file; a second one
+  gets a clear error naming the way out (stop the other, or use a server);
+- `http://host:19530` is Milvus standalone or a cluster (through its proxy);
+  the token (`user:password` or an API key) comes from LATENTSIGHT_MILVUS_TOKEN.
+
+One collection per model: fields id (INT64 primary key = catalog image id),
+vector (FLOAT_VECTOR), label, source (VARCHAR) and synthetic (BOOL), so a
+`Filter` becomes a Milvus boolean expression on scalar fields applied inside
+the search. Strong consistency, so a search sees every write before it;
+`flush()` seals the writes before the catalog records a batch as committed;
+every insert and delete response's count is checked.
+
+The `spec` is an index type with optional build parameters, e.g. "FLAT",
+"IVF_FLAT:nlist=1024,nprobe=32", "HNSW:M=16,efConstruction=200,ef=64"
+(search-time keys nprobe and ef go to the search parameters). Scores follow
+the store contract (higher = closer): IP and COSINE as returned, L2 negated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embedder.errors import StoreError
+from index.store import META_DEFAULTS, Filter, Metadata, VectorStore, normalize
+
+ENV_TOKEN = "LATENTSIGHT_MILVUS_TOKEN"
+SEARCH_KEYS = {"nprobe", "ef", "search_list", "radius", "range_filter"}
+METRICS = ("IP", "COSINE", "L2")
+MAX_VARCHAR = 512
+SPEC_MARK = ", spec "  # the collection description ends with the spec it was built with
+_BATCH = 2000  # rows per insert request (a gRPC message stays well under its limit)
+
+
+def is_lite(uri: str) -> bool:
+    """A URI without a scheme is a local file: Milvus Lite."""
+    return "://" not in uri
+
+
+def collection_name(model_name: str) -> str:
+    """A Milvus-legal collection name for a model (letters, digits, underscores)."""
+    safe = re.sub(r"[^0-9A-Za-z_]", "_", model_name)
+    return f"latentsight_{safe}"[:255]
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, object], dict[str, object]]:
+    """"HNSW:M=16,ef=64" -> ("HNSW", {"M": 16}, {"ef": 64})."""
+    kind, _, rest = spec.partition(":")
+    build: dict[str, object] = {}
+    search: dict[str, object] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            msg = f"Milvus spec parameters are key=value pairs. Got {item!r} in {spec!r}."
+            raise StoreError(msg)
+        parsed: object = int(value) if value.lstrip("-").isdigit() else value
+        (search if key in SEARCH_KEYS else build)[key] = parsed
+    return kind.strip().upper() or "FLAT", build, search
+
+
+class MilvusStore(VectorStore):
+    """A Milvus collection holding one model's vectors and the metadata to filter them."""
+
+    backend = "milvus"
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        uri: str,
+        collection: str,
+        spec: str = "FLAT",
+        metric: str = "IP",
+        token: str | None = None,
+        create: bool = True,
+        client: object | None = None,
+    ) -> None:
+        try:
+            import pymilvus  # noqa: F401
+        except ImportError as e:
+            msg = "The Milvus backend needs pymilvus: pip install 'pymilvus[milvus-lite]'"
+            raise StoreError(msg) from e
+        if metric not in METRICS:
+            msg = f"The Milvus 'metric' must be one of {', '.join(METRICS)}. Got {metric!r}."
+            raise StoreError(msg)
+        self.dim = int(dim)
+        self.uri = uri
+        self.collection = collection
+        self.spec = spec
+        self.metric = metric
+        self.index_type, self.build_params, self.search_params = parse_spec(spec)
+        if is_lite(uri):
+            Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.client = client if client is not None else _connect(uri, token)
+        if not self.client.has_collection(collection):
+            if not create:
+                msg = f"Milvus at {uri} has no collection {collection!r}; build the index first."
+                raise StoreError(msg)
+            self._create()
+        else:
+            self._check_dim()
+        self.client.load_collection(collection)
+
+    @classmethod
+    def open(cls, uri: str, collection: str, *, token: str | None = None) -> MilvusStore:
+        """Open an existing collection, reading dimension, index type and metric from it."""
+        client = _connect(uri, token)
+        if not client.has_collection(collection):
+            msg = f"Milvus at {uri} has no collection {collection!r}; build the index first."
+            raise StoreError(msg)
+        desc = client.describe_collection(collection)
+        dim = next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector")
+        idx = client.describe_index(collection, "vector") or {}
+        described = str(desc.get("description", ""))
+        spec = described.split(SPEC_MARK, 1)[1] if SPEC_MARK in described else None
+        spec = spec or idx.get("index_type")
+        metric = idx.get("metric_type", "IP")
+        return cls(dim, uri=uri, collection=collection, spec=str(spec or "FLAT"), metric=metric,
+                   create=False, client=client)
+
+    def _create(self) -> None:
+        from pymilvus import DataType
+
+        c = self.client
+        schema = c.create_schema(auto_id=False, enable_dynamic_field=False,
+                                 description=f"latentsight vectors{SPEC_MARK}{self.spec}")
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("label", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("source", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("synthetic", DataType.BOOL)
+        ip = c.prepare_index_params()
+        ip.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric,
+                     params=self.build_params)
+        try:
+            c.create_collection(self.collection, schema=schema, index_params=ip,
+                                consistency_level="Strong")
+        except Exception as e:  # noqa: BLE001
+            msg = f"Milvus could not create {self.collection!r} with spec {self.spec!r}: {e}"
+            raise StoreError(msg) from e
+
+    def _check_dim(self) -> None:
+        desc = self.client.describe_collection(self.collection)
+        dim = next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector")
+        if dim != self.dim:
+            msg = (f"Milvus collection {self.collection!r} holds dimension {dim}; this model "
+                   f"embeds in {self.dim}. Rebuild: latentsight index rebuild --backend milvus")
+            raise StoreError(msg)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def add(
+        self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None = None
+    ) -> None:
+        ids, v = self._check_rows(ids, vectors, metadata)
+        if len(ids) == 0:
+            return
+        clash = self._existing(ids)
+        if clash.size:
+            msg = f"{clash.size} id(s) already in the index (first: {int(clash[0])}); use upsert."
+            raise StoreError(msg)
+        self._write("insert", ids, v, metadata)
+
+    def upsert(
+        self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None = None
+    ) -> None:
+        ids, v = self._check_rows(ids, vectors, metadata)
+        if len(ids):
+            self._write("upsert", ids, v, metadata)
+
+    def _check_rows(
+        self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        v = normalize(vectors) if self.metric != "L2" else np.asarray(vectors, np.float32)
+        if v.shape[0] != ids.shape[0]:
+            msg = f"Got {ids.shape[0]} ids for {v.shape[0]} vectors."
+            raise StoreError(msg)
+        if metadata is not None and len(metadata) != len(ids):
+            msg = f"Got {len(metadata)} metadata rows for {len(ids)} vectors."
+            raise StoreError(msg)
+        if v.shape[0] and v.shape[1] != self.dim:
+            msg = f"Vectors have dimension {v.shape[1]}; this index holds dimension {self.dim}."
+            raise StoreError(msg)
+        if len(np.unique(ids)) != len(ids):
+            raise StoreError("Duplicate ids within one add() call.")
+        return ids, v
+
+    def _write(self, op: str, ids: np.ndarray, v: np.ndarray, metadata: Metadata | None) -> None:
+        call = getattr(self.client, op)
+        for s in range(0, len(ids), _BATCH):
+            rows = []
+            for j in range(s, min(s + _BATCH, len(ids))):
+                meta = {**META_DEFAULTS, **(metadata[j] if metadata is not None else {})}
+                rows.append({
+                    "id": int(ids[j]), "vector": v[j].tolist(),
+                    "label": _text(meta["label"]), "source": _text(meta["source"]),
+                    "synthetic": bool(meta["synthetic"]),
+                })
+            try:
+                res = call(self.collection, rows)
+            except Exception as e:  # noqa: BLE001
+                raise StoreError(f"Milvus {op} into {self.collection!r} failed: {e}") from e
+            count = int(res.get(f"{op}_count", -1))
+            if count != len(rows):
+                msg = (f"Milvus {op} into {self.collection!r} stored {count} of {len(rows)} "
+                       "rows; the batch is not committed.")
+                raise StoreError(msg)
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            return 0
+        present = self._existing(ids)
+        if present.size == 0:
+            return 0
+        try:
+            self.client.delete(self.collection, ids=[int(i) for i in present])
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(f"Milvus delete from {self.collection!r} failed: {e}") from e
+        left = self._existing(present)
+        if left.size:
+            msg = f"Milvus kept {left.size} of {present.size} ids asked to be deleted."
+            raise StoreError(msg)
+        return int(present.size)
+
+    def flush(self) -> None:
+        try:
+            self.client.flush(self.collection)
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(f"Milvus flush of {self.collection!r} failed: {e}") from e
+
+    def save(self, path: str | Path | None = None) -> None:
+        """Milvus persists on its own; saving is flushing (`path` is ignored)."""
+        self.flush()
+
+    def reset(self) -> None:
+        """Drop the collection and create it empty (a rebuild refills it from the catalog)."""
+        self.client.drop_collection(self.collection)
+        self._create()
+        self.client.load_collection(self.collection)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def _existing(self, ids: np.ndarray) -> np.ndarray:
+        found: list[int] = []
+        for s in range(0, len(ids), 1000):
+            chunk = [int(i) for i in ids[s : s + 1000]]
+            rows = self.client.query(self.collection, filter=f"id in {chunk}",
+                                     output_fields=["id"], limit=len(chunk))
+            found.extend(int(r["id"]) for r in rows)
+        return np.asarray(sorted(found), dtype=np.int64)
+
+    def ids(self) -> np.ndarray:
+        it = self.client.query_iterator(self.collection, batch_size=5000, filter="id >= 0",
+                                        output_fields=["id"])
+        out: list[int] = []
+        try:
+            while True:
+                page = it.next()
+                if not page:
+                    break
+                out.extend(int(r["id"]) for r in page)
+        finally:
+            it.close()
+        return np.asarray(out, dtype=np.int64)
+
+    @property
+    def ntotal(self) -> int:
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: Sequence[int] | np.ndarray | None = None,
+        filter: Filter | None = None,  # noqa: A002
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q = normalize(vectors) if self.metric != "L2" else np.asarray(vectors, np.float32)
+        if k < 1:
+            msg = f"The 'k' option must be >= 1. Got {k} instead."
+            raise StoreError(msg)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        out = np.full((len(q), k), -1, np.int64)
+        if len(q) == 0:
+            return scores, out
+        parts = []
+        if filter is not None and not filter.empty:
+            parts.append(filter.to_milvus_expr())
+        if allowed_ids is not None:
+            allowed = [int(i) for i in np.asarray(allowed_ids, dtype=np.int64)]
+            if not allowed:
+                return scores, out
+            parts.append(f"id in {allowed}")
+        expr = " and ".join(f"({p})" for p in parts)
+        params = {"metric_type": self.metric, "params": dict(self.search_params)}
+        try:
+            res = self.client.search(self.collection, data=[row.tolist() for row in q], limit=k,
+                                     filter=expr, output_fields=["id"], search_params=params)
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(f"Milvus search in {self.collection!r} failed: {e}") from e
+        sign = -1.0 if self.metric == "L2" else 1.0
+        for r, hits in enumerate(res):
+            for j, hit in enumerate(hits[:k]):
+                out[r, j] = int(hit["id"])
+                scores[r, j] = sign * float(hit["distance"])
+        return scores, out
+
+
+def _connect(uri: str, token: str | None) -> object:
+    from pymilvus import MilvusClient
+
+    token = token if token is not None else os.environ.get(ENV_TOKEN, "")
+    try:
+        return MilvusClient(uri=uri, token=token)
+    except Exception as e:  # noqa: BLE001 - pymilvus raises several unrelated types
+        raise StoreError(_connect_error(uri, e)) from e
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)[:MAX_VARCHAR]
+
+
+def _connect_error(uri: str, e: Exception) -> str:
+    if is_lite(uri):
+        return (f"Cannot open the Milvus Lite file {uri}: {e}. Milvus Lite is single-process: "
+                "if another latentsight process (ingest, dashboard) has it open, stop it, or "
+                "run a Milvus server and pass --uri http://HOST:19530.")
+    return (f"Cannot connect to Milvus at {uri}: {e}. Is the server up (docker compose up "
+            f"milvus)? A token, if needed, goes in {ENV_TOKEN}.")

@@ -1,0 +1,155 @@
+"""The index manager over both backends: build, verify, repair, delete; spec auto; the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embedder.errors import StoreError
+from index.home import Home
+from index.ingest import ingest_paths
+from index.manager import build_index, delete_images, open_index, status
+from index.store import FaissStore, Filter, choose_spec
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def home(tmp_path, trained_home, texture_dir):
+    """A fresh home holding the session's trained model and the 48 labeled textures."""
+    h = Home(tmp_path / "h")
+    m = trained_home.catalog.model("test-ae")
+    h.catalog.add_model(name=m.name, kind=m.kind, config=m.config,
+                        checkpoint_path=str(trained_home.resolve(m.checkpoint_path)),
+                        checkpoint_sha256=m.checkpoint_sha256,
+                        metrics=m.metrics)
+    ingest_paths(h, [texture_dir], labels_from_folders=True, progress=False, workers=0)
+    yield h
+    h.close()
+
+
+def _cli(*args: str, code: int = 0) -> str:
+    res = runner.invoke(__import__("latentsight.cli", fromlist=["app"]).app, list(args),
+                        catch_exceptions=False)
+    assert res.exit_code == code, res.output
+    return res.stdout
+
+
+@pytest.mark.parametrize("backend,spec", [("faiss", "Flat"), ("milvus", "FLAT")])
+def test_build_verify_filter_and_delete(home, backend, spec):
+    m = home.catalog.model()
+    st = build_index(home, m, backend=backend, spec=spec, device="cpu", progress=False,
+                     workers=0)
+    assert st.ok and st.backend == backend and st.ntotal == 48
+    store, row = open_index(home, m)
+    assert row.backend == backend and row.model_sha256 == m.checkpoint_sha256
+    checker = home.catalog.image_ids(labels=["checker"])
+    q = np.random.default_rng(0).normal(size=(2, store.dim)).astype(np.float32)
+    _, found = store.search(q, 5, filter=Filter.of(labels="checker"))
+    assert (found >= 0).all() and np.isin(found, checker).all()
+    store.close()
+
+    out = delete_images(home, checker[:3])
+    assert out == {"deleted": 3, "vectors_removed": 3, "indexes_rebuilt": 0}
+    st = status(home, m)
+    assert st.ok and st.ntotal == 45
+    store, _ = open_index(home, m)
+    assert not np.isin(checker[:3], store.ids()).any()
+    store.close()
+
+
+def test_delete_from_an_hnsw_index_rebuilds_it(home):
+    m = home.catalog.model()
+    build_index(home, m, spec="HNSW8", device="cpu", progress=False, workers=0)
+    ids = home.catalog.image_ids()[:2]
+    out = delete_images(home, ids)
+    assert out["deleted"] == 2 and out["indexes_rebuilt"] == 1
+    st = status(home, m)
+    assert st.ok and st.ntotal == 46 and st.spec == "HNSW8"
+
+
+def test_a_broken_index_is_moved_aside_and_rebuilt_not_emptied(home):
+    m = home.catalog.model()
+    build_index(home, m, device="cpu", progress=False, workers=0)
+    row = home.catalog.index_for(m.id)
+    with open(home.resolve(row.path), "r+b") as f:  # damage the file in place
+        f.seek(0)
+        f.write(b"\0" * 64)
+    with pytest.raises(StoreError, match="cannot read"):
+        open_index(home, m, repair=False)
+    store, row2 = open_index(home, m)
+    assert store.ntotal == 48 and row2.generation == row.generation + 1
+    aside = list(home.indexes_dir.glob("*.broken-*"))
+    assert len(aside) == 1 and aside[0].read_bytes()[:64] == b"\0" * 64
+
+
+def test_verify_reports_a_stale_model_and_exits_1(home):
+    m = home.catalog.model()
+    build_index(home, m, device="cpu", progress=False, workers=0)
+    base = ["--home", str(home.root)]
+    assert json.loads(_cli("index", "verify", "--json", *base))["ok"] is True
+    row = home.catalog.index_for(m.id)
+    home.catalog.record_index(model_id=m.id, backend=row.backend, spec=row.spec, path=row.path,
+                              ntotal=row.ntotal, model_sha256="0" * 64)
+    out = _cli("index", "verify", *base, code=1)
+    assert "MISMATCH" in out and "built with checkpoint 000000000000" in out
+    home.catalog.add_images([{"sha256": "f" * 64, "path": "/nowhere.png", "byte_size": 1,
+                              "width": 1, "height": 1, "mode": "L", "format": "PNG"}])
+    st = json.loads(_cli("index", "verify", "--json", *base, code=1))
+    assert st["missing"] == 1 and st["extra"] == 0
+
+
+def test_cli_build_milvus_info_rebuild_and_delete(home):
+    base = ["--home", str(home.root)]
+    out = _cli("index", "build", "--backend", "milvus", "--spec", "auto", *base)
+    assert "milvus index" in out and "48 vectors (FLAT)" in out
+    info = json.loads(_cli("index", "info", "--json", *base))
+    assert [r["backend"] for r in info] == ["milvus"]
+    assert info[0]["path"].endswith(".milvus.db")
+    out = _cli("index", "rebuild", *base)
+    assert "rebuilt milvus index" in out and "generation 2" in out
+    ids = [str(i) for i in home.catalog.image_ids()[:2]]
+    out = json.loads(_cli("delete", *ids, "--json", *base))
+    assert out["deleted"] == 2 and out["vectors_removed"] == 2
+    assert json.loads(_cli("index", "verify", "--json", *base))["ntotal"] == 46
+
+
+def test_spec_auto_follows_the_faiss_guidelines():
+    assert choose_spec(10_000, 64).spec == "Flat"
+    big = choose_spec(1_000_000, 128, memory_budget=8 << 30)
+    nlist = int(big.spec[3:].split(",")[0])
+    assert big.spec.endswith(",Flat") and 4 * 1000 <= nlist <= 16 * 1000
+    assert big.params == f"nprobe={nlist // 16}" and "IVF" in big.reason
+    short = choose_spec(1_000_000, 128, memory_budget=100 << 20)  # 100 MiB < 488 MiB of floats
+    assert ",PQ" in short.spec and "budget" in short.reason
+    m = int(short.spec.rsplit("PQ", 1)[1])
+    assert 128 % m == 0 and 1_000_000 * m <= 100 << 20
+
+
+def test_cli_spec_auto_says_what_it_chose(home):
+    res = runner.invoke(__import__("latentsight.cli", fromlist=["app"]).app,
+                        ["index", "build", "--spec", "auto", "--device", "cpu",
+                         "--home", str(home.root)], catch_exceptions=False)
+    assert res.exit_code == 0
+    assert "spec auto: Flat" in res.stderr and "50,000" in res.stderr
+
+
+def test_ivf_with_too_many_lists_names_the_fix():
+    store = FaissStore(8, "IVF64,Flat")
+    with pytest.raises(StoreError, match="4\\*sqrt"):
+        store.add(np.arange(20), np.random.default_rng(0).normal(size=(20, 8)))
+
+
+def test_gpu_device_falls_back_to_cpu_without_a_faiss_gpu():
+    import faiss
+
+    from index.store import gpu_device
+
+    assert gpu_device("cpu") is None
+    if faiss.get_num_gpus() == 0:
+        assert gpu_device("auto") is None and gpu_device("cuda") is None
+    with pytest.raises(StoreError, match="'device'"):
+        gpu_device("tpu")

@@ -1,0 +1,220 @@
+"""One contract, every backend: add a backend to BACKENDS and it is covered.
+
+Each case builds a real catalog (SQLite) holding the images' label, source
+and synthetic flag, and a store whose vectors carry the same metadata:
+FAISS resolves filters through the catalog, Milvus Lite through its own
+scalar fields; both must return the same kind of answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from embedder.errors import StoreError
+from index.catalog import Catalog
+from index.manager import catalog_resolver
+from index.store import Filter, VectorStore
+
+DIM = 16
+N = 90
+LABELS = ("crack", "scratch", "pit")
+SOURCES = ("line1", "line2")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    make: Any  # (tmp_path, catalog) -> store
+    reopen: Any  # (store, tmp_path, catalog) -> store, after persisting
+    exact: bool = True  # returns the exact top-k (Flat-like) rather than an approximation
+    removes: bool = True
+
+
+def _faiss(spec: str, params: str | None = None):
+    def make(tmp: Path, catalog: Catalog) -> VectorStore:
+        from index.store import FaissStore
+
+        return FaissStore(DIM, spec, params=params, resolver=catalog_resolver(catalog))
+
+    def reopen(store: VectorStore, tmp: Path, catalog: Catalog) -> VectorStore:
+        from index.store import FaissStore
+
+        store.save(tmp / "i.faiss")
+        return FaissStore.load(tmp / "i.faiss", spec, resolver=catalog_resolver(catalog))
+
+    return make, reopen
+
+
+def _milvus(spec: str):
+    def make(tmp: Path, catalog: Catalog) -> VectorStore:
+        from index.milvus_store import MilvusStore
+
+        return MilvusStore(DIM, uri=str(tmp / "m.db"), collection="contract", spec=spec)
+
+    def reopen(store: VectorStore, tmp: Path, catalog: Catalog) -> VectorStore:
+        from index.milvus_store import MilvusStore
+
+        store.save()
+        store.close()
+        return MilvusStore.open(str(tmp / "m.db"), "contract")
+
+    return make, reopen
+
+
+BACKENDS = [
+    Backend("faiss-flat", *_faiss("Flat")),
+    Backend("faiss-ivf", *_faiss("IVF4,Flat", "nprobe=4")),  # all lists probed: exact
+    Backend("faiss-hnsw", *_faiss("HNSW16", "efSearch=128"), exact=False, removes=False),
+    Backend("milvus-lite", *_milvus("FLAT")),
+]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(N, DIM)).astype(np.float32)
+    meta = [{"label": LABELS[i % 3], "source": SOURCES[(i // 3) % 2], "synthetic": i % 5 == 0}
+            for i in range(N)]
+    return x, meta
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
+def case(request, tmp_path, data):
+    """(backend, store filled with all N vectors, catalog ids, catalog)."""
+    b: Backend = request.param
+    x, meta = data
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    ids = np.asarray(catalog.add_images([
+        {"sha256": f"{i:064x}", "path": f"/x/{i}.png", "byte_size": 1, "width": 8, "height": 8,
+         "mode": "L", "format": "PNG", **m} for i, m in enumerate(meta)
+    ]), dtype=np.int64)
+    store = b.make(tmp_path, catalog)
+    store.add(ids, x, meta)
+    store.flush()
+    yield b, store, ids, catalog
+    store.close()
+    catalog.close()
+
+
+def _exact(x: np.ndarray, q: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    order = np.argsort(-(qn @ xn.T), axis=1)[:, :k]
+    return ids[order]
+
+
+def test_count_ids_and_self_search(case, data):
+    b, store, ids, _ = case
+    x, _ = data
+    assert store.ntotal == N == len(store)
+    assert sorted(store.ids().tolist()) == ids.tolist()
+    scores, found = store.search(x[:6], 5)
+    assert scores.shape == found.shape == (6, 5) and found.dtype == np.int64
+    assert found[:, 0].tolist() == ids[:6].tolist()
+    assert np.all(np.diff(scores, axis=1) <= 1e-5)  # best first
+    if b.exact:
+        np.testing.assert_array_equal(found, _exact(x, x[:6], ids, 5))
+
+
+def test_missing_slots_are_minus_one(case, data):
+    _b, store, ids, _ = case
+    x, _ = data
+    scores, found = store.search(x[:2], N + 7)
+    assert (found[:, N:] == -1).all() and np.isneginf(scores[:, N:]).all()
+    assert set(found[0, :N].tolist()) == set(ids.tolist())
+    with pytest.raises(StoreError, match="'k'"):
+        store.search(x[:1], 0)
+
+
+@pytest.mark.parametrize(
+    "filt",
+    [Filter.of(labels="crack"), Filter.of(sources=["line2"]), Filter.of(synthetic=True),
+     Filter.of(labels=["pit", "scratch"], sources="line1", synthetic=False)],
+    ids=["label", "source", "synthetic", "combined"],
+)
+def test_filtered_search_is_inside_the_search(case, data, filt):
+    b, store, ids, _ = case
+    x, meta = data
+    ok = np.array([filt.matches(m) for m in meta])
+    k = min(10, int(ok.sum()))
+    _, found = store.search(x[:4], k, filter=filt)
+    assert (found >= 0).all()  # k results whenever k matching vectors exist
+    assert np.isin(found, ids[ok]).all()
+    if b.exact:
+        np.testing.assert_array_equal(found, _exact(x[ok], x[:4], ids[ok], k))
+
+
+def test_filter_matching_nothing_and_allowed_ids(case, data):
+    _b, store, ids, _ = case
+    x, _ = data
+    _, found = store.search(x[:2], 3, filter=Filter.of(labels="no-such-label"))
+    assert (found == -1).all()
+    allowed = ids[::9]
+    _, found = store.search(x[:2], 4, allowed_ids=allowed, filter=Filter.of(labels="crack"))
+    want = [i for n, i in enumerate(ids) if i in allowed and n % 3 == 0]
+    assert set(found[found >= 0].tolist()) <= set(want)
+    assert (found >= 0).sum() == 2 * min(4, len(want))
+
+
+def test_add_rejects_duplicates_and_wrong_dimension(case, data):
+    _b, store, ids, _ = case
+    x, meta = data
+    with pytest.raises(StoreError, match="already in the index"):
+        store.add(ids[:1], x[:1], meta[:1])
+    with pytest.raises(StoreError, match="dimension"):
+        store.add([10_000], np.zeros((1, DIM + 1), np.float32))
+    assert store.ntotal == N
+
+
+def test_remove_or_a_clear_error(case, data):
+    b, store, ids, _ = case
+    x, _ = data
+    if not b.removes:
+        with pytest.raises(StoreError, match="does not support removal.*(Flat or IVF|rebuild)"):
+            store.remove(ids[:3])
+        return
+    assert store.remove(ids[:3]) == 3
+    assert store.remove(ids[:3]) == 0  # already gone
+    assert store.ntotal == N - 3
+    _, found = store.search(x[:3], 5)
+    assert not np.isin(found, ids[:3]).any()
+
+
+def test_upsert_replaces_vectors(case, data):
+    b, store, ids, _ = case
+    x, meta = data
+    if not b.removes:
+        pytest.skip("upsert needs removal; HNSW indexes are rebuilt instead")
+    store.upsert(ids[[10, 11]], x[[0, 1]], [meta[10], meta[11]])
+    store.flush()
+    assert store.ntotal == N
+    _, found = store.search(x[:1], 2)
+    assert set(found[0].tolist()) == {ids[0], ids[10]}
+
+
+def test_persistence_and_reload(case, data, tmp_path):
+    b, store, ids, catalog = case
+    x, _ = data
+    filt = Filter.of(labels="scratch", synthetic=False)
+    before = store.search(x[:5], 6), store.search(x[:5], 6, filter=filt)
+    again = b.reopen(store, tmp_path, catalog)
+    try:
+        after = again.search(x[:5], 6), again.search(x[:5], 6, filter=filt)
+        assert again.ntotal == N and sorted(again.ids().tolist()) == ids.tolist()
+        for (s0, i0), (s1, i1) in zip(before, after, strict=True):
+            np.testing.assert_array_equal(i0, i1)
+            np.testing.assert_allclose(s0, s1, rtol=1e-5, atol=1e-5)
+    finally:
+        if again is not store:
+            again.close()
+
+
+def test_milvus_expression_quotes_values():
+    f = Filter.of(labels=['a"b'], sources="s", synthetic=False)
+    assert f.to_milvus_expr() == 'label in ["a\\"b"] and source in ["s"] and synthetic == false'
+    assert Filter().empty and Filter().to_milvus_expr() == ""
