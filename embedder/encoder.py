@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedder.images import decode_file, resize
+from embedder.images import decode_file, prepare, resize  # noqa: F401 - re-exported
 from embedder.models import load_checkpoint, resolve_device
 
 
@@ -21,18 +21,6 @@ def to_batch(pixels: Sequence[np.ndarray], image_size: int, channels: int) -> to
     """Stack uint8 arrays (H, W) or (H, W, 3) into a float tensor (B, C, S, S) in [0, 1]."""
     arrs = [prepare(p, image_size, channels) for p in pixels]
     return torch.from_numpy(np.stack(arrs)).float().div_(255.0)
-
-
-def prepare(pixels: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-    """Resize one uint8 image to (C, S, S) uint8 with the model's channel count."""
-    arr = resize(pixels, image_size)
-    if channels == 1 and arr.ndim == 3:
-        arr = np.rint(arr @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
-    if channels == 3 and arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim == 2:
-        return arr[None]  # (1, S, S)
-    return arr.transpose(2, 0, 1).copy()  # (3, S, S)
 
 
 class Encoder:

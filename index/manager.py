@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from embedder import faults
 from embedder.data import FileImages, iter_batches
 from embedder.encoder import Encoder
 from embedder.errors import StoreError
 from index.catalog import IndexRow, ModelRow
 from index.home import Home
+from index.locks import write_lock
+from index.paths import from_catalog
 from index.store import FaissStore, VectorStore
 
 BACKEND = "faiss"
@@ -81,7 +84,20 @@ def build_index(
     workers: int | None = None,
     progress: bool = True,
 ) -> IndexStatus:
-    """Embed every catalog image with `model` and write its index atomically."""
+    """Embed every catalog image with `model` and write its index atomically.
+
+    Holds the home's write lock; readers keep the previous index until the new
+    file is renamed into place.
+    """
+    with write_lock(home, "index build"):
+        return _build_locked(home, model, spec=spec, device=device, batch_size=batch_size,
+                             workers=workers, progress=progress)
+
+
+def _build_locked(
+    home: Home, model: ModelRow, *, spec: str, device: str, batch_size: int,
+    workers: int | None, progress: bool,
+) -> IndexStatus:
     encoder = load_encoder(home, model, device)
     rows = home.catalog.images()
     ids = [r.id for r in rows]
@@ -92,7 +108,9 @@ def build_index(
         store.train(vecs)
         store.add(kept, vecs)
     path = index_path(home, model)
+    faults.point("build.before_save")
     store.save(path)
+    faults.point("build.after_save")
     home.catalog.record_index(model_id=model.id, backend=BACKEND, spec=spec, path=str(path),
                               ntotal=store.ntotal)
     return status(home, model)
@@ -112,6 +130,7 @@ def embed_catalog_images(
 
     Returns (vectors (n, d), ids (n,)) for the files that decoded.
     """
+    paths = [from_catalog(p) for p in paths]
     ds = FileImages(ids, paths, image_size=encoder.image_size, channels=encoder.channels)
     out_v, out_i, failed = [], [], []
     bar = tqdm(total=len(ds), desc="embedding", unit="img", file=sys.stderr,
@@ -145,8 +164,17 @@ def sync_index(
     """Bring the index of `model` in line with the catalog; returns the number of vectors added.
 
     `ready` maps catalog ids to already preprocessed uint8 arrays (C, S, S),
-    so that ingest does not decode twice.
+    so that ingest does not decode twice. Holds the home's write lock.
     """
+    with write_lock(home, "index sync"):
+        return _sync_locked(home, model, encoder=encoder, store=store, ready=ready,
+                            progress=progress)
+
+
+def _sync_locked(
+    home: Home, model: ModelRow, *, encoder: Encoder | None, store: VectorStore | None,
+    ready: dict[int, np.ndarray] | None, progress: bool,
+) -> int:
     if store is None:
         store, _row = open_index(home, model)
     encoder = encoder or load_encoder(home, model)
@@ -178,11 +206,33 @@ def sync_index(
     if missing.size or extra.size:
         row = home.catalog.index_for(model.id, BACKEND)
         path = Path(row.path) if row else index_path(home, model)
+        faults.point("sync.before_save")
         store.save(path)
+        faults.point("sync.after_save")
         home.catalog.record_index(model_id=model.id, backend=BACKEND,
                                   spec=getattr(store, "spec", "Flat"), path=str(path),
                                   ntotal=store.ntotal)
     return added
+
+
+def delete_images(home: Home, ids: list[int] | np.ndarray) -> int:
+    """Delete images from the catalog and their vectors from every faiss index; returns the count.
+
+    The catalog goes first (it is the source of truth): a crash in between
+    leaves extra vectors that searches skip and the next sync removes.
+    """
+    ids = [int(i) for i in ids]
+    with write_lock(home, "delete"):
+        n = home.catalog.delete_images(ids)
+        for row in home.catalog.indexes():
+            if row.backend != BACKEND or not Path(row.path).is_file():
+                continue
+            store = FaissStore.load(row.path, spec=row.spec)
+            if store.remove(np.asarray(ids, dtype=np.int64)):
+                store.save(row.path)
+                home.catalog.record_index(model_id=row.model_id, backend=row.backend,
+                                          spec=row.spec, path=row.path, ntotal=store.ntotal)
+    return n
 
 
 def status(home: Home, model: ModelRow) -> IndexStatus:

@@ -12,7 +12,8 @@ from embedder.errors import CatalogError, StoreError
 from embedder.images import decode_bytes
 from index.catalog import IndexRow, ModelRow
 from index.home import Home
-from index.manager import load_encoder, open_index
+from index.locks import writer_active
+from index.manager import BACKEND, load_encoder, open_index
 
 
 @dataclass
@@ -37,12 +38,30 @@ class Searcher:
         _check_fresh(home, self.model, self.index_row)
         self.encoder = load_encoder(home, self.model, device)
 
-    def query_vector(self, query: str | int | Path | bytes | np.ndarray) -> np.ndarray:
-        """Embed a query given as a path, a catalog id, raw bytes or decoded pixels."""
+    def refresh(self) -> bool:
+        """Load the index again when a writer has replaced it (its generation changed).
+
+        Index files are only ever replaced by an atomic rename, so the load
+        sees a whole index, old or new. Returns True when it reloaded.
+        """
+        row = self.home.catalog.index_for(self.model.id, BACKEND)
+        if row is None or (row.generation, row.path) == (self.index_row.generation,
+                                                         self.index_row.path):
+            return False
+        self.store, self.index_row = open_index(self.home, self.model)
+        return True
+
+    def query_vector(
+        self, query: str | int | Path | bytes | np.ndarray, *, name: str = "<upload>"
+    ) -> np.ndarray:
+        """Embed a query given as a path, a catalog id, raw bytes or decoded pixels.
+
+        `name` is the file name that errors about uploaded bytes carry.
+        """
         if isinstance(query, np.ndarray):
             return self.encoder.embed_pixels([query])
         if isinstance(query, bytes):
-            img = decode_bytes(query, path="<upload>", mode=self.encoder.mode)
+            img = decode_bytes(query, path=name, mode=self.encoder.mode)
             return self.encoder.embed_pixels([img.pixels])
         path = resolve_query(self.home, query)
         return self.encoder.embed_files([path])
@@ -55,7 +74,11 @@ class Searcher:
         label: str | None = None,
         source: str | None = None,
     ) -> list[Hit]:
-        """Return up to k hits, best first. With a label or source, a filter inside the search."""
+        """Return up to k hits, best first. With a label or source, a filter inside the search.
+
+        Picks up a new index generation first (see `refresh`).
+        """
+        self.refresh()
         vec = self.query_vector(query)
         allowed = None
         if label is not None or source is not None:
@@ -99,8 +122,9 @@ def resolve_query(home: Home, query: str | int | Path) -> str:
 
 
 def _check_fresh(home: Home, model: ModelRow, row: IndexRow) -> None:
+    """Refuse a stale index, unless a writer is at work (it brings the index up to date)."""
     newer = home.catalog.count_images_since(row.built_at)
-    if newer:
+    if newer and not writer_active(home):
         msg = (
             f"The index of model {model.name!r} is stale: {newer} image(s) were ingested after "
             f"it was built. Run: latentsight index build --model {model.name}"
