@@ -133,6 +133,7 @@ def decode_bytes(
     path: str = "<bytes>",
     mode: str = "L",
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> DecodedImage:
     """Decode image bytes to a uint8 array in `mode` ("L" or "RGB").
 
@@ -150,6 +151,8 @@ def decode_bytes(
         raise ValueError(msg)
     if not data:
         raise DecodeError(path, "empty file (0 bytes)")
+    if len(data) > max_bytes:
+        raise DecodeError(path, f"{len(data)} bytes, over the {max_bytes}-byte limit")
     fmt = sniff_format(data[:16])
     if fmt is None:
         raise DecodeError(path, "not an image: content matches no allowed format " + _hint(data))
@@ -197,7 +200,8 @@ def decode_file(
 ) -> DecodedImage:
     """Read and decode one file. See `decode_bytes`; errors name the file."""
     data = read_bytes(path, max_bytes=max_bytes)
-    return decode_bytes(data, path=str(path), mode=mode, max_pixels=max_pixels)
+    return decode_bytes(data, path=str(path), mode=mode, max_pixels=max_pixels,
+                        max_bytes=max_bytes)
 
 
 def to_mode(img: Image.Image, mode: str) -> np.ndarray:

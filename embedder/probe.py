@@ -81,7 +81,8 @@ def probe_file(path: str, want: tuple[int, int] | None, limits: Limits = Limits(
             return Probe(path=path, skipped=True)
         data = read_bytes(path, max_bytes=limits.max_bytes)
         mode = "L" if (want is None or want[1] == 1) else "RGB"
-        img = decode_bytes(data, path=path, mode=mode, max_pixels=limits.max_pixels)
+        img = decode_bytes(data, path=path, mode=mode, max_pixels=limits.max_pixels,
+                           max_bytes=limits.max_bytes)
         pixels = prepare(img.pixels, want[0], want[1]) if want else None
         return Probe(
             path=path, sha256=hashlib.sha256(data).hexdigest(), byte_size=len(data),
