@@ -8,7 +8,8 @@ file cannot hang or kill the run:
   30s; stopped") and its worker is killed and replaced;
 - a file that kills its worker (a decoder crash, the OOM killer) breaks the
   pool; every file in flight is then retried alone in a fresh worker, so the
-  one that kills it again is reported and the others are processed.
+  one that kills it again is reported and the others are processed;
+- workers exit on their own when the parent dies (even by SIGKILL).
 
 The module imports only Pillow and numpy, so a worker starts in a fraction of
 a second (no torch).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -97,6 +99,21 @@ def probe_file(path: str, want: tuple[int, int] | None, limits: Limits = Limits(
         return Probe(path=path, error=f"{type(e).__name__}: {e}", error_class=type(e).__name__)
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the parent dies (even by SIGKILL), leaving no orphan.
+
+    A pool worker holds both ends of its task pipe, so it would never see EOF
+    and would wait forever for work from a dead parent.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def _ready(delay: float) -> int:
     time.sleep(delay)  # long enough that each warm-up task lands in its own new worker
     return os.getpid()
@@ -141,7 +158,8 @@ class ProbePool:
     def _executor(self) -> ProcessPoolExecutor:
         """The current pool, started and warmed up (so that start-up time is not decode time)."""
         if self._pool is None:
-            pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+            pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                       initializer=_watch_parent, initargs=(os.getpid(),))
             warm = [pool.submit(_ready, 0.05) for _ in range(self.workers)]
             wait(warm, timeout=STARTUP_GRACE_S)
             self._pool = pool

@@ -125,6 +125,10 @@ def _check_fresh(home: Home, model: ModelRow, row: IndexRow) -> None:
     """Refuse a stale index, unless a writer is at work (it brings the index up to date)."""
     newer = home.catalog.count_images_since(row.built_at)
     if newer and not writer_active(home):
+        # a writer may have finished between the two reads: look at its latest index row
+        latest = home.catalog.index_for(model.id, BACKEND) or row
+        newer = home.catalog.count_images_since(latest.built_at)
+    if newer and not writer_active(home):
         msg = (
             f"The index of model {model.name!r} is stale: {newer} image(s) were ingested after "
             f"it was built. Run: latentsight index build --model {model.name}"

@@ -25,6 +25,9 @@ app.add_typer(index_app, name="index")
 
 SpecOpt = Annotated[str, typer.Option(
     "--spec", help="faiss index_factory string: Flat, IVF256,Flat, IVF1024,PQ32, HNSW32 ...")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", help="Decoding worker processes (0 = in this process). Default: CPUs - 1, "
+    "at most 4.", show_default=False)]
 
 
 @index_app.command("build")
@@ -33,6 +36,7 @@ def build(
     model: ModelOpt = None,
     spec: SpecOpt = "Flat",
     json_out: JsonOpt = False,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
@@ -45,7 +49,7 @@ def build(
 
     h = open_home(home, db_url)
     m = h.catalog.model(model)
-    st = build_index(h, m, spec=spec, device=device)
+    st = build_index(h, m, spec=spec, device=device, workers=workers)
     if json_out:
         echo_json(st.__dict__)
     else:
@@ -59,6 +63,7 @@ def rebuild(
     model: ModelOpt = None,
     spec: Annotated[str | None, typer.Option(help="New spec; default: keep the current one.")]
     = None,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
@@ -69,7 +74,8 @@ def rebuild(
     h = open_home(home, db_url)
     m = h.catalog.model(model)
     row = h.catalog.index_for(m.id)
-    st = build_index(h, m, spec=spec or (row.spec if row else "Flat"), device=device)
+    st = build_index(h, m, spec=spec or (row.spec if row else "Flat"), device=device,
+                     workers=workers)
     typer.echo(f"rebuilt index of {st.model}: {st.ntotal} vectors, generation {st.generation}")
 
 
