@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from embedder.encoder import prepare
 from embedder.errors import DecodeError
-from embedder.images import decode_file
+from embedder.images import decode_file, default_workers, prepare
 
 
 class FileImages(Dataset):
@@ -63,9 +62,3 @@ def iter_batches(
     for ids, x, bad in loader:
         yield ids.numpy(), x, bad
 
-
-def default_workers() -> int:
-    import os
-
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, n - 1))

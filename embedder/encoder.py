@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedder.images import decode_file, prepare, resize  # noqa: F401 - re-exported
+from embedder.images import decode_file, prepare
 from embedder.models import load_checkpoint, resolve_device
 
 
@@ -51,6 +51,10 @@ class Encoder:
     def embed_tensor(self, x: torch.Tensor) -> np.ndarray:
         """Embed a float batch (B, C, S, S) in [0, 1]; returns float32 (B, D)."""
         return self.model.embed(x.to(self.device, non_blocking=True)).float().cpu().numpy()
+
+    def embed_uint8(self, x: np.ndarray) -> np.ndarray:
+        """Embed preprocessed uint8 arrays (B, C, S, S); returns float32 (B, D)."""
+        return self.embed_tensor(torch.from_numpy(x).float().div_(255.0))
 
     def embed_pixels(self, pixels: Sequence[np.ndarray], batch_size: int = 128) -> np.ndarray:
         """Embed decoded uint8 images of any size; returns float32 (N, D)."""

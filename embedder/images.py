@@ -236,6 +236,12 @@ def to_mode(img: Image.Image, mode: str) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8).copy()
 
 
+def default_workers() -> int:
+    """Worker processes for decoding: one core is left to the main process (at most 4)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, n - 1))
+
+
 def resize(pixels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Resize a uint8 (H, W[, 3]) array to `size` (square int or (w, h)) with area filtering."""
     w, h = (size, size) if isinstance(size, int) else size
@@ -254,7 +260,7 @@ def prepare(pixels: np.ndarray, image_size: int, channels: int) -> np.ndarray:
     if channels == 3 and arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim == 2:
-        return arr[None]  # (1, S, S)
+        return arr[None].copy()  # (1, S, S), writable
     return arr.transpose(2, 0, 1).copy()  # (3, S, S)
 
 

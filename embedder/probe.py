@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -179,58 +180,81 @@ class ProbePool:
         self.restarts += 1
 
     def probe(self, paths: list[str], want: tuple[int, int] | None) -> list[Probe]:
+        """Probe every path; one Probe per path, in order."""
+        return list(self.imap(paths, want))
+
+    def imap(
+        self, paths: Sequence[str], want: tuple[int, int] | None, *, window: int | None = None
+    ) -> Iterator[Probe]:
+        """Yield one Probe per path, in order, keeping up to `window` files in the workers.
+
+        The workers go on decoding while the caller works on what was yielded
+        (a pipeline); time limits are checked whenever the caller asks for more.
+        """
         if self.workers == 0:
-            return [probe_file(p, want, self.limits) for p in paths]
-        results: dict[str, Probe] = {}
-        pending: deque[str] = deque(paths)
-        suspects: deque[str] = deque()  # in flight when a worker died: retried one at a time
-        inflight: dict[Future, list] = {}  # future -> [path, started_at | None]
-        while pending or suspects or inflight:
-            solo = bool(suspects)
-            limit = 1 if solo else 2 * self.workers
-            source = suspects if solo else pending
-            while source and len(inflight) < limit:
-                p = source.popleft()
-                f = self._executor().submit(probe_file, p, want, self.limits)
-                inflight[f] = [p, None]
-            done, _ = wait(list(inflight), timeout=0.05, return_when=FIRST_COMPLETED)
-            now = time.monotonic()
-            broken = False
-            for f in done:
-                p, _ = inflight.pop(f)
-                try:
-                    results[p] = f.result()
-                except BrokenProcessPool:
-                    broken = True
-                    if solo:
-                        results[p] = Probe(path=p, error_class="WorkerDied", error=(
-                            "the decoder process died while reading this file "
-                            "(crashed or killed); the file was skipped"))
-                    else:
-                        suspects.append(p)
-            if broken:
-                for f, (p, _) in inflight.items():
-                    f.cancel()
-                    suspects.append(p)
-                inflight.clear()
-                self._kill()
-                continue
-            expired = []
-            for f, slot in inflight.items():
-                if slot[1] is None and f.running():
-                    slot[1] = now
-                if slot[1] is not None and now - slot[1] > self.limits.timeout_s:
-                    expired.append(f)
-            if expired:
-                for f in expired:
-                    p, _ = inflight.pop(f)
-                    results[p] = Probe(path=p, error_class="Timeout", error=(
-                        f"decoding took over {self.limits.timeout_s:g}s; stopped"))
-                requeue = [p for p, _ in inflight.values()]
-                inflight.clear()
-                self._kill()
-                (suspects if solo else pending).extendleft(reversed(requeue))
-        return [results[p] for p in paths]
+            for p in paths:
+                yield probe_file(p, want, self.limits)
+            return
+        window = max(2 * self.workers, window or 0)
+        results: dict[int, Probe] = {}
+        pending: deque[int] = deque(range(len(paths)))
+        suspects: deque[int] = deque()  # in flight when a worker died: retried one at a time
+        inflight: dict[Future, list] = {}  # future -> [index, started_at | None]
+        nxt = 0
+        while nxt < len(paths):
+            while nxt in results:
+                yield results.pop(nxt)
+                nxt += 1
+            if nxt >= len(paths):
+                return
+            self._step(paths, want, window, results, pending, suspects, inflight)
+
+    def _step(self, paths, want, window, results, pending, suspects, inflight) -> None:
+        """Submit what fits, wait a little, collect results, handle dead and hung workers."""
+        solo = bool(suspects)
+        limit = 1 if solo else window
+        source = suspects if solo else pending
+        while source and len(inflight) < limit:
+            i = source.popleft()
+            f = self._executor().submit(probe_file, paths[i], want, self.limits)
+            inflight[f] = [i, None]
+        done, _ = wait(list(inflight), timeout=0.05, return_when=FIRST_COMPLETED)
+        now = time.monotonic()
+        broken = False
+        for f in done:
+            i, _ = inflight.pop(f)
+            try:
+                results[i] = f.result()
+            except BrokenProcessPool:
+                broken = True
+                if solo:
+                    results[i] = Probe(path=paths[i], error_class="WorkerDied", error=(
+                        "the decoder process died while reading this file "
+                        "(crashed or killed); the file was skipped"))
+                else:
+                    suspects.append(i)
+        if broken:
+            for f, (i, _) in inflight.items():
+                f.cancel()
+                suspects.append(i)
+            inflight.clear()
+            self._kill()
+            return
+        expired = []
+        for f, slot in inflight.items():
+            if slot[1] is None and f.running():
+                slot[1] = now
+            if slot[1] is not None and now - slot[1] > self.limits.timeout_s:
+                expired.append(f)
+        if expired:
+            for f in expired:
+                i, _ = inflight.pop(f)
+                results[i] = Probe(path=paths[i], error_class="Timeout", error=(
+                    f"decoding took over {self.limits.timeout_s:g}s; stopped"))
+            requeue = sorted(i for i, _ in inflight.values())
+            inflight.clear()
+            self._kill()
+            (suspects if solo else pending).extendleft(reversed(requeue))
 
 
 __all__ = ["Limits", "Probe", "ProbePool", "probe_file"]

@@ -47,6 +47,19 @@ class Home:
     def reports_dir(self) -> Path:
         return self._sub("reports")
 
+    def rel(self, path: str | Path) -> str:
+        """Store paths inside the home relative to it, so a home can be moved or copied."""
+        p = Path(path).resolve()
+        try:
+            return str(p.relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def resolve(self, path: str | Path) -> Path:
+        """The absolute path of a path stored by `rel`."""
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
     def close(self) -> None:
         if "catalog" in self.__dict__:
             self.catalog.close()

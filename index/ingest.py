@@ -20,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from embedder import faults
-from embedder.data import default_workers
 from embedder.encoder import Encoder
 from embedder.errors import CatalogError
+from embedder.images import default_workers
 from embedder.probe import Limits, Probe, ProbePool, probe_file
 from index.catalog import ModelRow
 from index.home import Home
@@ -132,16 +132,17 @@ def _ingest_locked(
     model, encoder, store = _index_target(home) if update_index else (None, None, None)
     want = (encoder.image_size, encoder.channels) if encoder else None
     report = IngestReport()
-    ready: dict[int, np.ndarray] = {}
     files = list(iter_files(paths))
     faults.on_listed([os.fspath(f) for f, _ in files])
     workers = max(1, default_workers()) if workers is None else workers
     bar = tqdm(total=len(files), desc="ingest", unit="file", file=sys.stderr,
                disable=not progress or None)
+    batches = [files[s : s + batch_size] for s in range(0, len(files), batch_size)]
     with ProbePool(workers, limits) as pool:
-        for start in range(0, len(files), batch_size):
-            batch = files[start : start + batch_size]
-            probes = pool.probe([os.fspath(f) for f, _ in batch], want)
+        # Pipeline: the workers decode the next batch while this process commits and embeds.
+        probes_iter = pool.imap([os.fspath(f) for f, _ in files], want, window=2 * batch_size)
+        for batch in batches:
+            probes = [next(probes_iter) for _ in batch]
             rows, failures, seen = [], [], set()
             known = catalog.known_sha256(p.sha256 for p in probes if p.sha256)
             for (f, root), pr in zip(batch, probes, strict=True):
@@ -170,16 +171,19 @@ def _ingest_locked(
             report.failed.extend(failures)
             report.added += len(ids)
             report.ids.extend(ids)
-            for i, (pr, _lab) in zip(ids, rows, strict=True):
-                if pr.pixels is not None:
-                    ready[i] = pr.pixels
+            if store is not None and ids:
+                x = np.stack([pr.pixels for pr, _lab in rows])  # (B, C, S, S) uint8
+                store.add(ids, encoder.embed_uint8(x))
+                report.indexed += len(ids)
             bar.update(len(batch))
             bar.set_postfix(added=report.added, dup=report.duplicates, failed=len(report.failed))
         bar.close()
     faults.point("ingest.before_index")
     if model is not None and store is not None:
-        report.indexed = sync_index(home, model, encoder=encoder, store=store, ready=ready,
-                                    progress=progress)
+        # Adds what an earlier, killed run committed to the catalog but not to the index,
+        # then saves the index atomically and records its new generation.
+        report.indexed += sync_index(home, model, encoder=encoder, store=store,
+                                     progress=progress, force_save=report.indexed > 0)
     return report
 
 

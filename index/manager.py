@@ -34,9 +34,7 @@ def index_path(home: Home, model: ModelRow, backend: str = BACKEND) -> Path:
 
 def load_encoder(home: Home, model: ModelRow, device: str = "auto") -> Encoder:
     """Load a model's checkpoint, refusing weights whose sha256 differs from the catalog's."""
-    path = Path(model.checkpoint_path)
-    if not path.is_absolute():
-        path = home.root / path
+    path = home.resolve(model.checkpoint_path)
     return Encoder.from_checkpoint(path, device=device, expected_sha256=model.checkpoint_sha256)
 
 
@@ -64,13 +62,13 @@ class IndexMissingError(StoreError):
 def open_index(home: Home, model: ModelRow) -> tuple[FaissStore, IndexRow]:
     """Load the index of `model`; a clear error naming the fix when there is none."""
     row = home.catalog.index_for(model.id, BACKEND)
-    if row is None or not Path(row.path).is_file():
+    if row is None or not home.resolve(row.path).is_file():
         msg = (
             f"Model {model.name!r} has no index yet. "
             f"Run: latentsight index build --model {model.name}"
         )
         raise IndexMissingError(msg)
-    store = FaissStore.load(row.path, spec=row.spec)
+    store = FaissStore.load(home.resolve(row.path), spec=row.spec)
     return store, row
 
 
@@ -111,7 +109,7 @@ def _build_locked(
     faults.point("build.before_save")
     store.save(path)
     faults.point("build.after_save")
-    home.catalog.record_index(model_id=model.id, backend=BACKEND, spec=spec, path=str(path),
+    home.catalog.record_index(model_id=model.id, backend=BACKEND, spec=spec, path=home.rel(path),
                               ntotal=store.ntotal)
     return status(home, model)
 
@@ -160,6 +158,7 @@ def sync_index(
     store: VectorStore | None = None,
     ready: dict[int, np.ndarray] | None = None,
     progress: bool = True,
+    force_save: bool = False,
 ) -> int:
     """Bring the index of `model` in line with the catalog; returns the number of vectors added.
 
@@ -168,12 +167,12 @@ def sync_index(
     """
     with write_lock(home, "index sync"):
         return _sync_locked(home, model, encoder=encoder, store=store, ready=ready,
-                            progress=progress)
+                            progress=progress, force_save=force_save)
 
 
 def _sync_locked(
     home: Home, model: ModelRow, *, encoder: Encoder | None, store: VectorStore | None,
-    ready: dict[int, np.ndarray] | None, progress: bool,
+    ready: dict[int, np.ndarray] | None, progress: bool, force_save: bool,
 ) -> int:
     if store is None:
         store, _row = open_index(home, model)
@@ -203,14 +202,14 @@ def _sync_locked(
                                               progress=progress, home=home)
             store.add(kept, vecs)
             added += len(kept)
-    if missing.size or extra.size:
+    if missing.size or extra.size or force_save:
         row = home.catalog.index_for(model.id, BACKEND)
-        path = Path(row.path) if row else index_path(home, model)
+        path = home.resolve(row.path) if row else index_path(home, model)
         faults.point("sync.before_save")
         store.save(path)
         faults.point("sync.after_save")
         home.catalog.record_index(model_id=model.id, backend=BACKEND,
-                                  spec=getattr(store, "spec", "Flat"), path=str(path),
+                                  spec=getattr(store, "spec", "Flat"), path=home.rel(path),
                                   ntotal=store.ntotal)
     return added
 
@@ -225,11 +224,12 @@ def delete_images(home: Home, ids: list[int] | np.ndarray) -> int:
     with write_lock(home, "delete"):
         n = home.catalog.delete_images(ids)
         for row in home.catalog.indexes():
-            if row.backend != BACKEND or not Path(row.path).is_file():
+            path = home.resolve(row.path)
+            if row.backend != BACKEND or not path.is_file():
                 continue
-            store = FaissStore.load(row.path, spec=row.spec)
+            store = FaissStore.load(path, spec=row.spec)
             if store.remove(np.asarray(ids, dtype=np.int64)):
-                store.save(row.path)
+                store.save(path)
                 home.catalog.record_index(model_id=row.model_id, backend=row.backend,
                                           spec=row.spec, path=row.path, ntotal=store.ntotal)
     return n
@@ -241,7 +241,7 @@ def status(home: Home, model: ModelRow) -> IndexStatus:
     catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
     present = store.ids()
     return IndexStatus(
-        model=model.name, backend=row.backend, spec=row.spec, path=row.path,
+        model=model.name, backend=row.backend, spec=row.spec, path=str(home.resolve(row.path)),
         ntotal=store.ntotal, catalog_images=len(catalog_ids),
         missing=int(np.setdiff1d(catalog_ids, present).size),
         extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,

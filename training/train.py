@@ -170,7 +170,8 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
     meta = {"name": name, "train": train_state, "metrics": metrics}
     sha = save_checkpoint(model, directory, meta)
     home.catalog.add_model(name=name, kind=cfg.model, config=asdict(mcfg),
-                           checkpoint_path=str(directory), checkpoint_sha256=sha, metrics=metrics)
+                           checkpoint_path=home.rel(directory), checkpoint_sha256=sha,
+                           metrics=metrics)
     return TrainResult(name=name, kind=cfg.model, checkpoint=str(directory), metrics=metrics)
 
 

@@ -82,7 +82,8 @@ def test_ingest_into_existing_index_adds_without_rebuild(tmp_path, trained_home,
     # reuse the session model: copy its catalog row + checkpoint into a fresh home
     m = trained_home.catalog.model("test-ae")
     home.catalog.add_model(name=m.name, kind=m.kind, config=m.config,
-                           checkpoint_path=m.checkpoint_path, checkpoint_sha256=m.checkpoint_sha256,
+                           checkpoint_path=str(trained_home.resolve(m.checkpoint_path)),
+                           checkpoint_sha256=m.checkpoint_sha256,
                            metrics=m.metrics)
     from index.manager import build_index
 
