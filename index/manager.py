@@ -16,13 +16,12 @@ import numpy as np
 from tqdm import tqdm
 
 from embedder import faults
-from embedder.data import FileImages, iter_batches
 from embedder.encoder import Encoder
 from embedder.errors import StoreError
 from index.catalog import IndexRow, ModelRow
 from index.home import Home
 from index.locks import write_lock
-from index.paths import from_catalog
+from index.paths import from_catalog, to_catalog
 from index.store import FaissStore, VectorStore
 
 BACKEND = "faiss"
@@ -124,26 +123,41 @@ def embed_catalog_images(
     progress: bool = True,
     home: Home | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed catalog files in batches (decoding in worker processes); skips unreadable ones.
+    """Embed catalog files in batches; skips (and records) files that no longer decode.
 
-    Returns (vectors (n, d), ids (n,)) for the files that decoded.
+    Decoding runs in `workers` spawned processes with the per-file limits of
+    `embedder.probe` (size, pixels, time), so a file replaced by a hostile one
+    since its ingest cannot hang or kill a build. Returns (vectors (n, d),
+    ids (n,)) for the files that decoded.
     """
-    paths = [from_catalog(p) for p in paths]
-    ds = FileImages(ids, paths, image_size=encoder.image_size, channels=encoder.channels)
+    from embedder.images import default_workers
+    from embedder.probe import ProbePool
+
+    workers = default_workers() if workers is None else workers
+    want = (encoder.image_size, encoder.channels)
     out_v, out_i, failed = [], [], []
-    bar = tqdm(total=len(ds), desc="embedding", unit="img", file=sys.stderr,
+    bar = tqdm(total=len(ids), desc="embedding", unit="img", file=sys.stderr,
                disable=not progress or None)
-    for b_ids, x, bad in iter_batches(ds, batch_size=batch_size, workers=workers):
-        if len(b_ids):
-            out_v.append(encoder.embed_tensor(x.float().div_(255.0)))
-            out_i.append(b_ids)
-        failed.extend(bad)
-        bar.update(len(b_ids) + len(bad))
+    with ProbePool(workers) as pool:
+        probes = pool.imap([from_catalog(p) for p in paths], want, window=2 * batch_size)
+        for s in range(0, len(ids), batch_size):
+            chunk = ids[s : s + batch_size]
+            good_ids, arrays = [], []
+            for i in chunk:
+                pr = next(probes)
+                if pr.error is None:
+                    good_ids.append(i)
+                    arrays.append(pr.pixels)
+                else:
+                    failed.append((pr.path, pr.error_class or "DecodeError", pr.error))
+            if good_ids:
+                out_v.append(encoder.embed_uint8(np.stack(arrays)))  # (B, C, S, S) -> (B, D)
+                out_i.append(np.asarray(good_ids, dtype=np.int64))
+            bar.update(len(chunk))
     bar.close()
     if failed and home is not None:
         home.catalog.record_failures(
-            [(e.path, type(e).__name__, f"cannot re-read for embedding: {e.reason}")
-             for _, e in failed]
+            [(to_catalog(p), c, f"cannot re-read for embedding: {m}") for p, c, m in failed]
         )
     if not out_v:
         return np.zeros((0, encoder.embed_dim), np.float32), np.zeros(0, np.int64)

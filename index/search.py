@@ -14,6 +14,7 @@ from index.catalog import IndexRow, ModelRow
 from index.home import Home
 from index.locks import writer_active
 from index.manager import BACKEND, load_encoder, open_index
+from index.paths import from_catalog
 
 
 @dataclass
@@ -112,12 +113,12 @@ def search(
 def resolve_query(home: Home, query: str | int | Path) -> str:
     """A query is a path to an image file or a catalog id; returns a path to decode."""
     if isinstance(query, int):
-        return home.catalog.image(query).path
+        return from_catalog(home.catalog.image(query).path)
     text = os.fspath(query)
     if os.path.exists(text):
         return text
     if text.isdigit():
-        return home.catalog.image(int(text)).path
+        return from_catalog(home.catalog.image(int(text)).path)
     raise CatalogError(f"{text}: neither an existing image file nor a catalog id")
 
 

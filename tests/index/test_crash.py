@@ -64,7 +64,7 @@ def _check_after_kill(root: Path, acked: list[int]) -> None:
         ids = set(home.catalog.image_ids())
         assert set(acked) <= ids, f"acknowledged ids lost: {sorted(set(acked) - ids)}"
         row = home.catalog.index_for(home.catalog.model().id)
-        store = FaissStore.load(row.path, spec=row.spec)  # whole, or this raises
+        store = FaissStore.load(home.resolve(row.path), spec=row.spec)  # whole, or this raises
         assert set(store.ids().tolist()) <= ids
         assert not Path(row.path).name.endswith(".tmp")
     finally:

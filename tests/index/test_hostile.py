@@ -167,3 +167,19 @@ def test_cli_search_with_hostile_query_files_exits_2_naming_the_file(trained_hom
         res = runner.invoke(app, ["search", str(corpus[name][0]), "--home",
                                   str(trained_home.root), "--model", "test-ae", "--device", "cpu"])
         assert res.exit_code == 2 and name in res.output, (name, res.output)
+
+
+def test_build_and_search_read_back_non_utf8_paths(tmp_path, trained_home, texture_dir,
+                                                   corpus_dir):
+    from index.manager import build_index, status
+    from index.search import Searcher
+    from tests.index.crashkit import copy_model_home
+
+    folder, corpus = corpus_dir
+    home = Home(copy_model_home(trained_home, tmp_path / "home", texture_dir / "checker"))
+    ingest_paths(home, [folder], progress=False, workers=0)
+    st = build_index(home, home.catalog.model(), device="cpu", progress=False, workers=1)
+    assert st.ok and st.ntotal == home.catalog.count_images()  # every file re-read, none lost
+    row = next(r for r in home.catalog.images() if r.path.startswith("bytes:"))
+    hits = Searcher(home, device="cpu").search(row.id, k=1)
+    assert hits[0].id == row.id and hits[0].path == row.path
