@@ -171,7 +171,7 @@ class ProbePool:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        procs = list(getattr(pool, "_processes", {}).values())  # no public API for this
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API
         for p in procs:
             p.kill()
         pool.shutdown(wait=False, cancel_futures=True)

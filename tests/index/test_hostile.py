@@ -171,7 +171,7 @@ def test_cli_search_with_hostile_query_files_exits_2_naming_the_file(trained_hom
 
 def test_build_and_search_read_back_non_utf8_paths(tmp_path, trained_home, texture_dir,
                                                    corpus_dir):
-    from index.manager import build_index, status
+    from index.manager import build_index
     from index.search import Searcher
     from tests.index.crashkit import copy_model_home
 
