@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from embedder.errors import CatalogError
 from index.home import Home
 
 LOCK_FILE = ".write.lock"
+RETRY_S = 1.0  # a writer waits this long before it reports the lock as held
 
 _held: dict[str, int] = {}  # lock path -> depth, for this process
 _guard = threading.Lock()
@@ -93,11 +95,17 @@ def write_lock(home: Home, command: str) -> Iterator[None]:
                 _held[key] -= 1
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise WriteLockedError(_busy_message(home, path)) from None
+    deadline = time.monotonic() + RETRY_S  # rides out a reader's brief `writer_active` probe
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            os.close(fd)
+            raise WriteLockedError(_busy_message(home, path)) from None
     try:
         with _guard:
             if key in _held:  # another thread of this process won the race
