@@ -17,6 +17,7 @@ a second (no torch).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -124,7 +125,7 @@ def _link_reason(path: str) -> str:
     try:
         os.stat(path)
     except OSError as e:
-        if e.errno == 40:  # ELOOP
+        if e.errno == errno.ELOOP:
             return "symbolic link loop"
     return f"broken symbolic link (points to {os.readlink(path)!r}, which does not exist)"
 
@@ -152,9 +153,17 @@ class ProbePool:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the workers: idle ones exit at once; one still stuck on a file is killed."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
 
     def _executor(self) -> ProcessPoolExecutor:
         """The current pool, started and warmed up (so that start-up time is not decode time)."""
