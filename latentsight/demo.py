@@ -62,7 +62,7 @@ def run_demo(home: Home, *, epochs: int = 8, device: str = "auto") -> int:
     except CatalogError:
         cfg = TrainConfig(
             model="ae", epochs=epochs, batch_size=64, lr=3e-3, patience=3, name=DEMO_MODEL,
-            device=device, augment=False,
+            device=device, augment=False, crop_scale=0.0, rotate_deg=0.0, aux="none",
             model_config={"image_size": 32, "depth": 3, "latent_dim": 64, "width": 32},
         )
         res = train(home, cfg)

@@ -5,7 +5,13 @@ same small interface:
 
 - `embed(x) -> (B, D)`: the search embedding,
 - `reconstruct(x) -> x_hat`: same shape as `x`, values in [0, 1],
-- `loss(x) -> (total, parts)`: the training objective and its named parts.
+- `loss(x, *, epoch=None) -> (total, parts)`: the training objective and its
+  named parts. `epoch` is the (fractional) number of epochs trained so far, for
+  models with a schedule inside the objective (the VAE's KL warm-up); `None`
+  means "fully trained" and is what evaluation passes.
+
+Each model class also has `kind` (its registry name), `config` (its dataclass)
+and `embed_dim`.
 
 Inputs are float tensors (B, C, H, W) in [0, 1].
 """
@@ -25,9 +31,13 @@ from torch import nn
 from embedder.errors import ModelError
 from embedder.fsutil import atomic_write, atomic_write_bytes
 from embedder.models.ae import AEConfig, AutoEncoder
+from embedder.models.vae import VAE, VAEConfig
+from embedder.models.vit import MaskedViT, ViTConfig
 
 REGISTRY: dict[str, tuple[type[nn.Module], type]] = {
     "ae": (AutoEncoder, AEConfig),
+    "vae": (VAE, VAEConfig),
+    "vit": (MaskedViT, ViTConfig),
 }
 
 WEIGHTS_FILE = "model.safetensors"

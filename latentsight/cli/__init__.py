@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Each module registers its commands on `app` (or a sub-app) when imported.
-from latentsight.cli import core, index_cmd  # noqa: E402, F401
+from latentsight.cli import core, index_cmd, train_cmd  # noqa: E402, F401
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Commands: ingest, train, search, models, eval, demo."""
+"""Commands: ingest, search, models, eval, demo (train is in train_cmd.py)."""
 
 from __future__ import annotations
 
@@ -80,54 +80,6 @@ def ingest(
             typer.echo(f"  failed: {f.path}: {f.error}")
     if rep.failed:
         raise typer.Exit(EXIT_FOUND)
-
-
-@app.command()
-@handle_errors
-def train(
-    model: Annotated[str, typer.Option("--model", help="Model family: ae.")] = "ae",
-    label: Annotated[list[str] | None, typer.Option(
-        "--label", help="Train only on images of this label (repeatable).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")]
-    = 30,
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 64,
-    latent_dim: Annotated[int, typer.Option(help="Size of the latent vector.")] = 128,
-    channels: Annotated[int, typer.Option(help="1 = grayscale, 3 = RGB.")] = 1,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-3,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 5,
-    seed: Annotated[int, typer.Option()] = 0,
-    augment: Annotated[bool, typer.Option(help="Random flips and 90-degree turns.")] = True,
-    name: Annotated[str | None, typer.Option(help="Model name. Default: KIND-TIMESTAMP.")] = None,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
-) -> None:
-    """Train an encoder on the catalog's images; the new model becomes the active one.
-
-    Seeded, with a validation split, early stopping and the best checkpoint kept
-    (safetensors + JSON in HOME/models/NAME).
-
-    Example: latentsight train --epochs 20 --image-size 64
-    """
-    from training.train import TrainConfig
-    from training.train import train as run_train
-
-    h = open_home(home, db_url)
-    cfg = TrainConfig(
-        model=model, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-        augment=augment, labels=list(label or []), name=name, device=device,
-        model_config={"image_size": image_size, "latent_dim": latent_dim, "channels": channels},
-    )
-    res = run_train(h, cfg)
-    m = {k: v for k, v in res.metrics.items() if k != "history"}
-    if json_out:
-        echo_json({"name": res.name, "kind": res.kind, "checkpoint": res.checkpoint, **m})
-    else:
-        typer.echo(f"trained {res.name} ({res.kind}): val_loss {m['val_loss']:.5f} after "
-                   f"{m['epochs_run']} epochs in {m['train_seconds']:.1f}s; now the active model")
-        typer.echo(f"next: latentsight index build --model {res.name}")
 
 
 @app.command()

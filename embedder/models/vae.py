@@ -1,0 +1,156 @@
+"""Convolutional variational autoencoder: image -> q(z|x) = N(mu, sigma^2) -> reconstruction.
+
+The search embedding is the posterior mean `mu` (deterministic, no sampling).
+Training minimizes reconstruction + beta * KL(q(z|x) || N(0, I)), with
+
+- a KL warm-up: beta ramps linearly from 0 over the first `kl_warmup_epochs`
+  epochs, so the decoder learns to use z before the prior pulls it in;
+- optional free bits: each latent dimension's KL below `free_bits` nats costs
+  nothing, which keeps dimensions from collapsing onto the prior.
+
+The training loop tells the model how far it is with `loss(x, epoch=...)`;
+`epoch=None` (evaluation) means fully warmed up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class VAEConfig:
+    image_size: int = 64  # input side in pixels; a power of two >= 16
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    latent_dim: int = 64  # size of z; mu is the search embedding
+    width: int = 16  # channels of the first conv stage, doubling; 16 = benchmarked CPU default
+    depth: int = 4  # stride-2 stages; the bottleneck map is image_size / 2**depth
+    beta: float = 1.0  # weight of the KL term (beta-VAE); 0 = a plain autoencoder loss
+    kl_warmup_epochs: float = 5.0  # beta ramps 0 -> beta linearly over these epochs; 0 = none
+    free_bits: float = 0.0  # nats per latent dim the KL may use for free (0 = off)
+
+    def validate(self) -> None:
+        side = self.image_size >> self.depth
+        if self.image_size < 16 or side < 1 or side << self.depth != self.image_size:
+            msg = (
+                f"The 'image_size' must be divisible by 2**depth = {2**self.depth} and >= 16. "
+                f"Got {self.image_size} instead."
+            )
+            raise ValueError(msg)
+        if self.channels not in (1, 3):
+            msg = f"The 'channels' must be 1 or 3. Got {self.channels} instead."
+            raise ValueError(msg)
+        for name in ("beta", "kl_warmup_epochs", "free_bits"):
+            if getattr(self, name) < 0:
+                msg = f"The '{name}' must be >= 0. Got {getattr(self, name)} instead."
+                raise ValueError(msg)
+
+
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+    )
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+    )
+
+
+class VAE(nn.Module):
+    """Conv encoder -> (mu, logvar) -> sampled z -> conv decoder; inputs/outputs in [0, 1]."""
+
+    kind = "vae"
+
+    def __init__(self, *, config: VAEConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        widths = [c.width * 2**i for i in range(c.depth)]  # e.g. 32, 64, 128, 256
+        self.side = c.image_size >> c.depth
+        stages, cin = [], c.channels
+        for w in widths:
+            stages.append(_down(cin, w))
+            cin = w
+        self.encoder = nn.Sequential(*stages)
+        flat = widths[-1] * self.side * self.side
+        # mu and logvar read the flattened map plus its pooled mean/std, so the
+        # posterior sees translation-invariant texture statistics directly.
+        self.to_stats = nn.Linear(flat + 2 * widths[-1], 2 * c.latent_dim)
+        self.from_latent = nn.Linear(c.latent_dim, flat)
+        ups = []
+        for w_in, w_out in zip(widths[::-1], widths[::-1][1:] + [widths[0]], strict=True):
+            ups.append(_up(w_in, w_out))
+        self.decoder = nn.Sequential(*ups)
+        self.head = nn.Conv2d(widths[0], c.channels, 3, padding=1)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.latent_dim
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (mu, logvar) of q(z|x), each (B, latent_dim)."""
+        h = self.encoder(x)  # (B, C_last, side, side)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.flatten(2).std(dim=2)], dim=1)  # (B, 2*C_last)
+        stats = self.to_stats(torch.cat([h.flatten(1), pooled], dim=1))  # (B, 2 * latent_dim)
+        mu, logvar = stats.chunk(2, dim=1)  # (B, latent_dim) each
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.from_latent(z).view(z.shape[0], -1, self.side, self.side)  # (B, C_last, s, s)
+        return torch.sigmoid(self.head(self.decoder(h)))  # (B, C, H, W)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """z = mu + exp(0.5 * logvar) * eps with eps ~ N(0, I)."""
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # (B, latent_dim)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the posterior mean mu, shape (B, latent_dim)."""
+        return self.posterior(x)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior mean (deterministic), shape like x."""
+        return self.decode(self.posterior(x)[0])
+
+    def beta_at(self, epoch: float | None) -> float:
+        """The KL weight after `epoch` epochs of training (None = fully warmed up)."""
+        c = self.config
+        if epoch is None or c.kl_warmup_epochs <= 0:
+            return c.beta
+        return c.beta * min(1.0, epoch / c.kl_warmup_epochs)
+
+    def loss(
+        self, x: torch.Tensor, *, epoch: float | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """rec + beta(epoch) * KL; rec is the per-image squared error summed over pixels / pixels.
+
+        Both terms are per image and scaled by the pixel count, so beta = 1 is the
+        ELBO of a Gaussian decoder up to a constant and learning rates match the AE.
+        Returns (total, parts) with parts rec, kl (nats per image), beta.
+        """
+        mu, logvar = self.posterior(x)
+        z = self.reparameterize(mu, logvar) if self.training else mu
+        rec = F.mse_loss(self.decode(z), x)
+        kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)  # (latent_dim,)
+        kl = kl_dims.sum()
+        kl_term = kl_dims.clamp(min=self.config.free_bits).sum() if self.config.free_bits else kl
+        beta = self.beta_at(epoch)
+        total = rec + beta * kl_term / x[0].numel()
+        parts = {"rec": float(rec.detach()), "kl": float(kl.detach()), "beta": beta}
+        return total, parts

@@ -1,0 +1,140 @@
+"""Command: train an encoder (ae | vae | vit) with shared and model-specific options."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+import typer
+
+from latentsight.cli import app
+from latentsight.cli.common import DbUrlOpt, DeviceOpt, HomeOpt, JsonOpt, echo_json, handle_errors
+
+# CLI option -> model config field. An option left out keeps the model's default;
+# an option the chosen model has no field for is an error, not silently ignored.
+MODEL_OPTIONS = {
+    "--image-size": "image_size", "--channels": "channels", "--latent-dim": "latent_dim",
+    "--width": "width", "--depth": "depth", "--beta": "beta",
+    "--kl-warmup": "kl_warmup_epochs", "--free-bits": "free_bits",
+    "--mask-ratio": "mask_ratio", "--patch-size": "patch_size", "--dim": "dim",
+    "--heads": "heads", "--norm-pix-loss": "norm_pix_loss",
+}
+
+
+def _model_config(kind: str, given: dict[str, Any]) -> dict[str, Any]:
+    from embedder.models import config_class
+
+    fields = {f.name for f in dataclasses.fields(config_class(kind))}
+    out = {}
+    for opt, field in MODEL_OPTIONS.items():
+        value = given.get(field)
+        if value is None:
+            continue
+        if field not in fields:
+            owners = _owners(field)
+            msg = f"The {opt} option applies to {' and '.join(owners)} models. Got --model {kind}."
+            raise ValueError(msg)
+        out[field] = value
+    return out
+
+
+def _owners(field: str) -> list[str]:
+    from embedder.models import REGISTRY
+
+    return [k for k, (_, c) in sorted(REGISTRY.items())
+            if field in {f.name for f in dataclasses.fields(c)}]
+
+
+@app.command()
+@handle_errors
+def train(
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Model family: ae, vae or vit. Default: the benchmark's best "
+        "(see docs/benchmarks.md).", show_default=False)] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="Train only on images of this label (repeatable).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Maximum epochs (early stopping may end sooner).", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).",
+                                             show_default=False)] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.",
+                                                 show_default=False)] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    augment: Annotated[bool, typer.Option(help="Random flips and 90-degree turns.")] = True,
+    crop_scale: Annotated[float | None, typer.Option(
+        help="Random crops of side in [S, 1] x image, resized back; 0 = off.",
+        show_default=False)] = None,
+    rotate: Annotated[float | None, typer.Option(
+        help="Small random rotations up to +/- DEG degrees; 0 = off.", show_default=False)] = None,
+    aux: Annotated[str | None, typer.Option(
+        help="Auxiliary objective on two augmented views: none or infonce.",
+        show_default=False)] = None,
+    aux_weight: Annotated[float | None, typer.Option(
+        help="Weight of the auxiliary objective.", show_default=False)] = None,
+    # model-specific options: left out = the model's default
+    image_size: Annotated[int | None, typer.Option(help="all: Input side in pixels.")] = None,
+    channels: Annotated[int | None, typer.Option(help="all: 1 = grayscale, 3 = RGB.")] = None,
+    latent_dim: Annotated[int | None, typer.Option(help="ae/vae: Size of z.")] = None,
+    width: Annotated[int | None, typer.Option(help="ae/vae: Channels of the first conv "
+                                              "stage.")] = None,
+    depth: Annotated[int | None, typer.Option(help="ae/vae: conv stages; vit: transformer "
+                                              "blocks.")] = None,
+    beta: Annotated[float | None, typer.Option(help="vae: Weight of the KL term.")] = None,
+    kl_warmup: Annotated[float | None, typer.Option(
+        help="vae: Epochs over which beta ramps up linearly from 0.")] = None,
+    free_bits: Annotated[float | None, typer.Option(
+        help="vae: Nats per latent dimension the KL may use for free.")] = None,
+    mask_ratio: Annotated[float | None, typer.Option(
+        help="vit: Fraction of patches masked in training.")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="vit: Patch side in pixels.")] = None,
+    dim: Annotated[int | None, typer.Option(help="vit: Token width (= embedding size).")] = None,
+    heads: Annotated[int | None, typer.Option(help="vit: Attention heads.")] = None,
+    norm_pix_loss: Annotated[bool | None, typer.Option(
+        "--norm-pix-loss/--no-norm-pix-loss", help="vit: Per-patch normalized targets.",
+        show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(help="Model name. Default: KIND-TIMESTAMP.")] = None,
+    json_out: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Train an encoder on the catalog's images; the new model becomes the active one.
+
+    Seeded, with a validation split, early stopping and the best checkpoint kept
+    (safetensors + JSON in HOME/models/NAME). With no options it trains the
+    default chosen by the retrieval benchmark (docs/benchmarks.md).
+
+    Examples:
+      latentsight train
+      latentsight train --model vae --beta 0.5 --kl-warmup 5 --free-bits 0.1
+      latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
+    """
+    from latentsight.cli.common import open_home
+    from training.train import TrainConfig
+    from training.train import train as run_train
+
+    defaults = TrainConfig()
+    kind = model or defaults.model
+    given = {"image_size": image_size, "channels": channels, "latent_dim": latent_dim,
+             "width": width, "depth": depth, "beta": beta, "kl_warmup_epochs": kl_warmup,
+             "free_bits": free_bits, "mask_ratio": mask_ratio, "patch_size": patch_size,
+             "dim": dim, "heads": heads, "norm_pix_loss": norm_pix_loss}
+    model_config = _model_config(kind, given)
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
+                 "crop_scale": crop_scale, "rotate_deg": rotate, "aux": aux,
+                 "aux_weight": aux_weight}
+    cfg = dataclasses.replace(
+        defaults, model=kind, seed=seed, augment=augment, labels=list(label or []), name=name,
+        device=device, model_config=model_config,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+    h = open_home(home, db_url)
+    res = run_train(h, cfg)
+    m = {k: v for k, v in res.metrics.items() if k != "history"}
+    if json_out:
+        echo_json({"name": res.name, "kind": res.kind, "checkpoint": res.checkpoint, **m})
+    else:
+        typer.echo(f"trained {res.name} ({res.kind}): val_loss {m['val_loss']:.5f} after "
+                   f"{m['epochs_run']} epochs in {m['train_seconds']:.1f}s; now the active model")
+        typer.echo(f"next: latentsight index build --model {res.name}")

@@ -1,0 +1,88 @@
+"""Several models in one home: train options per model, models list/use, per-model indexes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from latentsight.cli import app
+
+runner = CliRunner()
+TINY_VIT = ["--model", "vit", "--image-size", "32", "--patch-size", "8", "--dim", "32",
+            "--depth", "1", "--heads", "2", "--mask-ratio", "0.5"]
+
+
+def run(*args: str, code: int = 0) -> str:
+    res = runner.invoke(app, list(args))
+    assert res.exit_code == code, res.output
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, texture_dir) -> Path:
+    """A home with an AE (indexed) and a ViT (trained last, so active; no index)."""
+    home = str(tmp_path_factory.mktemp("twomodels"))
+    run("ingest", str(texture_dir), "--labels-from-folders", "--home", home)
+    run("train", "--model", "ae", "--epochs", "1", "--image-size", "32", "--depth", "3",
+        "--width", "8", "--latent-dim", "16", "--batch-size", "16", "--name", "m-ae",
+        "--device", "cpu", "--home", home)
+    run("index", "build", "--model", "m-ae", "--home", home, "--device", "cpu")
+    out = run("train", *TINY_VIT, "--epochs", "1", "--batch-size", "16", "--name", "m-vit",
+              "--aux", "none", "--device", "cpu", "--json", "--home", home)
+    assert json.loads(out)["kind"] == "vit"
+    return Path(home)
+
+
+def test_models_list_shows_kind_and_the_active_one(two_models):
+    rows = json.loads(run("models", "list", "--json", "--home", str(two_models)))
+    assert [(r["name"], r["kind"], r["active"]) for r in rows] == [
+        ("m-ae", "ae", False), ("m-vit", "vit", True)]
+    assert all(r["val_loss"] > 0 and r["created"] for r in rows)
+    cfg = json.loads((two_models / "models" / "m-vit" / "config.json").read_text())
+    assert cfg["config"]["mask_ratio"] == 0.5 and cfg["config"]["patch_size"] == 8
+
+
+def test_search_with_an_unindexed_model_names_the_fix(two_models):
+    res = runner.invoke(app, ["search", "1", "--home", str(two_models)])
+    assert res.exit_code == 2
+    assert "m-vit" in res.output and "latentsight index build --model m-vit" in res.output
+    hits = json.loads(run("search", "1", "--model", "m-ae", "--json", "--home", str(two_models)))
+    assert hits[0]["id"] == 1
+
+
+def test_models_use_switches_and_hints(two_models, tmp_path):
+    import shutil
+
+    home = tmp_path / "h"
+    shutil.copytree(two_models, home)
+    out = run("models", "use", "m-ae", "--home", str(home))
+    assert "active model: m-ae" in out and "index build" not in out
+    hits = json.loads(run("search", "2", "--json", "--home", str(home)))  # active = m-ae now
+    assert hits[0]["id"] == 2
+    out = run("models", "use", "m-vit", "--home", str(home))
+    assert "latentsight index build --model m-vit" in out
+    res = runner.invoke(app, ["models", "use", "nope", "--home", str(home)])
+    assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_eval_retrieval_per_model(two_models):
+    for name in ("m-ae", "m-vit"):
+        res = json.loads(run("eval", "retrieval", "--model", name, "--k", "5", "--json",
+                             "--home", str(two_models), "--device", "cpu"))
+        assert res["model"] == name and res["k"] == 5
+        assert set(res) >= {"precision_at_k", "map", "per_label", "baseline_raw_pixels"}
+        assert len(res["per_label"]) == 4
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "ae", "--beta", "1"], "--beta option applies to vae"),
+    (["--model", "vae", "--mask-ratio", "0.5"], "--mask-ratio option applies to vit"),
+    (["--model", "gan"], "Unknown model kind 'gan'"),
+    (["--model", "vit", "--aux", "simclr"], "aux"),
+])
+def test_train_rejects_options_of_another_model(two_models, args, needle):
+    res = runner.invoke(app, ["train", *args, "--home", str(two_models)])
+    assert res.exit_code == 2 and needle in res.output

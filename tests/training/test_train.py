@@ -1,0 +1,77 @@
+"""Training options: augmentations, the InfoNCE auxiliary objective, every model through train()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.train import (
+    TrainConfig,
+    crop_rotate,
+    info_nce,
+    make_view,
+    train,
+)
+
+
+def test_crop_rotate_is_identity_without_crop_or_rotation():
+    x = torch.rand(3, 1, 16, 16)
+    y = crop_rotate(x, torch.Generator().manual_seed(0), crop_scale=1.0, rotate_deg=0.0)
+    assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_crops_zoom_in_and_stay_in_range():
+    yy = torch.arange(32.0)[None, None, :, None].expand(4, 1, 32, 32) / 31  # vertical ramp
+    y = crop_rotate(yy, torch.Generator().manual_seed(0), crop_scale=0.5, rotate_deg=0.0)
+    assert y.shape == yy.shape and y.min() >= 0.0 and y.max() <= 1.0
+    span = y[:, 0, -1, 0] - y[:, 0, 0, 0]  # the ramp covers less range after a zoom-in
+    assert (span < 0.97).all() and (span > 0.4).all()
+
+
+def test_views_differ_and_are_seeded():
+    x = torch.rand(8, 1, 16, 16)
+    cfg = TrainConfig(crop_scale=0.5, rotate_deg=10.0)
+    a = make_view(x, cfg, torch.Generator().manual_seed(1))
+    b = make_view(x, cfg, torch.Generator().manual_seed(1))
+    c = make_view(x, cfg, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_info_nce_rewards_matching_views():
+    torch.manual_seed(0)
+    a = torch.randn(16, 64)
+    matched = info_nce(a, a + 0.01 * torch.randn(16, 64), 0.2)
+    shuffled = info_nce(a, a[torch.randperm(16)], 0.2)
+    assert float(matched) < 0.5 and float(shuffled) > 2.0
+
+
+@pytest.mark.parametrize("field,value", [("aux", "simclr"), ("crop_scale", 1.5),
+                                         ("rotate_deg", 90.0)])
+def test_bad_train_options_are_rejected(tmp_path, field, value):
+    from index.home import Home
+
+    with pytest.raises(ValueError, match=field):
+        train(Home(tmp_path), TrainConfig(**{field: value}), progress=False)
+
+
+@pytest.mark.parametrize("kind,model_config", [
+    ("vae", {"image_size": 32, "depth": 3, "width": 8, "latent_dim": 16}),
+    ("vit", {"image_size": 32, "patch_size": 8, "dim": 32, "depth": 1, "heads": 2,
+             "decoder_dim": 16}),
+])
+def test_every_kind_trains_with_augmentations_and_aux(tmp_path, texture_dir, kind, model_config):
+    from embedder.encoder import Encoder
+    from index.home import Home
+    from index.ingest import ingest_paths
+
+    home = Home(tmp_path)
+    ingest_paths(home, [texture_dir], labels_from_folders=True, progress=False, workers=0)
+    cfg = TrainConfig(model=kind, epochs=2, batch_size=16, device="cpu", name=f"t-{kind}",
+                      crop_scale=0.6, rotate_deg=8.0, aux="infonce", model_config=model_config)
+    res = train(home, cfg, progress=False)
+    row = home.catalog.model(f"t-{kind}")
+    assert row.kind == kind and row.active and res.metrics["epochs_run"] == 2
+    enc = Encoder.from_checkpoint(res.checkpoint, device="cpu",
+                                  expected_sha256=row.checkpoint_sha256)
+    assert enc.embed_files(sorted(texture_dir.rglob("*.png"))[:3]).shape == (3, enc.embed_dim)
+    assert res.metrics["val_loss"] > 0
