@@ -48,5 +48,16 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/anomaly.py
 	nice -n 5 $(BIN)/python benchmarks/index.py
 
+$(VENV)/.installed-fuzz: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[dev,fuzz]"
+	touch $@ $(VENV)/.installed $(VENV)/.installed-dev
+
+## Fuzz the image decoder with atheris for FUZZ_SECONDS (by hand; not part of `make test`).
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.installed-fuzz
+	$(BIN)/python fuzz/seed_corpus.py fuzz/corpus
+	$(BIN)/python fuzz/fuzz_decode.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+		-rss_limit_mb=2048 fuzz/corpus
+
 clean:
 	rm -rf $(VENV) $(HOME_DEMO) .pytest_cache

@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from embedder import faults
+
 
 def fsync_dir(directory: str | Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
@@ -33,6 +35,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        faults.point("atomic.before_rename")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,8 +8,10 @@ format allowlist.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from embedder.errors import DecodeError
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a 64 MiB image file is already unusual
 MAX_PIXELS = 40_000_000  # 40 MP: a 6000x6000 photo passes, a bomb does not
+DECODE_TIMEOUT_S = 30.0  # per file, in a worker process (embedder/probe.py); ms is typical
 
 # Magic numbers of the allowed formats: files are recognized by content, not by name.
 _MAGIC = (
@@ -77,25 +80,51 @@ def looks_like_image(path: str | os.PathLike[str]) -> bool:
 
 
 def read_bytes(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """Read a whole file with a size limit. Raises DecodeError naming the file."""
+    """Read a whole regular file with a size limit. Raises DecodeError naming the file.
+
+    The file is opened non-blocking and checked to be a regular file before a
+    byte is read, so a FIFO, socket or device named `.jpg` is refused instead
+    of hanging the reader.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            msg = f"file is {size} bytes, over the {max_bytes}-byte limit"
-            raise DecodeError(str(path), msg)
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        fd = os.open(path, flags)
     except FileNotFoundError as e:
         raise DecodeError(str(path), "file not found (deleted or a broken link)") from e
     except PermissionError as e:
         raise DecodeError(str(path), "permission denied") from e
-    except IsADirectoryError as e:
-        raise DecodeError(str(path), "is a directory") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DecodeError(str(path), "symbolic link loop") from e
+        if e.errno == errno.ENAMETOOLONG:
+            raise DecodeError(str(path), "file name too long") from e
+        raise DecodeError(str(path), f"cannot open: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _file_kind(st.st_mode)
+            raise DecodeError(str(path), f"not a regular file ({kind})")
+        if st.st_size > max_bytes:
+            msg = f"file is {st.st_size} bytes, over the {max_bytes}-byte limit"
+            raise DecodeError(str(path), msg)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise DecodeError(str(path), f"cannot read: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise DecodeError(str(path), f"file grew over the {max_bytes}-byte limit while read")
     return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return f"mode {oct(mode)}"
 
 
 def decode_bytes(
@@ -104,6 +133,7 @@ def decode_bytes(
     path: str = "<bytes>",
     mode: str = "L",
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> DecodedImage:
     """Decode image bytes to a uint8 array in `mode` ("L" or "RGB").
 
@@ -121,6 +151,8 @@ def decode_bytes(
         raise ValueError(msg)
     if not data:
         raise DecodeError(path, "empty file (0 bytes)")
+    if len(data) > max_bytes:
+        raise DecodeError(path, f"{len(data)} bytes, over the {max_bytes}-byte limit")
     fmt = sniff_format(data[:16])
     if fmt is None:
         raise DecodeError(path, "not an image: content matches no allowed format " + _hint(data))
@@ -168,7 +200,8 @@ def decode_file(
 ) -> DecodedImage:
     """Read and decode one file. See `decode_bytes`; errors name the file."""
     data = read_bytes(path, max_bytes=max_bytes)
-    return decode_bytes(data, path=str(path), mode=mode, max_pixels=max_pixels)
+    return decode_bytes(data, path=str(path), mode=mode, max_pixels=max_pixels,
+                        max_bytes=max_bytes)
 
 
 def to_mode(img: Image.Image, mode: str) -> np.ndarray:

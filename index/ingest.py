@@ -9,26 +9,26 @@ already decoded and added to it (no full rebuild).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from embedder.errors import CatalogError, DecodeError
-from embedder.images import decode_bytes, default_workers, looks_like_image, prepare, read_bytes
-
-if TYPE_CHECKING:  # heavy modules (torch, faiss) stay out of the decode workers' imports
-    from embedder.encoder import Encoder
-    from index.catalog import ModelRow
-    from index.home import Home
+from embedder import faults
+from embedder.encoder import Encoder
+from embedder.errors import CatalogError
+from embedder.images import default_workers
+from embedder.probe import Limits, Probe, ProbePool, probe_file
+from index.catalog import ModelRow
+from index.home import Home
+from index.locks import write_lock
+from index.manager import IndexMissingError, load_encoder, open_index, sync_index
+from index.paths import to_catalog
 
 
 @dataclass
@@ -84,50 +84,6 @@ def iter_files(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Path]]:
                 yield Path(dirpath) / name, root
 
 
-@dataclass
-class Probe:
-    """What a worker learned about one file."""
-
-    path: str
-    sha256: str = ""
-    byte_size: int = 0
-    width: int = 0
-    height: int = 0
-    mode: str = ""
-    format: str = ""
-    pixels: np.ndarray | None = None  # preprocessed (C, S, S) when asked for
-    error: str | None = None
-    error_class: str | None = None
-    skipped: bool = False
-
-
-def probe_file(path: str, want: tuple[int, int] | None) -> Probe:
-    """Read, hash and fully decode one file. Never raises for a bad file."""
-    try:
-        if not os.path.lexists(path):
-            raise DecodeError(path, "file not found (deleted after listing)")
-        if not looks_like_image(path) and os.path.exists(path):
-            return Probe(path=path, skipped=True)
-        data = read_bytes(path)
-        mode = "L" if (want is None or want[1] == 1) else "RGB"
-        img = decode_bytes(data, path=path, mode=mode)
-        pixels = prepare(img.pixels, want[0], want[1]) if want else None
-        return Probe(
-            path=path, sha256=hashlib.sha256(data).hexdigest(), byte_size=len(data),
-            width=img.width, height=img.height, mode=img.source_mode, format=img.format,
-            pixels=pixels,
-        )
-    except DecodeError as e:
-        return Probe(path=path, error=e.reason, error_class="DecodeError")
-    except Exception as e:  # noqa: BLE001 - a hostile file must not end the batch
-        return Probe(path=path, error=f"{type(e).__name__}: {e}", error_class=type(e).__name__)
-
-
-def _probe_many(args: tuple[list[str], tuple[int, int] | None]) -> list[Probe]:
-    paths, want = args
-    return [probe_file(p, want) for p in paths]
-
-
 def ingest_paths(
     home: Home,
     paths: Sequence[str | Path],
@@ -139,54 +95,78 @@ def ingest_paths(
     workers: int | None = None,
     update_index: bool = True,
     progress: bool = True,
+    limits: Limits = Limits(),
+    log: bool = False,
 ) -> IngestReport:
     """Ingest files and folders into the catalog (and the active model's index, if any).
 
     Returns an IngestReport; bad files are in `report.failed` with reasons and
-    are recorded in the catalog's ingest failures. Raises CatalogError only
-    when a path given does not exist at all.
+    are recorded in the catalog's ingest failures. Files are decoded in
+    `workers` spawned processes (at least one unless `workers=0`) with the
+    per-file `limits`. Each batch is one catalog transaction; with `log`, a
+    line per committed batch goes to stderr (what a killed run had
+    acknowledged). Holds the home's write lock throughout.
+
+    Raises:
+        CatalogError: a path given does not exist at all.
+        WriteLockedError: another process is writing to this home.
     """
     if label is not None and labels_from_folders:
         raise CatalogError("Give either --label or --labels-from-folders, not both.")
     for p in paths:
         if not os.path.lexists(p):
-            raise CatalogError(f"{p}: no such file or folder")
+            raise CatalogError(f"{to_catalog(p)}: no such file or folder")
+    with write_lock(home, "ingest"):
+        return _ingest_locked(home, paths, label=label, labels_from_folders=labels_from_folders,
+                              source=source, batch_size=batch_size, workers=workers,
+                              update_index=update_index, progress=progress, limits=limits,
+                              log=log)
+
+
+def _ingest_locked(
+    home: Home, paths: Sequence[str | Path], *, label: str | None, labels_from_folders: bool,
+    source: str, batch_size: int, workers: int | None, update_index: bool, progress: bool,
+    limits: Limits, log: bool,
+) -> IngestReport:
     catalog = home.catalog
     model, encoder, store = _index_target(home) if update_index else (None, None, None)
     want = (encoder.image_size, encoder.channels) if encoder else None
     report = IngestReport()
     files = list(iter_files(paths))
-    workers = default_workers() if workers is None else workers
+    faults.on_listed([os.fspath(f) for f, _ in files])
+    workers = max(1, default_workers()) if workers is None else workers
     bar = tqdm(total=len(files), desc="ingest", unit="file", file=sys.stderr,
                disable=not progress or None)
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers else None
     batches = [files[s : s + batch_size] for s in range(0, len(files), batch_size)]
-    try:
-        # Pipeline: workers decode batch i+1 while this process commits and embeds batch i.
-        pending = _submit_probes(pool, batches[0], want, workers) if batches else None
-        for b, batch in enumerate(batches):
-            probes = _collect_probes(pending, batch, want)
-            if b + 1 < len(batches):
-                pending = _submit_probes(pool, batches[b + 1], want, workers)
+    with ProbePool(workers, limits) as pool:
+        # Pipeline: the workers decode the next batch while this process commits and embeds.
+        probes_iter = pool.imap([os.fspath(f) for f, _ in files], want, window=2 * batch_size)
+        for batch in batches:
+            probes = [next(probes_iter) for _ in batch]
             rows, failures, seen = [], [], set()
             known = catalog.known_sha256(p.sha256 for p in probes if p.sha256)
             for (f, root), pr in zip(batch, probes, strict=True):
                 if pr.skipped:
                     report.skipped += 1
                 elif pr.error is not None:
-                    failures.append(Failure(pr.path, pr.error, pr.error_class or "DecodeError"))
+                    failures.append(Failure(to_catalog(pr.path), pr.error,
+                                            pr.error_class or "DecodeError"))
                 elif pr.sha256 in known or pr.sha256 in seen:
                     report.duplicates += 1
                 else:
                     seen.add(pr.sha256)
                     row_label = _folder_label(f, root) if labels_from_folders else label
                     rows.append((pr, row_label))
+            faults.point("ingest.before_commit")
             ids = catalog.add_images([
-                {"sha256": pr.sha256, "path": _abs(pr.path), "byte_size": pr.byte_size,
-                 "width": pr.width, "height": pr.height, "mode": pr.mode, "format": pr.format,
-                 "label": lab, "source": source}
+                {"sha256": pr.sha256, "path": to_catalog(_abs(pr.path)),
+                 "byte_size": pr.byte_size, "width": pr.width, "height": pr.height,
+                 "mode": pr.mode, "format": pr.format, "label": lab, "source": source}
                 for pr, lab in rows
             ])
+            if log and ids:
+                print(f"committed: ids {' '.join(map(str, ids))}", file=sys.stderr, flush=True)
+            faults.point("ingest.after_commit")
             catalog.record_failures([(x.path, x.error_class, x.error) for x in failures])
             report.failed.extend(failures)
             report.added += len(ids)
@@ -198,13 +178,9 @@ def ingest_paths(
                 report.indexed += len(ids)
             bar.update(len(batch))
             bar.set_postfix(added=report.added, dup=report.duplicates, failed=len(report.failed))
-    finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    faults.point("ingest.before_index")
     if model is not None and store is not None:
-        from index.manager import sync_index
-
         # Adds what an earlier, killed run committed to the catalog but not to the index,
         # then saves the index atomically and records its new generation.
         report.indexed += sync_index(home, model, encoder=encoder, store=store,
@@ -212,39 +188,8 @@ def ingest_paths(
     return report
 
 
-def _submit_probes(
-    pool: ProcessPoolExecutor | None,
-    batch: list[tuple[Path, Path]],
-    want: tuple[int, int] | None,
-    workers: int,
-) -> list[Future[list[Probe]]] | None:
-    """Start probing a batch in the worker processes (None: probe in this process later)."""
-    if pool is None:
-        return None
-    paths = [_path_str(f) for f, _ in batch]
-    n = max(1, min(len(paths), workers * 4))
-    return [pool.submit(_probe_many, (paths[i::n], want)) for i in range(n)]
-
-
-def _collect_probes(
-    pending: list[Future[list[Probe]]] | None,
-    batch: list[tuple[Path, Path]],
-    want: tuple[int, int] | None,
-) -> list[Probe]:
-    paths = [_path_str(f) for f, _ in batch]
-    if pending is None:
-        return [probe_file(p, want) for p in paths]
-    results: dict[str, Probe] = {}
-    for fut in pending:
-        for pr in fut.result():
-            results[pr.path] = pr
-    return [results[p] for p in paths]
-
-
 def _index_target(home: Home) -> tuple[ModelRow | None, Encoder | None, object | None]:
     """The active model, its encoder and its index, when both exist."""
-    from index.manager import IndexMissingError, load_encoder, open_index
-
     try:
         model = home.catalog.model()
     except CatalogError:
@@ -258,14 +203,13 @@ def _index_target(home: Home) -> tuple[ModelRow | None, Encoder | None, object |
 
 def _folder_label(f: Path, root: Path) -> str | None:
     parent = f.parent
-    if parent == root and root.name:
-        return root.name
-    return parent.name or None
-
-
-def _path_str(p: Path) -> str:
-    return os.fspath(p)
+    name = root.name if parent == root and root.name else parent.name
+    # a folder name that is not valid UTF-8 becomes printable text (\xNN escapes)
+    return os.fsencode(name).decode("utf-8", "backslashreplace") or None
 
 
 def _abs(path: str) -> str:
     return os.path.abspath(path)
+
+
+__all__ = ["Failure", "IngestReport", "Probe", "ingest_paths", "iter_files", "probe_file"]

@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from embedder.data import FileImages, iter_batches
+from embedder import faults
 from embedder.encoder import Encoder
 from embedder.errors import StoreError
 from index.catalog import Catalog, IndexRow, ModelRow
 from index.home import Home
+from index.locks import write_lock
+from index.paths import from_catalog, to_catalog
 from index.store import FaissStore, Filter, VectorStore, choose_spec, say
 
 BACKEND = "faiss"
@@ -190,9 +192,20 @@ def build_index(
     size, said on stderr); the file is written atomically. milvus: `spec` is a
     Milvus index type ("FLAT", "HNSW:M=16,ef=64", ...; "auto" = FLAT below 50k
     vectors, HNSW above); the collection at `uri` (default: a Milvus Lite file
-    in the home) is dropped and refilled, flushed, then recorded.
+    in the home) is dropped and refilled, flushed, then recorded. Holds the
+    home's write lock; readers keep the previous index until the new one is in place.
     """
     _check_backend(backend)
+    with write_lock(home, "index build"):
+        return _build_locked(home, model, spec=spec, backend=backend, uri=uri, params=params,
+                             device=device, batch_size=batch_size, workers=workers,
+                             progress=progress)
+
+
+def _build_locked(
+    home: Home, model: ModelRow, *, spec: str, backend: str, uri: str | None,
+    params: str | None, device: str, batch_size: int, workers: int | None, progress: bool,
+) -> IndexStatus:
     encoder = load_encoder(home, model, device)
     rows = home.catalog.images()
     ids = [r.id for r in rows]
@@ -212,7 +225,9 @@ def build_index(
             store.train(vecs)
             store.add(kept, vecs)
         path = index_path(home, model)
+        faults.point("build.before_save")
         store.save(path)
+        faults.point("build.after_save")
     home.catalog.record_index(model_id=model.id, backend=backend, spec=spec,
                               path=_stored(home, path), ntotal=store.ntotal,
                               model_sha256=model.checkpoint_sha256)
@@ -253,25 +268,41 @@ def embed_catalog_images(
     progress: bool = True,
     home: Home | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed catalog files in batches (decoding in worker processes); skips unreadable ones.
+    """Embed catalog files in batches; skips (and records) files that no longer decode.
 
-    Returns (vectors (n, d), ids (n,)) for the files that decoded.
+    Decoding runs in `workers` spawned processes with the per-file limits of
+    `embedder.probe` (size, pixels, time), so a file replaced by a hostile one
+    since its ingest cannot hang or kill a build. Returns (vectors (n, d),
+    ids (n,)) for the files that decoded.
     """
-    ds = FileImages(ids, paths, image_size=encoder.image_size, channels=encoder.channels)
+    from embedder.images import default_workers
+    from embedder.probe import ProbePool
+
+    workers = default_workers() if workers is None else workers
+    want = (encoder.image_size, encoder.channels)
     out_v, out_i, failed = [], [], []
-    bar = tqdm(total=len(ds), desc="embedding", unit="img", file=sys.stderr,
+    bar = tqdm(total=len(ids), desc="embedding", unit="img", file=sys.stderr,
                disable=not progress or None)
-    for b_ids, x, bad in iter_batches(ds, batch_size=batch_size, workers=workers):
-        if len(b_ids):
-            out_v.append(encoder.embed_tensor(x.float().div_(255.0)))
-            out_i.append(b_ids)
-        failed.extend(bad)
-        bar.update(len(b_ids) + len(bad))
+    with ProbePool(workers) as pool:
+        probes = pool.imap([from_catalog(p) for p in paths], want, window=2 * batch_size)
+        for s in range(0, len(ids), batch_size):
+            chunk = ids[s : s + batch_size]
+            good_ids, arrays = [], []
+            for i in chunk:
+                pr = next(probes)
+                if pr.error is None:
+                    good_ids.append(i)
+                    arrays.append(pr.pixels)
+                else:
+                    failed.append((pr.path, pr.error_class or "DecodeError", pr.error))
+            if good_ids:
+                out_v.append(encoder.embed_uint8(np.stack(arrays)))  # (B, C, S, S) -> (B, D)
+                out_i.append(np.asarray(good_ids, dtype=np.int64))
+            bar.update(len(chunk))
     bar.close()
     if failed and home is not None:
         home.catalog.record_failures(
-            [(e.path, type(e).__name__, f"cannot re-read for embedding: {e.reason}")
-             for _, e in failed]
+            [(to_catalog(p), c, f"cannot re-read for embedding: {m}") for p, c, m in failed]
         )
     if not out_v:
         return np.zeros((0, encoder.embed_dim), np.float32), np.zeros(0, np.int64)
@@ -291,8 +322,17 @@ def sync_index(
     """Bring the index of `model` in line with the catalog; returns the number of vectors added.
 
     `ready` maps catalog ids to already preprocessed uint8 arrays (C, S, S),
-    so that ingest does not decode twice.
+    so that ingest does not decode twice. Holds the home's write lock.
     """
+    with write_lock(home, "index sync"):
+        return _sync_locked(home, model, encoder=encoder, store=store, ready=ready,
+                            progress=progress, force_save=force_save)
+
+
+def _sync_locked(
+    home: Home, model: ModelRow, *, encoder: Encoder | None, store: VectorStore | None,
+    ready: dict[int, np.ndarray] | None, progress: bool, force_save: bool,
+) -> int:
     if store is None:
         store, _row = open_index(home, model)
     encoder = encoder or load_encoder(home, model)
@@ -327,7 +367,9 @@ def sync_index(
         backend = store.backend
         row = home.catalog.index_for(model.id, backend)
         path = location(home, row) if row else str(index_path(home, model, backend))
+        faults.point("sync.before_save")
         store.save(path)  # faiss: atomic file write; milvus: flush
+        faults.point("sync.after_save")
         home.catalog.record_index(model_id=model.id, backend=backend,
                                   spec=getattr(store, "spec", "Flat"), path=_stored(home, path),
                                   ntotal=store.ntotal, model_sha256=model.checkpoint_sha256)
@@ -381,6 +423,11 @@ def delete_images(home: Home, ids: Sequence[int]) -> dict[str, int]:
     and searches already skip ids the catalog no longer has. Indexes that
     cannot remove (HNSW) are rebuilt from the catalog. Returns counts.
     """
+    with write_lock(home, "delete"):
+        return _delete_locked(home, ids)
+
+
+def _delete_locked(home: Home, ids: Sequence[int]) -> dict[str, int]:
     ids = sorted({int(i) for i in ids})
     deleted = home.catalog.delete_images(ids)
     out = {"deleted": deleted, "vectors_removed": 0, "indexes_rebuilt": 0}

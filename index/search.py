@@ -12,7 +12,9 @@ from embedder.errors import CatalogError, StoreError
 from embedder.images import decode_bytes
 from index.catalog import IndexRow, ModelRow
 from index.home import Home
-from index.manager import load_encoder, open_index
+from index.locks import writer_active
+from index.manager import BACKEND, load_encoder, open_index
+from index.paths import from_catalog
 from index.store import Filter
 
 
@@ -39,12 +41,32 @@ class Searcher:
         _check_fresh(home, self.model, self.index_row)
         self.encoder = load_encoder(home, self.model, device)
 
-    def query_vector(self, query: str | int | Path | bytes | np.ndarray) -> np.ndarray:
-        """Embed a query given as a path, a catalog id, raw bytes or decoded pixels."""
+    def refresh(self) -> bool:
+        """Load the index again when a writer has replaced it (its generation changed).
+
+        Index files are only ever replaced by an atomic rename, so the load
+        sees a whole index, old or new. Returns True when it reloaded.
+        """
+        backend = self.index_row.backend
+        row = self.home.catalog.index_for(self.model.id, backend)
+        if row is None or (row.generation, row.path) == (self.index_row.generation,
+                                                         self.index_row.path):
+            return False
+        self.store.close()  # Milvus Lite allows one client per file
+        self.store, self.index_row = open_index(self.home, self.model, backend)
+        return True
+
+    def query_vector(
+        self, query: str | int | Path | bytes | np.ndarray, *, name: str = "<upload>"
+    ) -> np.ndarray:
+        """Embed a query given as a path, a catalog id, raw bytes or decoded pixels.
+
+        `name` is the file name that errors about uploaded bytes carry.
+        """
         if isinstance(query, np.ndarray):
             return self.encoder.embed_pixels([query])
         if isinstance(query, bytes):
-            img = decode_bytes(query, path="<upload>", mode=self.encoder.mode)
+            img = decode_bytes(query, path=name, mode=self.encoder.mode)
             return self.encoder.embed_pixels([img.pixels])
         path = resolve_query(self.home, query)
         return self.encoder.embed_files([path])
@@ -65,6 +87,7 @@ class Searcher:
         Synthetic (GAN-made) images are left out unless `include_synthetic`;
         `synthetic=True` asks for them alone.
         """
+        self.refresh()
         vec = self.query_vector(query)
         if synthetic is None and not include_synthetic and (
             self.home.catalog.count_images(synthetic=True) > 0
@@ -101,18 +124,23 @@ def search(
 def resolve_query(home: Home, query: str | int | Path) -> str:
     """A query is a path to an image file or a catalog id; returns a path to decode."""
     if isinstance(query, int):
-        return home.catalog.image(query).path
+        return from_catalog(home.catalog.image(query).path)
     text = os.fspath(query)
     if os.path.exists(text):
         return text
     if text.isdigit():
-        return home.catalog.image(int(text)).path
+        return from_catalog(home.catalog.image(int(text)).path)
     raise CatalogError(f"{text}: neither an existing image file nor a catalog id")
 
 
 def _check_fresh(home: Home, model: ModelRow, row: IndexRow) -> None:
+    """Refuse a stale index, unless a writer is at work (it brings the index up to date)."""
     newer = home.catalog.count_images_since(row.built_at)
-    if newer:
+    if newer and not writer_active(home):
+        # a writer may have finished between the two reads: look at its latest index row
+        latest = home.catalog.index_for(model.id, BACKEND) or row
+        newer = home.catalog.count_images_since(latest.built_at)
+    if newer and not writer_active(home):
         msg = (
             f"The index of model {model.name!r} is stale: {newer} image(s) were ingested after "
             f"it was built. Run: latentsight index build --model {model.name}"

@@ -1,12 +1,21 @@
 """A corpus of hostile, broken and unusual image files, generated on demand.
 
 `make_corpus(dir)` returns {name: (path, expected)} where expected is "ok" or
-"fail"; tests for ingest, scan and search-by-upload share it.
+"fail"; tests for ingest, scan and search-by-upload share it. Besides broken
+and unusual content it holds the file-system oddities: a FIFO, an unreadable
+file, a broken symlink, a symlink loop, a name that is not UTF-8, a very long
+name in a deep folder, and a sparse file over the size limit.
+
+An unreadable file for root: running as root, `chmod 000` does not stop a
+read, so the corpus links `unreadable.jpg` to `/proc/self/mem`, which every
+process may open and none can read at offset 0 (EIO). As a normal user it is
+a real `chmod 000` file.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +83,62 @@ def make_corpus(root: Path) -> dict[str, tuple[Path, str]]:
     gray.save(buf, format="PNG")
     put("plain.png", buf.getvalue(), "ok")
     put("no_suffix_png", buf.getvalue()[:0] + _png(gray.rotate(90)), "ok")
+    _add_modes(put, rng)
+    _add_filesystem_oddities(root, out, _png(gray.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
     return out
+
+
+def _add_modes(put, rng: np.random.Generator) -> None:
+    """Unusual but valid images: 1-bit, LA, animated GIF, multipage TIFF, WebP."""
+    px = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    put("onebit.png", _png(Image.fromarray(px > 127)), "ok")
+    put("la.png", _png(Image.fromarray(np.stack([px, 255 - px], axis=2), mode="LA")), "ok")
+    frames = [Image.fromarray(np.roll(px, 4 * i, axis=1)).convert("P") for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    put("animated.gif", buf.getvalue(), "ok")
+    buf = io.BytesIO()
+    pages = [Image.fromarray(np.flipud(px)), Image.fromarray(px.T.copy())]
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    put("multipage.tiff", buf.getvalue(), "ok")
+    buf = io.BytesIO()
+    Image.fromarray(np.fliplr(px).copy()).convert("RGB").save(buf, format="WEBP", quality=80)
+    put("photo.webp", buf.getvalue(), "ok")
+
+
+def _add_filesystem_oddities(root: Path, out: dict[str, tuple[Path, str]], png: bytes) -> None:
+    fifo = root / "fifo.jpg"
+    os.mkfifo(fifo)
+    out["fifo.jpg"] = (fifo, "fail")
+    unreadable = root / "unreadable.jpg"
+    if os.geteuid() == 0:
+        unreadable.symlink_to("/proc/self/mem")
+    else:
+        unreadable.write_bytes(png)
+        unreadable.chmod(0)
+    out["unreadable.jpg"] = (unreadable, "fail")
+    (root / "broken_link.png").symlink_to(root / "no-such-file.png")
+    out["broken_link.png"] = (root / "broken_link.png", "fail")
+    (root / "loop.png").symlink_to(root / "loop.png")
+    out["loop.png"] = (root / "loop.png", "fail")
+    over = root / "over_limit.png"  # sparse: 65 MiB on paper, one block on disk
+    with open(over, "wb") as f:
+        f.write(png)
+        f.truncate(65 * 1024 * 1024)
+    out["over_limit.png"] = (over, "fail")
+    latin1 = Path(os.fsdecode(os.fsencode(str(root)) + b"/caf\xe9.png"))  # not UTF-8
+    latin1.write_bytes(_rot(png))
+    out["caf%E9.png"] = (latin1, "ok")
+    deep = root.joinpath(*["d" * 120] * 8)  # a path of more than 1000 characters
+    deep.mkdir(parents=True)
+    long_name = deep / ("n" * 240 + ".png")
+    long_name.write_bytes(_rot(_rot(png)))
+    out["long_name.png"] = (long_name, "ok")
+
+
+def _rot(png: bytes) -> bytes:
+    """The same PNG turned by 90 degrees (new content, so a new sha256)."""
+    return _png(Image.open(io.BytesIO(png)).rotate(90))
 
 
 def _png(img: Image.Image) -> bytes:

@@ -17,6 +17,7 @@ from embedder.data import FileImages, iter_batches
 from embedder.errors import CatalogError
 from index.home import Home
 from index.manager import embed_catalog_images, load_encoder
+from index.paths import from_catalog
 
 
 @dataclass
@@ -86,7 +87,8 @@ def raw_pixels(
     paths: Sequence[str], *, image_size: int, channels: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel vectors (n, C*S*S) in [0, 1] and the positions that decoded."""
-    ds = FileImages(list(range(len(paths))), list(paths), image_size=image_size, channels=channels)
+    paths = [from_catalog(p) for p in paths]  # catalog text form -> a path to open
+    ds = FileImages(list(range(len(paths))), paths, image_size=image_size, channels=channels)
     out, kept = [], []
     for ids, x, _bad in iter_batches(ds, batch_size=256):
         if len(ids):

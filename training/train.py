@@ -34,6 +34,7 @@ from embedder.errors import CatalogError, DecodeError
 from embedder.images import resize
 from embedder.models import create, resolve_device, save_checkpoint
 from index.home import Home
+from index.paths import from_catalog
 
 
 @dataclass
@@ -156,8 +157,8 @@ def load_images(
     if not rows:
         what = f" with labels {labels}" if labels else ""
         raise CatalogError(f"No catalog images{what} to train on. Run: latentsight ingest PATH")
-    ds = FileImages([r.id for r in rows], [r.path for r in rows], image_size=image_size,
-                    channels=channels)
+    paths = [from_catalog(r.path) for r in rows]  # catalog text form -> a path to open
+    ds = FileImages([r.id for r in rows], paths, image_size=image_size, channels=channels)
     xs, ids = [], []
     bar = tqdm(total=len(ds), desc="loading", unit="img", file=sys.stderr,
                disable=not progress or None)

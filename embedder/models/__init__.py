@@ -43,6 +43,7 @@ REGISTRY: dict[str, tuple[type[nn.Module], type]] = {
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes; refuse anything huge
 
 
 def register(kind: str, model_cls: type[nn.Module], config_cls: type) -> None:
@@ -105,8 +106,12 @@ def load_checkpoint(
     if not cfg_path.is_file() or not w_path.is_file():
         msg = f"{directory}: not a checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
         raise ModelError(msg)
+    size = cfg_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        msg = f"{cfg_path}: {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit for a config"
+        raise ModelError(msg)
     try:
-        doc = json.loads(cfg_path.read_text())
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ModelError(f"{cfg_path}: invalid JSON: {e}") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
@@ -129,6 +134,7 @@ def load_checkpoint(
     bad = sorted(set(cfg) - set(fields))
     if bad:
         raise ModelError(f"{cfg_path}: unknown {kind} config field(s) {bad}")
+    _check_types(cfg, fields, f"{cfg_path}: {kind} config")
     try:
         model = model_cls(config=config_cls(**cfg))
     except (TypeError, ValueError) as e:
@@ -140,6 +146,29 @@ def load_checkpoint(
         raise ModelError(f"{w_path}: weights do not fit the config: {e}") from e
     model.eval()
     return model, doc
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+}
+
+
+def _check_types(cfg: dict[str, Any], fields: dict[str, dataclasses.Field], where: str) -> None:
+    """Each JSON value must have its dataclass field's type (int, float, bool, str)."""
+    for name, value in cfg.items():
+        ann = fields[name].type if isinstance(fields[name].type, str) else getattr(
+            fields[name].type, "__name__", "")
+        allowed = _JSON_TYPES.get(ann.replace(" ", ""))
+        if allowed is None:
+            continue  # a richer type: the model's own validate() checks it
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if not ok:
+            msg = (f"{where}: field {name!r} must be {ann}. "
+                   f"Got {type(value).__name__} {value!r} instead.")
+            raise ModelError(msg)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from embedder.images import DECODE_TIMEOUT_S
 from latentsight.cli import app
 from latentsight.cli.common import (
     DbUrlOpt,
@@ -35,6 +36,17 @@ def ingest(
         "--labels-from-folders", help="Label each image with its parent folder's name.")] = False,
     label: Annotated[str | None, typer.Option(help="Label every ingested image with TEXT.")] = None,
     source: Annotated[str, typer.Option(help="Source tag stored with each image.")] = "ingest",
+    workers: Annotated[int | None, typer.Option(
+        help="Decoding worker processes (0 = decode in this process, no time limit). "
+        "Default: CPUs - 1, at most 4, at least 1.", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(
+        help="Files per catalog transaction.", min=1)] = 256,
+    decode_timeout: Annotated[float, typer.Option(
+        help="Seconds one file may take to decode before it is reported and skipped.",
+        min=0.1)] = DECODE_TIMEOUT_S,
+    log_commits: Annotated[bool, typer.Option(
+        "--log-commits", hidden=True, help="One stderr line per committed batch (its ids).")]
+    = False,
     json_out: JsonOpt = False,
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
@@ -43,15 +55,20 @@ def ingest(
 
     Images are recognized by content, deduplicated by SHA-256 (re-ingesting a
     folder adds nothing) and bad files are reported with a reason without
-    stopping the run.
+    stopping the run. Exit status: 0 when everything readable was ingested (bad
+    files are listed with their reasons, in --json under "failed"), 2 when the run
+    could not happen (a path that does not exist, another writer holds the home).
 
     Example: latentsight ingest data/ --labels-from-folders
     """
+    from embedder.probe import Limits
     from index.ingest import ingest_paths
 
     h = open_home(home, db_url)
     rep = ingest_paths(h, [str(p) for p in paths], label=label,
-                       labels_from_folders=labels_from_folders, source=source)
+                       labels_from_folders=labels_from_folders, source=source, workers=workers,
+                       batch_size=batch_size, limits=Limits(timeout_s=decode_timeout),
+                       log=log_commits)
     if json_out:
         d = rep.as_dict()
         echo_json({"added": d["added"], "duplicates": d["duplicates"], "failed": d["failed"],

@@ -45,6 +45,9 @@ def _backend(backend: str | None, uri: str | None) -> tuple[str, str | None]:
 
     s = Settings.resolve(backend=backend, milvus_uri=uri)
     return s.backend, (uri or os.environ.get(ENV_MILVUS_URI)) if s.backend == "milvus" else None
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", help="Decoding worker processes (0 = in this process). Default: CPUs - 1, "
+    "at most 4.", show_default=False)]
 
 
 @index_app.command("build")
@@ -56,6 +59,7 @@ def build(
     uri: UriOpt = None,
     params: ParamsOpt = None,
     json_out: JsonOpt = False,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
@@ -70,7 +74,8 @@ def build(
     h = open_home(home, db_url)
     m = h.catalog.model(model)
     be, uri = _backend(backend, uri)
-    st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, device=device)
+    st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, device=device,
+                     workers=workers)
     if json_out:
         echo_json(st.__dict__)
     else:
@@ -86,6 +91,7 @@ def rebuild(
     = None,
     backend: BackendOpt = None,
     uri: UriOpt = None,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
@@ -104,7 +110,8 @@ def rebuild(
         uri = (location(h, row) if row is not None and row.backend == "milvus"
                else _backend(be, None)[1])
     keep = row.spec if row is not None and row.backend == be else "Flat"
-    st = build_index(h, m, spec=spec or keep, backend=be, uri=uri, device=device)
+    st = build_index(h, m, spec=spec or keep, backend=be, uri=uri, device=device,
+                     workers=workers)
     typer.echo(f"rebuilt {st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
                f"generation {st.generation}")
 

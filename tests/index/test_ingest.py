@@ -9,6 +9,7 @@ from embedder.errors import CatalogError
 from embedder.images import decode_file
 from index.home import Home
 from index.ingest import ingest_paths
+from index.paths import to_catalog
 from tests.badfiles import make_corpus
 
 
@@ -24,20 +25,21 @@ def test_bad_corpus_ingests_to_completion(tmp_path, corpus_dir, db_url):
     folder, corpus = corpus_dir
     home = Home(tmp_path / "h", db_url)
     rep = ingest_paths(home, [folder], progress=False, workers=1)
-    bad = {n for n, (_, e) in corpus.items() if e == "fail"}
-    good = {n for n, (_, e) in corpus.items() if e == "ok"}
-    failed = {f.path.rsplit("/", 1)[-1]: f.error for f in rep.failed}
+    bad = {to_catalog(p) for p, e in corpus.values() if e == "fail"}
+    good = {to_catalog(p) for p, e in corpus.values() if e == "ok"}
+    failed = {f.path: f.error for f in rep.failed}
     assert set(failed) == bad
     assert all(reason for reason in failed.values())
     assert rep.added == len(good)
     assert rep.skipped == 1  # notes.txt
-    stored = {r.path.rsplit("/", 1)[-1]: r for r in home.catalog.images()}
+    stored = {r.path: r for r in home.catalog.images()}
     assert set(stored) == good
     # failures are kept in the catalog with their reasons
-    assert {f.path.rsplit("/", 1)[-1] for f in home.catalog.failures()} == bad
+    assert {f.path for f in home.catalog.failures()} == bad
     # the EXIF-rotated JPEG is stored upright
-    assert (stored["exif_rotated.jpg"].width, stored["exif_rotated.jpg"].height) == (20, 40)
-    assert stored["cmyk.jpg"].mode == "CMYK"
+    rotated = stored[to_catalog(corpus["exif_rotated.jpg"][0])]
+    assert (rotated.width, rotated.height) == (20, 40)
+    assert stored[to_catalog(corpus["cmyk.jpg"][0])].mode == "CMYK"
 
 
 def test_reingest_adds_nothing_and_dedups_by_content(tmp_path, texture_dir, db_url):

@@ -1,0 +1,269 @@
+"""Probing files in worker processes, with a per-file time limit and survival of dead workers.
+
+`probe_file` reads, hashes and fully decodes one file and never raises for a
+bad one. `ProbePool` runs it in spawned worker processes so that a hostile
+file cannot hang or kill the run:
+
+- a file that takes longer than `timeout_s` is reported ("decoding took over
+  30s; stopped") and its worker is killed and replaced;
+- a file that kills its worker (a decoder crash, the OOM killer) breaks the
+  pool; every file in flight is then retried alone in a fresh worker, so the
+  one that kills it again is reported and the others are processed;
+- workers exit on their own when the parent dies (even by SIGKILL).
+
+The module imports only Pillow and numpy, so a worker starts in a fraction of
+a second (no torch).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import numpy as np
+
+from embedder import faults
+from embedder.errors import DecodeError
+from embedder.images import (
+    DECODE_TIMEOUT_S,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    decode_bytes,
+    looks_like_image,
+    prepare,
+    read_bytes,
+)
+
+STARTUP_GRACE_S = 60.0  # the longest we wait for fresh workers to start (loaded machines)
+
+
+@dataclass
+class Probe:
+    """What a worker learned about one file: its facts, or the reason it failed."""
+
+    path: str
+    sha256: str = ""
+    byte_size: int = 0
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    pixels: np.ndarray | None = None  # preprocessed (C, S, S) uint8 when asked for
+    error: str | None = None
+    error_class: str | None = None
+    skipped: bool = False  # not an image by name or content
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = MAX_FILE_BYTES
+    max_pixels: int = MAX_PIXELS
+    timeout_s: float = DECODE_TIMEOUT_S
+
+
+def probe_file(path: str, want: tuple[int, int] | None, limits: Limits = Limits()) -> Probe:
+    """Read, hash and fully decode one file; `want` = (image_size, channels) to preprocess.
+
+    Never raises for a bad file: the reason is in `Probe.error`.
+    """
+    try:
+        faults.on_probe(path)
+        if not os.path.lexists(path):
+            raise DecodeError(path, "file not found (deleted after listing)")
+        if os.path.islink(path) and not os.path.exists(path):
+            raise DecodeError(path, _link_reason(path))
+        if not looks_like_image(path) and os.path.isfile(path):
+            return Probe(path=path, skipped=True)
+        data = read_bytes(path, max_bytes=limits.max_bytes)
+        mode = "L" if (want is None or want[1] == 1) else "RGB"
+        img = decode_bytes(data, path=path, mode=mode, max_pixels=limits.max_pixels,
+                           max_bytes=limits.max_bytes)
+        pixels = prepare(img.pixels, want[0], want[1]) if want else None
+        return Probe(
+            path=path, sha256=hashlib.sha256(data).hexdigest(), byte_size=len(data),
+            width=img.width, height=img.height, mode=img.source_mode, format=img.format,
+            pixels=pixels,
+        )
+    except DecodeError as e:
+        return Probe(path=path, error=e.reason, error_class="DecodeError")
+    except MemoryError:
+        return Probe(path=path, error="out of memory while decoding", error_class="MemoryError")
+    except Exception as e:  # noqa: BLE001 - a hostile file must not end the batch
+        return Probe(path=path, error=f"{type(e).__name__}: {e}", error_class=type(e).__name__)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the parent dies (even by SIGKILL), leaving no orphan.
+
+    A pool worker holds both ends of its task pipe, so it would never see EOF
+    and would wait forever for work from a dead parent.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _ready(delay: float) -> int:
+    time.sleep(delay)  # long enough that each warm-up task lands in its own new worker
+    return os.getpid()
+
+
+def _link_reason(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+    return f"broken symbolic link (points to {os.readlink(path)!r}, which does not exist)"
+
+
+class ProbePool:
+    """Spawned worker processes probing files with a time limit per file.
+
+    Use as a context manager; `probe(paths, want)` returns one Probe per path,
+    in order. With `workers=0` files are probed in this process (no isolation).
+    """
+
+    def __init__(self, workers: int, limits: Limits = Limits()) -> None:
+        if workers < 0:
+            msg = f"The 'workers' option must be >= 0. Got {workers} instead."
+            raise ValueError(msg)
+        self.workers = workers
+        self.limits = limits
+        self._pool: ProcessPoolExecutor | None = None
+        self.restarts = 0  # pools replaced after a hang or a dead worker
+
+    def __enter__(self) -> ProbePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers: idle ones exit at once; one still stuck on a file is killed."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        """The current pool, started and warmed up (so that start-up time is not decode time)."""
+        if self._pool is None:
+            pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                       initializer=_watch_parent, initargs=(os.getpid(),))
+            warm = [pool.submit(_ready, 0.05) for _ in range(self.workers)]
+            wait(warm, timeout=STARTUP_GRACE_S)
+            self._pool = pool
+        return self._pool
+
+    def _kill(self) -> None:
+        """Kill every worker of the current pool (a hung decoder ignores anything gentler)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API
+        for p in procs:
+            p.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.join(timeout=5)
+        self.restarts += 1
+
+    def probe(self, paths: list[str], want: tuple[int, int] | None) -> list[Probe]:
+        """Probe every path; one Probe per path, in order."""
+        return list(self.imap(paths, want))
+
+    def imap(
+        self, paths: Sequence[str], want: tuple[int, int] | None, *, window: int | None = None
+    ) -> Iterator[Probe]:
+        """Yield one Probe per path, in order, keeping up to `window` files in the workers.
+
+        The workers go on decoding while the caller works on what was yielded
+        (a pipeline); time limits are checked whenever the caller asks for more.
+        """
+        if self.workers == 0:
+            for p in paths:
+                yield probe_file(p, want, self.limits)
+            return
+        window = max(2 * self.workers, window or 0)
+        results: dict[int, Probe] = {}
+        pending: deque[int] = deque(range(len(paths)))
+        suspects: deque[int] = deque()  # in flight when a worker died: retried one at a time
+        inflight: dict[Future, list] = {}  # future -> [index, started_at | None]
+        nxt = 0
+        while nxt < len(paths):
+            while nxt in results:
+                yield results.pop(nxt)
+                nxt += 1
+            if nxt >= len(paths):
+                return
+            self._step(paths, want, window, results, pending, suspects, inflight)
+
+    def _step(self, paths, want, window, results, pending, suspects, inflight) -> None:
+        """Submit what fits, wait a little, collect results, handle dead and hung workers."""
+        solo = bool(suspects)
+        limit = 1 if solo else window
+        source = suspects if solo else pending
+        while source and len(inflight) < limit:
+            i = source.popleft()
+            f = self._executor().submit(probe_file, paths[i], want, self.limits)
+            inflight[f] = [i, None]
+        done, _ = wait(list(inflight), timeout=0.05, return_when=FIRST_COMPLETED)
+        now = time.monotonic()
+        broken = False
+        for f in done:
+            i, _ = inflight.pop(f)
+            try:
+                results[i] = f.result()
+            except BrokenProcessPool:
+                broken = True
+                if solo:
+                    results[i] = Probe(path=paths[i], error_class="WorkerDied", error=(
+                        "the decoder process died while reading this file "
+                        "(crashed or killed); the file was skipped"))
+                else:
+                    suspects.append(i)
+        if broken:
+            for f, (i, _) in inflight.items():
+                f.cancel()
+                suspects.append(i)
+            inflight.clear()
+            self._kill()
+            return
+        expired = []
+        for f, slot in inflight.items():
+            if slot[1] is None and f.running():
+                slot[1] = now
+            if slot[1] is not None and now - slot[1] > self.limits.timeout_s:
+                expired.append(f)
+        if expired:
+            for f in expired:
+                i, _ = inflight.pop(f)
+                results[i] = Probe(path=paths[i], error_class="Timeout", error=(
+                    f"decoding took over {self.limits.timeout_s:g}s; stopped"))
+            requeue = sorted(i for i, _ in inflight.values())
+            inflight.clear()
+            self._kill()
+            (suspects if solo else pending).extendleft(reversed(requeue))
+
+
+__all__ = ["Limits", "Probe", "ProbePool", "probe_file"]
