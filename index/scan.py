@@ -37,6 +37,7 @@ from index.catalog import ModelRow, ScanResultRow, ScanRow, utcnow
 from index.home import Home
 from index.ingest import iter_files
 from index.manager import load_encoder, open_index
+from index.paths import to_catalog
 
 SCORER_FILE = "scoring.safetensors"
 COMMIT_EVERY = 8  # images per catalog transaction: a kill loses at most this many
@@ -170,7 +171,7 @@ def scan_paths(
     row = home.catalog.model(model)
     encoder, scorer = load_scorer(home, row, device)
     norm = normalize_paths(paths)
-    scan, done = _open_scan(home, row, norm, resume=resume, fpr=fpr,
+    scan, done = _open_scan(home, row, [to_catalog(p) for p in norm], resume=resume, fpr=fpr,
                             threshold=resolve_threshold(scorer, fpr=fpr, threshold=threshold))
     thr = float(scan.threshold)
     neighbors = _Neighbors(home, row, encoder, scorer, k=k_neighbors,
@@ -183,8 +184,8 @@ def scan_paths(
     files = [os.path.abspath(f) for f, _root in iter_files(norm)]
     todo = []
     for f in files:
-        if f in done:
-            summary.results.append(done[f])
+        if to_catalog(f) in done:  # paths are kept in the catalog's text form (index/paths.py)
+            summary.results.append(done[to_catalog(f)])
             summary.resumed += 1
         elif looks_like_image(f) or not os.path.exists(f):
             todo.append(f)
@@ -243,22 +244,23 @@ class _Neighbors:
 
 def _score_one(path: str, encoder: Encoder, scorer: TileScorer, thr: float,
                neighbors: _Neighbors, heat_dir: Path | None) -> ScanItem:
+    shown = to_catalog(path)  # valid Unicode for the catalog, reports and JSON
     try:
         data = read_bytes(path)
         sha = hashlib.sha256(data).hexdigest()
-        img = decode_bytes(data, path=path, mode=encoder.mode)
+        img = decode_bytes(data, path=shown, mode=encoder.mode)
         score, amap = scorer.score_and_map(img.pixels)
     except DecodeError as e:
-        return ScanItem(path=path, error=e.reason)
+        return ScanItem(path=shown, error=e.reason)
     except Exception as e:  # noqa: BLE001 - one hostile file must not end the scan
-        return ScanItem(path=path, error=f"{type(e).__name__}: {e}")
+        return ScanItem(path=shown, error=f"{type(e).__name__}: {e}")
     flagged = bool(score > thr)
-    item = ScanItem(path=path, sha256=sha, score=float(score), anomalous=flagged,
+    item = ScanItem(path=shown, sha256=sha, score=float(score), anomalous=flagged,
                     nearest_ids=neighbors(img.pixels))
     if flagged and heat_dir is not None:
         from index.report import write_overlay
 
-        write_overlay(img.pixels, amap, thr, heat_dir / heatmap_name(path, sha))
+        write_overlay(img.pixels, amap, thr, heat_dir / heatmap_name(shown, sha))
     return item
 
 

@@ -69,7 +69,8 @@ def run_killed(
         p.join()
         msg = f"latentsight {' '.join(args)} did not end within {timeout}s"
         raise TimeoutError(msg)
-    return p.exitcode, Path(log_path).read_text(errors="replace")
+    log = Path(log_path)  # a kill early enough comes before the child opened its log
+    return p.exitcode, log.read_text(errors="replace") if log.exists() else ""
 
 
 def run_python_m(args: list[str], *, faults: str = "", timeout: float = 300):

@@ -183,3 +183,24 @@ def test_build_and_search_read_back_non_utf8_paths(tmp_path, trained_home, textu
     row = next(r for r in home.catalog.images() if r.path.startswith("bytes:"))
     hits = Searcher(home, device="cpu").search(row.id, k=1)
     assert hits[0].id == row.id and hits[0].path == row.path
+
+
+def test_scan_reports_every_bad_file_and_scores_the_good_ones(anomaly_home, corpus_dir, tmp_path):
+    """The hostile corpus through `scan`: per-file reasons, the scan goes on, counts are right."""
+    from index.scan import scan_paths
+
+    folder, corpus = corpus_dir
+    summary = scan_paths(anomaly_home, [folder], device="cpu", progress=False)
+    by_name = {os.path.basename(from_catalog(r.path)): r for r in summary.results}
+    bad = {n for n, (_, e) in corpus.items() if e == "fail"}
+    good = {n for n, (_, e) in corpus.items() if e == "ok"}
+    for name in bad:
+        key = os.path.basename(from_catalog(to_catalog(corpus[name][0])))
+        assert by_name[key].error, name
+    assert len(summary.failed) == len(bad)
+    assert len(summary.scored) == len(good)
+    assert all(np.isfinite(r.score) for r in summary.scored)
+    assert summary.skipped == 1  # notes.txt
+    res = runner.invoke(app, ["scan", str(folder), "--json", "--home", str(anomaly_home.root),
+                              "--device", "cpu"])
+    assert res.exit_code in (0, 1), res.output  # 1 = something flagged; never 2 for bad files
