@@ -96,11 +96,11 @@ def run_demo(home: Home, *, epochs: int = 8, device: str = "auto") -> int:
         f"(mAP {res['map']:.3f}) vs raw pixels {base['precision_at_k']:.3f} "
         f"(mAP {base['map']:.3f})")
     synthesis_step(home, device=device)
+    run_scan_demo(home, data, epochs=epochs, device=device)
     say(f"done in {time.perf_counter() - t0:.0f}s. Home: {home.root}")
     say(f"try: latentsight search {rows[0].path} --home {home.root} --k 5")
     say(f"open the dashboard on this data: {_cli()} dashboard --home {home.root}")
     print("", file=sys.stderr)
-    run_scan_demo(home, data, epochs=epochs, device=device)
     return 0
 
 
