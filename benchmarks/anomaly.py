@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Run as a script, this folder comes first on sys.path, and benchmarks/index.py would shadow
+# the `index` package: put the repository root first instead.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 NEU = ROOT.parent / "shared" / "datasets" / "neu-cls"
 SCORER_NAMES = ("mse", "local-mse", "knn", "combined")
