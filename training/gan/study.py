@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
+from training.train import augment as flips_and_turns
+
 
 @dataclass
 class ClassifierConfig:
@@ -60,16 +62,7 @@ def classic_augment(x: torch.Tensor, gen: torch.Generator, pad: int | None = Non
     """Per-sample flips, 90-degree turns and a random crop after reflect padding. x (B, C, S, S)."""
     b, _c, s, _ = x.shape
     pad = max(1, s // 8) if pad is None else pad
-    flip_h = torch.rand(b, generator=gen) < 0.5
-    flip_v = torch.rand(b, generator=gen) < 0.5
-    turns = torch.randint(0, 4, (b,), generator=gen)
-    x = x.clone()
-    x[flip_h] = x[flip_h].flip(3)
-    x[flip_v] = x[flip_v].flip(2)
-    for t in (1, 2, 3):
-        m = turns == t
-        if m.any():
-            x[m] = torch.rot90(x[m], t, dims=(2, 3))
+    x = flips_and_turns(x, gen)  # the encoders' classic augmentation, same random draws
     padded = F.pad(x, [pad] * 4, mode="reflect")  # (B, C, S+2p, S+2p)
     oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
