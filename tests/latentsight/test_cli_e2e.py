@@ -8,17 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from latentsight.cli import app
-
-runner = CliRunner()
-
-
-def run(*args: str, code: int = 0) -> str:
-    res = runner.invoke(app, list(args), catch_exceptions=False)
-    assert res.exit_code == code, res.output + (res.stderr if res.stderr_bytes else "")
-    return res.stdout
+from tests.cli import run, runner
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from latentsight.cli import app
+from tests.cli import run, runner
 
-runner = CliRunner()
 TINY_VIT = ["--model", "vit", "--image-size", "32", "--patch-size", "8", "--dim", "32",
             "--depth", "1", "--heads", "2", "--mask-ratio", "0.5"]
-
-
-def run(*args: str, code: int = 0) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == code, res.output
-    return res.stdout
 
 
 @pytest.fixture(scope="module")
