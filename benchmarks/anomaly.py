@@ -7,8 +7,8 @@
     other 20% plus as many images drawn from the other five classes. Mean
     AUROC of every scorer beside the PCA-32 reconstruction baseline (64x64
     pixels), computed in the same run.
-    `combined` (knn + local-mse) is computed from its parts' outputs, exactly
-    as CombinedScorer does, to save a second kNN pass.
+    `combined` (texture + knn, CombinedScorer's default parts) is computed from
+    its parts' outputs, exactly as CombinedScorer does, to save a second pass.
 (b) Synthetic defects (scratch, spot, patch of another class's texture;
     1-5% of the image area) pasted into the held-out 20%: AUROC of the
     defective copies against the clean originals, for all and for defects
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 NEU = ROOT.parent / "shared" / "datasets" / "neu-cls"
-SCORER_NAMES = ("mse", "local-mse", "knn", "combined")
+SCORER_NAMES = ("mse", "local-mse", "knn", "texture", "combined")
 SECTION = "## Anomaly (issue 4)"
 
 
@@ -122,10 +122,11 @@ def run(args: argparse.Namespace) -> str:
                            progress=False,
                            scorer_params={"stride": args.stride, "max_bank": args.max_bank})
         model = home.catalog.model(res.name)
-        encoder, knn = load_scorer(home, model, "cpu")
+        encoder, stored = load_scorer(home, model, "cpu")  # the default scorer, as scans use it
         state = model.metrics["scoring"]
         cal_rows = home.catalog.images(ids=state["calib_ids"])
         cal_px = [decode_file(r.path).pixels for r in cal_rows]
+        ref_px = [decode_file(r.path).pixels for r in home.catalog.images(ids=state["train_ids"])]
         t_train = time.perf_counter() - t0
         print(f"{c}: trained and calibrated in {t_train:.0f}s", flush=True)
         # the PCA-32 baseline, same split
@@ -138,21 +139,23 @@ def run(args: argparse.Namespace) -> str:
         row_b = {"class": c, "pca32": auroc(p_norm, p_def), "pca32_ge2": auroc(p_norm,
                                                                               p_def[big])}
         outs = {}
-        for name in ("mse", "local-mse", "knn"):
-            if name == "knn":
-                sc = knn
-                cal = knn.decision_function(cal_px)
+        for name in ("mse", "local-mse", "knn", "texture"):
+            if name == stored.name:
+                sc = stored
+                cal = sc.decision_function(cal_px)
             else:
-                sc = make_scorer(name, encoder, scale=args.scale, fpr=0.01, stride=args.stride)
-                sc.fit(cal_px)
+                params = {"max_bank": args.max_bank} if name in ("knn", "texture") else {}
+                sc = make_scorer(name, encoder, scale=args.scale, fpr=0.01, stride=args.stride,
+                                 **params)
+                sc.fit(cal_px, **({"reference": ref_px} if sc.uses_reference else {}))
                 cal = sc.decision_scores_
             sm = [sc.score_and_map(d) for d in defect_px]
             outs[name] = {"cal": cal, "norm": sc.decision_function(normal_px),
                           "other": sc.decision_function(other_px),
                           "def": np.asarray([s_ for s_, _ in sm]), "maps": [m_ for _, m_ in sm]}
             print(f"  {name}: {time.perf_counter() - t0:.0f}s", flush=True)
-        # combined = CombinedScorer(parts=(knn, local-mse)) computed from its parts' outputs
-        a, b = outs["knn"], outs["local-mse"]
+        # combined = CombinedScorer(parts=(texture, knn)) computed from its parts' outputs
+        a, b = outs["texture"], outs["knn"]
         scale_c = float(np.quantile((a["cal"] + b["cal"]) / 2, 0.99, method="higher"))
         outs["combined"] = {k: (a[k] + b[k]) / 2 / scale_c for k in ("norm", "other", "def")}
         outs["combined"]["maps"] = [(ma + mb) / 2 / scale_c
@@ -164,7 +167,8 @@ def run(args: argparse.Namespace) -> str:
             row_b[f"{name}_ge2"] = auroc(o["norm"], o["def"][big])
             row_b[f"{name}_loc"] = float(np.mean([peak_inside(m_, mask, margin=4) for m_, mask
                                                   in zip(o["maps"], masks, strict=True)]))
-        thr_rows.append({"class": c, "fpr_heldout": float((outs["knn"]["norm"] > 1.0).mean())})
+        held = outs[stored.name]["norm"]
+        thr_rows.append({"class": c, "fpr_heldout": float((held > 1.0).mean())})
         rows_a.append(row_a)
         rows_b.append(row_b)
         print(f"{c}: train+calibrate {t_train:.0f}s, total {time.perf_counter() - t0:.0f}s | "
@@ -172,7 +176,7 @@ def run(args: argparse.Namespace) -> str:
               + " | (b>=2%) " + " ".join(f"{k}={v:.3f}" for k, v in row_b.items()
                                           if k.endswith("_ge2")), flush=True)
         if speed is None:
-            speed = throughput(home, model, encoder, knn, normal_px + defect_px, work, args)
+            speed = throughput(home, model, encoder, stored, normal_px + defect_px, work, args)
         text = report(rows_a, rows_b, thr_rows, *speed, time.perf_counter() - t_all, args,
                       n_classes=len(classes))
         if not args.no_write:
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> str:
     return text
 
 
-def throughput(home, model, encoder, knn, images, work, args) -> tuple[float, float]:
+def throughput(home, model, encoder, scorer, images, work, args) -> tuple[float, float]:
     """(scan images/s, bare forward images/s) over the same 60 images, same run."""
     from PIL import Image
 
@@ -201,7 +205,7 @@ def throughput(home, model, encoder, knn, images, work, args) -> tuple[float, fl
     tiles = []
     t = encoder.image_size
     for img in images[:60]:
-        x, _ = knn._prepare(img)
+        x, _ = scorer._prepare(img)
         for y in tile_positions(x.shape[1], t, args.stride):
             for x0 in tile_positions(x.shape[2], t, args.stride):
                 tiles.append(x[:, y : y + t, x0 : x0 + t])
@@ -225,8 +229,8 @@ def report(rows_a, rows_b, thr_rows, scan_ips, fwd_ips, total, args, n_classes=6
              f"{round(200 * args.scale)}), {args.n_test} held-out images per class (+ as many "
              f"others), kNN bank {args.max_bank} vectors, AE width {args.width}, depth 3. "
              f"Total run time {total / 60:.1f} min on a 2-core machine "
-             "shared with other jobs (load average well above 2), so absolute times are "
-             "inflated; ratios are measured in the same run."
+             f"(load average {os.getloadavg()[0]:.1f} when written: other jobs shared it, so "
+             "absolute times are inflated; ratios are measured in the same run)."
              + (f" **Partial: {len(rows_a)} of {n_classes} classes done when this was "
                 "written.**" if len(rows_a) < n_classes else ""), "",
              "### (a) One-class protocol (AUROC; train on 80% of a class, test on its other "
@@ -254,8 +258,10 @@ def report(rows_a, rows_b, thr_rows, scan_ips, fwd_ips, total, args, n_classes=6
         lines.append(f"| {r['class']} | {r['pca32_ge2']:.3f} | "
                      + " | ".join(f"{r[n + '_ge2']:.3f}" for n in SCORER_NAMES) + " |")
     fprs = ", ".join(f"{r['class']} {r['fpr_heldout']:.3f}" for r in thr_rows)
-    lines += ["", f"False-positive rate of the calibrated knn threshold (target 0.01) on the "
-              f"held-out 20% normals: {fprs}.", "",
+    from embedder.scoring import DEFAULT_SCORER
+
+    lines += ["", f"False-positive rate of the calibrated {DEFAULT_SCORER} threshold (target "
+              f"0.01) on the held-out 20% normals: {fprs}.", "",
               "### (c) Scan throughput", "",
               f"`scan_paths` over 60 images (decode, tiles, kNN score + map, nearest normals "
               f"from the index, catalog writes): **{scan_ips:.1f} images/s**; the bare model "

@@ -21,7 +21,7 @@ import numpy as np
 
 from embedder.errors import CatalogError, DecodeError
 from embedder.images import decode_file
-from embedder.scoring import DEFAULT_SCORER, make_scorer
+from embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer
 from index.catalog import ImageRow
 from index.home import Home
 from index.manager import build_index, load_encoder
@@ -147,8 +147,9 @@ def train_scorer(
 
 
 def _uses_reference(scorer: object) -> bool:
-    name = getattr(scorer, "name", "")
-    return name == "knn" or "knn" in getattr(scorer, "parts", ())
+    parts = getattr(scorer, "parts", ())
+    return getattr(scorer, "uses_reference", False) or any(
+        getattr(SCORERS.get(p), "uses_reference", False) for p in parts)
 
 
 def binary_metrics(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:

@@ -100,6 +100,17 @@ def train(
         show_default=False)] = None,
     fpr: Annotated[float, typer.Option(help="With --normal-label: target false-positive rate "
                                        "on held-out normal images.")] = 0.01,
+    contamination: Annotated[float | None, typer.Option(
+        help="With --normal-label, instead of --fpr: the fraction of the 'normal' images "
+        "expected to be anomalous; the threshold flags that fraction of the held-out ones.",
+        show_default=False)] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="With --normal-label: a fixed threshold in score units (1.0 = the --fpr one).",
+        show_default=False)] = None,
+    scorer: Annotated[str | None, typer.Option(
+        help="With --normal-label: texture (default, chosen by benchmarks/anomaly.py), knn, "
+        "mse, ssim, local-mse, local-ssim or combined (texture + knn); see docs/anomaly.md.",
+        show_default=False)] = None,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
@@ -114,6 +125,7 @@ def train(
     Examples:
       latentsight train
       latentsight train --normal-label good --fpr 0.01    # a model for anomaly scans
+      latentsight train --normal-label good --scorer knn --contamination 0.02
       latentsight train --model vae --beta 0.5 --kl-warmup 5 --free-bits 0.1
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
     """
@@ -138,8 +150,13 @@ def train(
     )
     h = open_home(home, db_url)
     if normal_label is not None:
-        _train_scanner(h, cfg, normal_label, fpr, json_out)
+        _train_scanner(h, cfg, normal_label, json_out, scorer=scorer, fpr=fpr,
+                       contamination=contamination, threshold=threshold)
         return
+    scan_only = {"--scorer": scorer, "--contamination": contamination, "--threshold": threshold}
+    given_scan = [k for k, v in scan_only.items() if v is not None]
+    if given_scan:
+        raise ValueError(f"{', '.join(given_scan)} only apply with --normal-label.")
     res = run_train(h, cfg)
     m = {k: v for k, v in res.metrics.items() if k != "history"}
     if json_out:
@@ -150,14 +167,26 @@ def train(
         typer.echo(f"next: latentsight index build --model {res.name}")
 
 
-def _train_scanner(h: Any, cfg: Any, normal_label: str, fpr: float, json_out: bool) -> None:
+def _train_scanner(h: Any, cfg: Any, normal_label: str, json_out: bool, *, scorer: str | None,
+                   fpr: float, contamination: float | None, threshold: float | None) -> None:
+    from embedder.scoring import DEFAULT_SCORER, SCORERS
     from training.anomaly import train_scorer
 
-    res = train_scorer(h, normal_label, cfg, fpr=fpr)
+    name = scorer or DEFAULT_SCORER
+    if name not in SCORERS:
+        raise ValueError(f"Unknown scorer {name!r}. Known: {', '.join(sorted(SCORERS))}.")
+    res = train_scorer(h, normal_label, cfg, scorer=name, fpr=fpr, contamination=contamination,
+                       threshold=threshold)
     if json_out:
         echo_json(res.as_dict())
     else:
         typer.echo(f"trained {res.name} on {res.n_train} images labeled {normal_label!r}; "
-                   f"{res.scorer} threshold calibrated on {res.n_calib} held-out ones for "
-                   f"FPR {fpr}; now the active model")
+                   f"{res.scorer} threshold calibrated on {res.n_calib} held-out ones "
+                   f"({_calibration_text(fpr, contamination, threshold)}); now the active model")
         typer.echo("next: latentsight scan FOLDER --report report/")
+
+
+def _calibration_text(fpr: float, contamination: float | None, threshold: float | None) -> str:
+    if threshold is not None:
+        return f"fixed threshold {threshold}"
+    return f"contamination {contamination}" if contamination is not None else f"FPR {fpr}"

@@ -178,3 +178,24 @@ def test_train_normal_label_calibrates_on_held_out_images_only(anomaly_home):
     assert state["normal_label"] == "good" and len(state["calibration_scores_"]) == 8
     assert (anomaly_home.root / "models" / "cli-scanner" / "scoring.safetensors").is_file()
     anomaly_home.catalog.set_active("scan-test")
+
+
+def test_train_scorer_and_contamination_options(anomaly_home):
+    args = ("train", "--normal-label", "good", "--epochs", "1", "--image-size", "16",
+            "--latent-dim", "16", "--batch-size", "16", "--json", "--device", "cpu",
+            "--home", str(anomaly_home.root))
+    code, out, errout = cli(*args, "--name", "cli-knn", "--scorer", "knn",
+                            "--contamination", "0.25")
+    assert code == 0, errout
+    state = json.loads((anomaly_home.root / "models" / "cli-knn" / "config.json").read_text()
+                       )["scoring"]
+    assert state["name"] == "knn" and state["params"]["contamination"] == 0.25
+    # the threshold flags at most the contaminated quarter of the 8 held-out images, but some
+    # (the default --fpr 0.01 flags none of them)
+    assert 1 <= sum(s > state["threshold_"] for s in state["calibration_scores_"]) <= 2
+    code, _, errout = cli(*args, "--name", "cli-bad", "--scorer", "nope")
+    assert code == 2 and "Unknown scorer 'nope'" in errout
+    code, _, errout = cli("train", "--scorer", "knn", "--epochs", "1", "--home",
+                          str(anomaly_home.root))
+    assert code == 2 and "only apply with --normal-label" in errout
+    anomaly_home.catalog.set_active("scan-test")
