@@ -122,9 +122,17 @@ def test_spec_auto_follows_the_faiss_guidelines():
     big = choose_spec(1_000_000, 128, memory_budget=8 << 30)
     nlist = int(big.spec[3:].split(",")[0])
     assert big.spec.endswith(",Flat") and 4 * 1000 <= nlist <= 16 * 1000
-    assert big.params == f"nprobe={nlist // 16}" and "IVF" in big.reason
-    short = choose_spec(1_000_000, 128, memory_budget=100 << 20)  # 100 MiB < 488 MiB of floats
-    assert ",PQ" in short.spec and "budget" in short.reason
+    # 1/128 of the lists, at least 8, at most 64: 32 of 4096 (not 256 = 1/16, too slow)
+    assert big.params == "nprobe=32" and "nprobe 32" in big.reason
+    assert choose_spec(100_000, 128, memory_budget=8 << 30).params == "nprobe=16"
+    assert choose_spec(50_000, 128, memory_budget=8 << 30).params == "nprobe=8"
+    # float32 (488 MiB) over the budget, float16 copies (244 MiB) + PQ16 within: re-ranked PQ
+    refine = choose_spec(1_000_000, 128, memory_budget=400 << 20)
+    assert refine.spec == f"IVF{nlist},PQ16,Refine(SQfp16)"
+    assert refine.params == "nprobe=32,k_factor_rf=16" and "budget" in refine.reason
+    # not even float16 copies fit: PQ alone, and the reason says recall suffers
+    short = choose_spec(1_000_000, 128, memory_budget=100 << 20)
+    assert ",PQ" in short.spec and "Refine" not in short.spec and "recall" in short.reason
     m = int(short.spec.rsplit("PQ", 1)[1])
     assert 128 % m == 0 and 1_000_000 * m <= 100 << 20
 

@@ -70,6 +70,9 @@ BACKENDS = [
     Backend("faiss-flat", *_faiss("Flat")),
     Backend("faiss-ivf", *_faiss("IVF4,Flat", "nprobe=4")),  # all lists probed: exact
     Backend("faiss-hnsw", *_faiss("HNSW16", "efSearch=128"), exact=False, removes=False),
+    # PQ codes (4-bit, so 90 vectors can train them) re-ranked against float32 copies:
+    # all lists probed and 32*k candidates re-ranked, so the answer is exact
+    Backend("faiss-ivfpq-refine", *_faiss("IVF4,PQ4x4,RFlat", "nprobe=4,k_factor=32")),
     Backend("milvus-lite", *_milvus("FLAT")),
 ]
 
@@ -183,6 +186,11 @@ def test_remove_or_a_clear_error(case, data):
     assert store.ntotal == N - 3
     _, found = store.search(x[:3], 5)
     assert not np.isin(found, ids[:3]).any()
+    # the vectors kept still answer with their own ids (IVF lists are renumbered)
+    _, found = store.search(x[3:], 1)
+    assert found[:, 0].tolist() == ids[3:].tolist()
+    if b.exact:
+        np.testing.assert_array_equal(store.search(x[:4], 6)[1], _exact(x[3:], x[:4], ids[3:], 6))
 
 
 def test_upsert_replaces_vectors(case, data):
