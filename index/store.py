@@ -2,9 +2,10 @@
 
 Every store keeps catalog image ids as vector ids and answers
 `search(q, k) -> (scores, ids)` of shape (n, k), best first, with -1 in
-the id (and -inf in the score) of a missing slot, as faiss does. Vectors
-are L2-normalized on the way in, so the inner product is the cosine
-similarity: higher scores are closer.
+the id (and -inf in the score) of a missing slot, as faiss does. Higher
+scores are closer, whatever the metric: "cosine" (the default) L2-normalizes
+vectors on the way in and scores by inner product, i.e. cosine similarity;
+"ip" scores raw inner products; "l2" scores minus the squared L2 distance.
 """
 
 from __future__ import annotations
@@ -22,15 +23,36 @@ import numpy as np
 from embedder.errors import StoreError
 from embedder.fsutil import atomic_write
 
+METRICS = ("cosine", "ip", "l2")
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Return float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+
+def check_metric(metric: str) -> str:
+    """Return `metric` when it is one of METRICS; a StoreError naming them otherwise."""
+    if metric not in METRICS:
+        msg = f"The 'metric' must be one of {', '.join(METRICS)}. Got {metric!r} instead."
+        raise StoreError(msg)
+    return metric
+
+
+def as_matrix(vectors: np.ndarray) -> np.ndarray:
+    """Return the vectors as contiguous float32 rows (n, d)."""
     v = np.ascontiguousarray(vectors, dtype=np.float32)
     if v.ndim != 2:
         msg = f"Vectors must be a 2-D array (n, d). Got shape {v.shape} instead."
         raise StoreError(msg)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.maximum(norms, 1e-12)
+    return v
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Return a float32 copy of the rows scaled to unit L2 norm (zero rows stay zero)."""
+    import faiss
+
+    v = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if v.ndim != 2:
+        msg = f"Vectors must be a 2-D array (n, d). Got shape {v.shape} instead."
+        raise StoreError(msg)
+    faiss.normalize_L2(v)  # in place, in C++: a single query pays microseconds, not tens
+    return v
 
 
 Metadata = Sequence[Mapping[str, object]]  # one {"label", "source", "synthetic"} per vector
@@ -213,6 +235,7 @@ class FaissStore(VectorStore):
         *,
         index: object | None = None,
         params: str | None = None,
+        metric: str = "cosine",
         device: str = "cpu",
         resolver: Resolver | None = None,
     ) -> None:
@@ -220,13 +243,19 @@ class FaissStore(VectorStore):
 
         self.dim = int(dim)
         self.spec = spec
+        self.metric = check_metric(metric)
         self.resolver = resolver
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        if index is not None and index.metric_type != faiss_metric:
+            has = "l2" if index.metric_type == faiss.METRIC_L2 else "ip (or cosine)"
+            msg = f"The faiss index measures {has} distances; it cannot serve metric {metric!r}."
+            raise StoreError(msg)
         if index is None:
             if spec == "auto":
                 msg = "Resolve spec 'auto' with choose_spec(n, dim) before creating the store."
                 raise StoreError(msg)
             try:
-                inner = faiss.index_factory(self.dim, spec, faiss.METRIC_INNER_PRODUCT)
+                inner = faiss.index_factory(self.dim, spec, faiss_metric)
             except RuntimeError as e:
                 msg = f"Invalid faiss index spec {spec!r} for dimension {dim}: {_first_line(e)}"
                 raise StoreError(msg) from e
@@ -270,11 +299,15 @@ class FaissStore(VectorStore):
     def is_trained(self) -> bool:
         return bool(self.index.is_trained)
 
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """float32 rows, L2-normalized for the cosine metric."""
+        return normalize(vectors) if self.metric == "cosine" else as_matrix(vectors)
+
     def train(self, vectors: np.ndarray) -> None:
         """Train the quantizers (IVF, PQ) on a random sample of at most `train_sample` rows."""
         if self.index.is_trained:
             return
-        v = normalize(vectors)
+        v = self._prepare(vectors)
         if len(v) > self.train_sample:
             pick = np.random.default_rng(0).choice(len(v), self.train_sample, replace=False)
             v = v[np.sort(pick)]
@@ -318,7 +351,7 @@ class FaissStore(VectorStore):
         self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None = None
     ) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        v = normalize(vectors)
+        v = self._prepare(vectors)
         if v.shape[0] != ids.shape[0]:
             msg = f"Got {ids.shape[0]} ids for {v.shape[0]} vectors."
             raise StoreError(msg)
@@ -376,7 +409,7 @@ class FaissStore(VectorStore):
         allowed_ids: Sequence[int] | np.ndarray | None = None,
         filter: Filter | None = None,  # noqa: A002
     ) -> tuple[np.ndarray, np.ndarray]:
-        q = normalize(vectors)
+        q = self._prepare(vectors)
         if k < 1:
             msg = f"The 'k' option must be >= 1. Got {k} instead."
             raise StoreError(msg)
@@ -387,9 +420,10 @@ class FaissStore(VectorStore):
             scores, ids = self._searcher().search(q, k)
         else:
             scores, ids = self._search_filtered(q, k, allowed)
-        scores = scores.astype(np.float32, copy=False)
+        if self.metric == "l2":  # faiss gives squared distances, nearest first
+            scores = -scores
         scores[ids < 0] = -np.inf
-        return scores, ids.astype(np.int64, copy=False)
+        return scores, ids  # faiss's float32 and int64 arrays
 
     def _allowed(
         self, allowed_ids: Sequence[int] | np.ndarray | None, filt: Filter | None
@@ -451,9 +485,11 @@ class FaissStore(VectorStore):
         path: str | Path,
         spec: str | None = None,
         *,
+        metric: str | None = None,
         device: str = "cpu",
         resolver: Resolver | None = None,
     ) -> FaissStore:
+        """Read an index file; `metric` None = what the file measures (ip read as cosine)."""
         import faiss
 
         try:
@@ -462,7 +498,13 @@ class FaissStore(VectorStore):
             raise StoreError(f"{path}: cannot read the faiss index: {_first_line(e)}") from e
         if not isinstance(index, faiss.IndexIDMap2):
             raise StoreError(f"{path}: not a latentsight index (expected an IndexIDMap2)")
-        return cls(index.d, spec or "?", index=index, device=device, resolver=resolver)
+        if metric is None:
+            metric = "l2" if index.metric_type == faiss.METRIC_L2 else "cosine"
+        try:
+            return cls(index.d, spec or "?", index=index, metric=metric, device=device,
+                       resolver=resolver)
+        except StoreError as e:
+            raise StoreError(f"{path}: {e}") from e
 
 
 def _remove_positions(inner: object, ivf: object, gone: np.ndarray) -> int:

@@ -161,3 +161,84 @@ def test_gpu_device_falls_back_to_cpu_without_a_faiss_gpu():
         assert gpu_device("auto") is None and gpu_device("cuda") is None
     with pytest.raises(StoreError, match="'device'"):
         gpu_device("tpu")
+
+
+def test_cli_build_with_a_metric_keeps_it_through_rebuild(home):
+    base = ["--home", str(home.root), "--device", "cpu", "--workers", "0"]
+    out = _cli("index", "build", "--metric", "l2", *base)
+    assert "48 vectors (Flat)" in out
+    info = json.loads(_cli("index", "info", "--json", "--home", str(home.root)))
+    assert [(r["backend"], r["metric"]) for r in info] == [("faiss", "l2")]
+    m = home.catalog.model()
+    store, _ = open_index(home, m)
+    assert store.metric == "l2"
+    vecs = np.random.default_rng(1).normal(size=(3, store.dim)).astype(np.float32) * 5
+    scores, found = store.search(vecs, 4)
+    # l2 scores are minus squared distances, best (largest) first, checked against numpy
+    ids = store.ids()
+    x = np.stack([store.index.reconstruct(int(i)) for i in ids])
+    d2 = ((vecs[:, None, :] - x[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(found, ids[np.argsort(d2, axis=1, kind="stable")[:, :4]])
+    np.testing.assert_allclose(scores, -np.sort(d2, axis=1)[:, :4], rtol=1e-4)
+    store.close()
+    out = _cli("index", "rebuild", *base)
+    assert "generation 2" in out
+    assert json.loads(_cli("index", "verify", "--json", "--home", str(home.root)))["metric"] == "l2"
+    out = _cli("index", "rebuild", "--metric", "ip", *base)
+    assert home.catalog.index_for(m.id).metric == "ip"
+
+
+def test_cli_rejects_an_unknown_metric_before_embedding(home):
+    res = runner.invoke(__import__("latentsight.cli", fromlist=["app"]).app,
+                        ["index", "build", "--metric", "hamming", "--home", str(home.root)])
+    assert res.exit_code == 2
+    assert "'metric' must be one of cosine, ip, l2. Got 'hamming'" in res.output
+    assert home.catalog.index_for(home.catalog.model().id) is None  # nothing built
+
+
+def _collections(uri: str) -> list[str]:
+    from index.milvus_store import _connect
+
+    client = _connect(uri, None)
+    try:
+        return sorted(client.list_collections())
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("point", ["milvus.after_batch", "milvus.before_switch"])
+def test_milvus_rebuild_killed_before_the_switch_leaves_the_old_collection(home, tmp_path, point):
+    """A rebuild SIGKILLed while filling its new collection (or just before switching to
+    it) leaves the catalog on the old collection, whole and searchable; the next rebuild
+    switches, and drops both the old collection and the killed run's leftover."""
+    from tests.index.crashkit import run_killed
+
+    m = home.catalog.model()
+    args = ["index", "build", "--backend", "milvus", "--home", str(home.root), "--device", "cpu",
+            "--workers", "0"]
+    code, log = run_killed(args, log_path=tmp_path / "build.log")  # in a child: Lite is
+    assert code == 0, log  # single-process, so the parent opens the file only afterwards
+    first = home.catalog.index_for(m.id, "milvus")
+    uri = str(home.resolve(first.path))
+
+    code, log = run_killed(["index", "rebuild", *args[2:]], faults=f"kill:{point}",
+                           log_path=tmp_path / "rebuild.log")
+    assert code == -9, log
+    row = home.catalog.index_for(m.id, "milvus")
+    assert (row.collection, row.generation) == (first.collection, first.generation)
+    leftover = [c for c in _collections(uri) if c != first.collection]
+    assert len(leftover) == 1  # the killed run's collection, never recorded
+    store, _ = open_index(home, m, "milvus", repair=False)
+    try:
+        assert store.collection == first.collection and store.ntotal == 48
+        q = np.random.default_rng(0).normal(size=(2, store.dim)).astype(np.float32)
+        assert (store.search(q, 5)[1] >= 0).all()
+    finally:
+        store.close()
+
+    build_index(home, m, backend="milvus", spec="FLAT", uri=uri, device="cpu", progress=False,
+                workers=0)
+    row = home.catalog.index_for(m.id, "milvus")
+    assert row.collection != first.collection and row.generation == first.generation + 1
+    assert _collections(uri) == [row.collection]
+    assert status(home, m, "milvus").ok
