@@ -19,7 +19,8 @@ Protocol:
    trained quantizers, memory = the base plus the 8-byte ids), and the
    `Refine(SQfp16)` rows (float16 copies, what `--spec auto` picks when memory
    is short) wrap the same base in an IndexRefine over float16 codes.
-   queries/s at batch 64 over 1,000 queries and at batch 1 over 300 queries
+   queries/s at batch 64 over 1,000 queries and at batch 1 over about 2 s of
+   single queries (30 to 1,000; rows before the re-run of this script used 300)
    (one query per call, as the dashboard and the CLI ask), faiss on `--threads`
    OpenMP threads.
 4. Store overhead: FaissStore.search vs the same IndexIDMap2's own search with
@@ -64,7 +65,7 @@ from index.store import FaissStore, choose_spec, ivf_lists, ivf_nprobe, normaliz
 
 K = 10
 NQ = 1000
-NQ1 = 300
+NQ1 = 1000  # at most; batch 1 runs about 2 s worth of single queries (at least 30)
 
 
 def log(msg: str) -> None:
@@ -131,6 +132,10 @@ def qps(fn, q: np.ndarray, batch: int, n: int) -> tuple[float, np.ndarray]:
     try:
         with ThreadPoolExecutor(THREADS) as pool:
             t0 = time.perf_counter()
+            list(pool.map(lambda i: fn(q[i : i + 1]), range(min(n, 20))))  # warm-up, rate
+            rate = min(n, 20) / (time.perf_counter() - t0)
+            n = int(min(n, max(30, 2 * rate)))  # about 2 s of single queries, >= 30
+            t0 = time.perf_counter()
             out = list(pool.map(lambda i: fn(q[i : i + 1]), range(n)))
             dt = time.perf_counter() - t0
     finally:
@@ -147,12 +152,12 @@ def index_bytes(index: object) -> int:
 def faiss_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, families: set[str]) -> list[dict]:
     n, dim = x.shape
     nlist = ivf_lists(n)
-    m = dim // 8  # PQ16 at 128, PQ48 at 384
+    refine = [f"nprobe=16,k_factor_rf={kf}" for kf in (16, 32, 64)]
     specs = [
         ("flat", "Flat", [None]),
         ("ivf", f"IVF{nlist},Flat", [f"nprobe={p}" for p in (8, 16, 32, 64)]),
-        ("pq", f"IVF{nlist},PQ{m},RFlat",
-         ["nprobe=16,k_factor_rf=8", "nprobe=16,k_factor_rf=16", "nprobe=32,k_factor_rf=16"]),
+        ("pq", f"IVF{nlist},PQ{dim // 8},RFlat", refine),  # PQ16 at 128, PQ48 at 384
+        ("pq", f"IVF{nlist},PQ{dim // 4},RFlat", refine),  # PQ32 at 128, PQ96 at 384
         ("hnsw", "HNSW32", [f"efSearch={e}" for e in (32, 64, 128)]),
     ]
     rows = []
@@ -171,7 +176,7 @@ def faiss_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, families: set[st
                     {"engine": "faiss", "spec": spec, "params": params or "-", "n": n,
                      "dim": dim, "build_s": build, "bytes": size})
         if family == "pq":
-            pq_variants(rows, store, x, q, truth, build)
+            pq_variants(rows, store, x, q, truth, build, fp16=spec.endswith(f"PQ{dim // 4},RFlat"))
         if faiss.get_num_gpus() > 0 and spec.startswith(("Flat", "IVF")):
             rows.extend(gpu_rows(x, q, truth, spec, param_sets[-1]))
         del store
@@ -201,7 +206,7 @@ def measure(rows: list[dict], fn, q: np.ndarray, truth: np.ndarray, row: dict) -
 
 
 def pq_variants(rows: list[dict], store: FaissStore, x: np.ndarray, q: np.ndarray,
-                truth: np.ndarray, build: float) -> None:
+                truth: np.ndarray, build: float, fp16: bool) -> None:
     """Rows for the PQ base without re-ranking and for a float16 re-ranking stage.
 
     Both reuse the trained base of the RFlat build and are searched through faiss
@@ -213,11 +218,12 @@ def pq_variants(rows: list[dict], store: FaissStore, x: np.ndarray, q: np.ndarra
     ivf = faiss.extract_index_ivf(base)
     spec = store.spec.rsplit(",", 1)[0]  # IVFn,PQm
     base_bytes = index_bytes(base) + 8 * n
-    for p in (16, 32):
-        ivf.nprobe = p
-        measure(rows, lambda b: base.search(b, K)[1], q, truth,
-                {"engine": "faiss", "spec": spec, "params": f"nprobe={p}", "n": n, "dim": dim,
-                 "build_s": build, "bytes": base_bytes})
+    ivf.nprobe = 16
+    measure(rows, lambda b: base.search(b, K)[1], q, truth,
+            {"engine": "faiss", "spec": spec, "params": "nprobe=16", "n": n, "dim": dim,
+             "build_s": build, "bytes": base_bytes})
+    if not fp16:
+        return
     t0 = time.perf_counter()
     fp16 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
                                       faiss.METRIC_INNER_PRODUCT)
@@ -225,7 +231,8 @@ def pq_variants(rows: list[dict], store: FaissStore, x: np.ndarray, q: np.ndarra
     both = faiss.IndexRefine(base, fp16)
     add_s = time.perf_counter() - t0
     size = base_bytes + index_bytes(fp16)
-    for p, kf in ((16, 16), (ivf_nprobe(ivf.nlist), 16)):
+    p = ivf_nprobe(ivf.nlist)  # what --spec auto probes
+    for kf in (16, 32, 64):
         ivf.nprobe = p
         both.k_factor = kf
         measure(rows, lambda b: both.search(b, K)[1], q, truth,
@@ -330,13 +337,14 @@ def render(rows: list[dict], over: list[dict], meta: dict) -> str:
         "IVF finds the true neighbours in few lists; this data may flatter IVF compared "
         "with real embeddings at the same nprobe. recall@10 against exact search "
         "over 1,000 held-out queries; queries/s at batch 64 (1,000 queries) and batch 1 "
-        "(300 single calls); Milvus Lite above 10k vectors: batch 1 over 30 calls, and above "
+        "(about 2 s of single calls, 30 to 1,000; 300 in the rows kept from the first run); "
+        "Milvus Lite above 10k vectors: batch 1 over 30 calls, and above "
         "100k recall and batch 64 over 256 queries. "
-        "IVF-PQ rows: one build with exact re-ranking (`RFlat`, float32 copies; "
-        "`k_factor_rf=16` re-ranks 16 x 10 PQ candidates); the rows without re-ranking "
-        "search the same build's PQ base, and the `Refine(SQfp16)` rows (float16 copies, "
-        "what `--spec auto` picks when memory is short) re-rank the same base's candidates, "
-        "both through faiss directly. "
+        "IVF-PQ rows: one build per code size with exact re-ranking (`RFlat`, float32 "
+        "copies; `k_factor_rf=16` re-ranks 16 x 10 PQ candidates); the row without "
+        "re-ranking searches the same build's PQ base, and the `Refine(SQfp16)` rows "
+        "(float16 copies, what `--spec auto` picks when memory is short) re-rank the same "
+        "base's candidates, both through faiss directly. "
         "Batch 1 = single queries issued by as many client threads as OpenMP threads, faiss "
         "on one OpenMP thread per query. Memory = serialized index size (not measured for "
         "Milvus Lite). The machine's 2 cores were shared with other jobs (load average "
