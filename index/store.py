@@ -604,11 +604,13 @@ def choose_spec(n: int, dim: int, *, memory_budget: int | None = None) -> SpecCh
     4*sqrt(N) lists (a power of two, within faiss's 4*sqrt(N)..16*sqrt(N) and
     with >= 39 training points per list), probing `ivf_nprobe(nlist)` of them.
     When the float32 vectors would take more than `memory_budget` (default:
-    half the available memory), they are compressed with PQ (dim/8 bytes each)
+    half the available memory), they are compressed with PQ (dim/4 bytes each)
     and the PQ candidates re-ranked against float16 copies (Refine(SQfp16),
-    half the float32 size; k_factor_rf=16 re-ranks 16*k candidates): PQ alone
-    finds only about a third of the true top 10. When even the float16 copies
-    do not fit, PQ alone with the largest code that fits, said in the reason.
+    half the float32 size; k_factor_rf=32 re-ranks 32*k candidates): PQ alone
+    finds only a third of the true top 10 (docs/benchmarks.md: PQ32 at 1M
+    vectors, 0.322 alone, 0.978 re-ranking 16*k, 0.997 re-ranking 32*k). When
+    even the float16 copies do not fit, PQ alone with the largest code that
+    fits, said in the reason.
     """
     if memory_budget is None:
         memory_budget = available_memory() // 2
@@ -628,11 +630,12 @@ def choose_spec(n: int, dim: int, *, memory_budget: int | None = None) -> SpecCh
         return SpecChoice(f"IVF{nlist},Flat", f"nprobe={nprobe}", reason)
     short = (f"{n} vectors of dim {dim} take {raw / 2**20:.0f} MiB as float32, more than the "
              f"budget {memory_budget / 2**20:.0f} MiB")
-    m = _pq_bytes(n, dim, memory_budget, largest=dim // 8)
+    m = _pq_bytes(n, dim, memory_budget, largest=dim // 4)
     if n * (m + 2 * dim + PER_VECTOR_OVERHEAD) <= memory_budget:
         reason = (f"{short}: IVF{nlist} with PQ{m} codes re-ranked against float16 copies "
-                  f"({m + 2 * dim} bytes/vector), {probe}, k_factor_rf 16")
-        return SpecChoice(f"IVF{nlist},PQ{m},Refine(SQfp16)", f"nprobe={nprobe},k_factor_rf=16",
+                  f"({m + 2 * dim} bytes/vector), {probe}, k_factor_rf 32 (32*k candidates "
+                  "re-ranked)")
+        return SpecChoice(f"IVF{nlist},PQ{m},Refine(SQfp16)", f"nprobe={nprobe},k_factor_rf=32",
                           reason)
     m = _pq_bytes(n, dim, memory_budget, largest=64)
     reason = (f"{short}, even as float16: IVF{nlist} with PQ{m} ({m} bytes/vector), no "

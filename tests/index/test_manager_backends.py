@@ -126,10 +126,10 @@ def test_spec_auto_follows_the_faiss_guidelines():
     assert big.params == "nprobe=32" and "nprobe 32" in big.reason
     assert choose_spec(100_000, 128, memory_budget=8 << 30).params == "nprobe=16"
     assert choose_spec(50_000, 128, memory_budget=8 << 30).params == "nprobe=8"
-    # float32 (488 MiB) over the budget, float16 copies (244 MiB) + PQ16 within: re-ranked PQ
+    # float32 (488 MiB) over the budget, float16 copies (244 MiB) + PQ32 within: re-ranked PQ
     refine = choose_spec(1_000_000, 128, memory_budget=400 << 20)
-    assert refine.spec == f"IVF{nlist},PQ16,Refine(SQfp16)"
-    assert refine.params == "nprobe=32,k_factor_rf=16" and "budget" in refine.reason
+    assert refine.spec == f"IVF{nlist},PQ32,Refine(SQfp16)"
+    assert refine.params == "nprobe=32,k_factor_rf=32" and "budget" in refine.reason
     # not even float16 copies fit: PQ alone, and the reason says recall suffers
     short = choose_spec(1_000_000, 128, memory_budget=100 << 20)
     assert ",PQ" in short.spec and "Refine" not in short.spec and "recall" in short.reason

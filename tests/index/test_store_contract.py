@@ -78,6 +78,9 @@ BACKENDS = [
     # PQ codes (4-bit, so 90 vectors can train them) re-ranked against float32 copies:
     # all lists probed and 32*k candidates re-ranked, so the answer is exact
     Backend("faiss-ivfpq-refine", *_faiss("IVF4,PQ4x4,RFlat", "nprobe=4,k_factor=32")),
+    # what --spec auto picks when memory is short: float16 copies re-rank (near-exact)
+    Backend("faiss-ivfpq-fp16", *_faiss("IVF4,PQ4x4,Refine(SQfp16)", "nprobe=4,k_factor_rf=32"),
+            exact=False),
     Backend("faiss-flat-l2", *_faiss("Flat", metric="l2"), metric="l2"),
     Backend("faiss-ivf-ip", *_faiss("IVF4,Flat", "nprobe=4", metric="ip"), metric="ip"),
     Backend("milvus-lite", *_milvus("FLAT")),
