@@ -283,14 +283,23 @@ def overhead(x: np.ndarray, q: np.ndarray, spec: str, params: str | None) -> dic
     return out
 
 
+MILVUS_HNSW = "HNSW:M=32,efConstruction=200,ef=64"
+
+
+def milvus_specs(n: int, asked: str | None) -> list[str]:
+    """Milvus Lite index specs to run at n vectors: FLAT, and HNSW up to 100k, unless asked."""
+    if asked:
+        return asked.split(";")
+    return ["FLAT"] + ([MILVUS_HNSW] if n <= 100_000 else [])
+
+
 def milvus_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, tmp: Path,
-                timeout: float) -> list[dict]:
+                timeout: float, specs: list[str]) -> list[dict]:
     from index.milvus_store import MilvusStore
 
     n, dim = x.shape
     nq = NQ if n <= 100_000 else 256
     nq1 = NQ1 if n <= 10_000 else 30
-    specs = ["FLAT"] + (["HNSW:M=32,efConstruction=200,ef=64"] if n <= 100_000 else [])
     rows = []
     for spec in specs:
         uri = str(tmp / f"bench_{n}_{dim}_{spec[:4]}.db")
@@ -403,10 +412,14 @@ FAMILIES = ("flat", "ivf", "pq", "hnsw", "milvus")
 
 
 def family(row: dict) -> str:
-    """Which family of the benchmark a row belongs to (a re-measured family replaces its rows)."""
+    """Which family of the benchmark a row belongs to (a re-measured family replaces its rows).
+
+    Milvus rows are one family per index type ("milvus:FLAT", "milvus:HNSW"), so that
+    `--milvus-specs` can add one without dropping the other.
+    """
     spec = row["spec"]
     if row["engine"].startswith("milvus"):
-        return "milvus"
+        return "milvus:" + spec.split(":")[0]
     if spec.startswith("HNSW"):
         return "hnsw"
     if ",PQ" in spec:
@@ -417,7 +430,7 @@ def family(row: dict) -> str:
 def _rank(row: dict) -> tuple:
     spec = row["spec"]
     sub = 2 if "SQfp16" in spec else 1 if "RFlat" in spec else 0
-    return (row["n"], row["dim"], FAMILIES.index(family(row)), sub, row["engine"])
+    return (row["n"], row["dim"], FAMILIES.index(family(row).split(":")[0]), sub, row["engine"])
 
 
 def merged(old: list[dict], new: list[dict], ran: set[tuple[int, int, str]]) -> list[dict]:
@@ -435,6 +448,9 @@ def main() -> None:
     ap.add_argument("--milvus-max", type=int, default=1_000_000)
     ap.add_argument("--milvus-timeout", type=float, default=1800,
                     help="seconds of Milvus Lite inserting before giving up (the rate is noted)")
+    ap.add_argument("--milvus-specs", default=None,
+                    help="Milvus Lite specs separated by ';' (default: FLAT, and "
+                    f"{MILVUS_HNSW} up to 100k vectors)")
     ap.add_argument("--overhead", action="store_true",
                     help="measure the store-layer overhead at the first 100000x128 job "
                     "(always when not appending)")
@@ -470,10 +486,12 @@ def main() -> None:
         log(f"data {n} x {dim}")
         x, q = make_data(n, dim)
         truth = ground_truth(x, q)
-        ran |= {(n, dim, f) for f in families}
+        specs = milvus_specs(n, args.milvus_specs)
+        ran |= {(n, dim, f) for f in families if f != "milvus"}
         faiss_rows(x, q, truth, families)  # appends to RESULTS["rows"]
         if "milvus" in families and n <= args.milvus_max:
-            milvus_rows(x, q, truth, tmp, args.milvus_timeout)
+            ran |= {(n, dim, "milvus:" + s.split(":")[0]) for s in specs}
+            milvus_rows(x, q, truth, tmp, args.milvus_timeout, specs)
         if n == 100_000 and dim == 128 and want_overhead:
             log("store overhead")
             over.clear()
