@@ -277,23 +277,29 @@ def _build_milvus(
 
 
 def _drop_replaced(home: Home, model: ModelRow, previous: IndexRow | None, store) -> None:
-    """Drop the collection a rebuild replaced, once the catalog points at the new one."""
+    """Drop the collections a rebuild replaced, once the catalog points at the new one.
+
+    That is the previous build's collection, and any older generation of this
+    model's collections left by a rebuild killed between its switch and its drop.
+    """
     from index.milvus_store import collection_name
 
     if previous is None:
         return
-    old = previous.collection or collection_name(model.name)
-    if old == store.collection:
-        return
     if not _same_place(location(home, previous), store.uri):
+        old = previous.collection or collection_name(model.name)
         say(f"the previous collection {old!r} at {location(home, previous)} is left in place "
             "(the new index lives at another URI)")
         return
+    stem = collection_name(model.name, model.id, 0)[:-1]  # ..._m{id}_g
     try:
-        if store.client.has_collection(old):
-            store.client.drop_collection(old)
+        names = set(store.client.list_collections())
+        old = {previous.collection or collection_name(model.name)}
+        old |= {c for c in names if c.startswith(stem) and c[len(stem):].isdigit()}
+        for name in sorted(old & names - {store.collection}):
+            store.client.drop_collection(name)
     except Exception as e:  # noqa: BLE001 - the switch is done; a leftover only costs space
-        say(f"warning: could not drop the replaced collection {old!r}: {e}")
+        say(f"warning: could not drop a replaced collection: {e}")
 
 
 def _same_place(a: str, b: str) -> bool:

@@ -206,11 +206,12 @@ def _collections(uri: str) -> list[str]:
         client.close()
 
 
-@pytest.mark.parametrize("point", ["milvus.after_batch", "milvus.before_switch"])
-def test_milvus_rebuild_killed_before_the_switch_leaves_the_old_collection(home, tmp_path, point):
+@pytest.mark.parametrize("point", ["milvus.after_batch", "milvus.before_switch",
+                                   "milvus.after_switch"])
+def test_milvus_rebuild_killed_anywhere_leaves_a_whole_collection(home, tmp_path, point):
     """A rebuild SIGKILLed while filling its new collection (or just before switching to
-    it) leaves the catalog on the old collection, whole and searchable; the next rebuild
-    switches, and drops both the old collection and the killed run's leftover."""
+    it) leaves the catalog on the old collection, whole and searchable; killed after the
+    switch, on the new one. The next rebuild switches again and drops every leftover."""
     from tests.index.crashkit import run_killed
 
     m = home.catalog.model()
@@ -225,12 +226,13 @@ def test_milvus_rebuild_killed_before_the_switch_leaves_the_old_collection(home,
                            log_path=tmp_path / "rebuild.log")
     assert code == -9, log
     row = home.catalog.index_for(m.id, "milvus")
-    assert (row.collection, row.generation) == (first.collection, first.generation)
-    leftover = [c for c in _collections(uri) if c != first.collection]
-    assert len(leftover) == 1  # the killed run's collection, never recorded
+    switched = point == "milvus.after_switch"
+    assert (row.generation == first.generation + 1) is switched
+    assert (row.collection == first.collection) is not switched
+    assert len(_collections(uri)) == 2  # the one served and the killed run's leftover
     store, _ = open_index(home, m, "milvus", repair=False)
     try:
-        assert store.collection == first.collection and store.ntotal == 48
+        assert store.collection == row.collection and store.ntotal == 48
         q = np.random.default_rng(0).normal(size=(2, store.dim)).astype(np.float32)
         assert (store.search(q, 5)[1] >= 0).all()
     finally:
@@ -238,7 +240,7 @@ def test_milvus_rebuild_killed_before_the_switch_leaves_the_old_collection(home,
 
     build_index(home, m, backend="milvus", spec="FLAT", uri=uri, device="cpu", progress=False,
                 workers=0)
-    row = home.catalog.index_for(m.id, "milvus")
-    assert row.collection != first.collection and row.generation == first.generation + 1
-    assert _collections(uri) == [row.collection]
+    last = home.catalog.index_for(m.id, "milvus")
+    assert last.collection != row.collection and last.generation == row.generation + 1
+    assert _collections(uri) == [last.collection]
     assert status(home, m, "milvus").ok
