@@ -1,26 +1,36 @@
 """Vector index families on synthetic embeddings: build time, memory, recall@10, queries/s.
 
-    nice -n 5 python benchmarks/index.py [--sizes 10000,100000,1000000] [--dims 128,640]
-                                         [--big-dims 128] [--milvus-max 100000] [--threads 2]
+    nice -n 5 python benchmarks/index.py [--jobs 10000x128,...] [--families flat,ivf,pq,hnsw,milvus]
+                                         [--append] [--overhead] [--milvus-max N] [--threads 2]
 
 Protocol:
 1. Vectors: a mixture of Gaussians (n/100 centres, clamped to 64..4096, noise
    0.35 of the centre spread), L2-normalized, as embeddings are. Uniform random
    vectors have no neighbourhood structure and would make every approximate
    index look worse than it does on real embeddings; say so when quoting.
-   Dims: 128, and 640 = the default AE's embed_dim (64x64 input, latent 128
-   + pooled features 512). The 1M size runs only for `--big-dims` (128).
+   Dims: 128, and 384 = the default AE's embed_dim (64x64 input, latent 128
+   + pooled features 256).
 2. Ground truth: exact inner-product search (faiss IndexFlatIP) for 1,000
    held-out queries, k=10. recall@10 = |approx top-10 ∩ exact top-10| / 10.
 3. Each index is built through latentsight's FaissStore (train on a sample,
    add with ids); build time is wall clock, memory is the serialized index size.
-   queries/s at batch 64 over 1,000 queries and at batch 1 over 300 queries
+   IVF-PQ is built once with an exact re-ranking stage (`IVFn,PQm,RFlat`); the
+   rows without re-ranking search that build's PQ base index directly (the same
+   trained quantizers, memory = the base plus the 8-byte ids), and the
+   `Refine(SQfp16)` rows (float16 copies, what `--spec auto` picks when memory
+   is short) wrap the same base in an IndexRefine over float16 codes.
+   queries/s at batch 64 over 1,000 queries and at batch 1 over about 2 s of
+   single queries (30 to 1,000; rows before the re-run of this script used 300)
    (one query per call, as the dashboard and the CLI ask), faiss on `--threads`
    OpenMP threads.
 4. Store overhead: FaissStore.search vs the same IndexIDMap2's own search with
    the same pre-normalized queries, batch 1, same run; target ratio <= 1.10.
-5. Milvus Lite (embedded, FLAT and HNSW) up to `--milvus-max` vectors: insert +
-   flush + index time, recall, queries/s through MilvusStore.
+5. Milvus Lite (embedded, FLAT and HNSW; FLAT only above 100k) up to
+   `--milvus-max` vectors: insert + flush + index time, recall, queries/s
+   through MilvusStore. Above 10k vectors batch 1 is timed over 30 queries and
+   above 100k recall and batch 64 over 256 queries (a FLAT search there takes
+   seconds). Inserting stops after `--milvus-timeout` seconds; the measured
+   partial insert rate is then recorded in the notes instead of a row.
 Results: benchmarks/results/index.json and the "Index (issue 5)" section of
 docs/benchmarks.md. No GPU rows unless faiss sees a GPU (then Flat and IVF GPU
 rows are added).
@@ -30,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -52,11 +61,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss  # noqa: E402
 
 from benchmarks.report import replace_section  # noqa: E402
-from index.store import FaissStore, choose_spec, ivf_lists, normalize  # noqa: E402
+from index.store import FaissStore, choose_spec, ivf_lists, ivf_nprobe, normalize  # noqa: E402
 
 K = 10
 NQ = 1000
-NQ1 = 300
+NQ1 = 1000  # at most; batch 1 runs about 2 s worth of single queries (at least 30)
 
 
 def log(msg: str) -> None:
@@ -89,17 +98,23 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 THREADS = 2
-RESULTS: dict = {"rows": [], "overhead": [], "notes": []}
+# rows: measured in this run; old_rows: kept from earlier runs (--append), except the
+# families re-measured in this run (`ran`: n, dim, family)
+RESULTS: dict = {"rows": [], "overhead": [], "notes": [], "old_rows": [], "ran": set()}
 OUT = ROOT / "benchmarks" / "results" / "index.json"
 
 
 def checkpoint() -> None:
     """Write what has been measured so far (a long run cut short keeps its rows)."""
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({**RESULTS, "partial": True}, indent=2))
+    rows = merged(RESULTS["old_rows"], RESULTS["rows"], RESULTS["ran"])
+    OUT.write_text(json.dumps({"rows": rows, "overhead": RESULTS["overhead"],
+                               "notes": RESULTS["notes"], "meta": RESULTS.get("meta", {}),
+                               "partial": True}, indent=2))
 
 
-def qps(fn, q: np.ndarray, batch: int, n: int) -> tuple[float, np.ndarray]:
+def qps(fn, q: np.ndarray, batch: int, n: int, clients: int | None = None
+        ) -> tuple[float, np.ndarray]:
     """Queries/s for fn over the first n queries; returns (qps, ids).
 
     Batches go to faiss's OpenMP threads. Single queries (batch 1) are issued
@@ -116,7 +131,11 @@ def qps(fn, q: np.ndarray, batch: int, n: int) -> tuple[float, np.ndarray]:
 
     faiss.omp_set_num_threads(1)
     try:
-        with ThreadPoolExecutor(THREADS) as pool:
+        with ThreadPoolExecutor(clients or THREADS) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(lambda i: fn(q[i : i + 1]), range(min(n, 20))))  # warm-up, rate
+            rate = min(n, 20) / (time.perf_counter() - t0)
+            n = int(min(n, max(30, 2 * rate)))  # about 2 s of single queries, >= 30
             t0 = time.perf_counter()
             out = list(pool.map(lambda i: fn(q[i : i + 1]), range(n)))
             dt = time.perf_counter() - t0
@@ -131,47 +150,96 @@ def index_bytes(index: object) -> int:
         return os.path.getsize(f.name)
 
 
-def faiss_rows(
-    x: np.ndarray, q: np.ndarray, truth: np.ndarray, *, pq: bool = True
-) -> list[dict]:
+def faiss_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, families: set[str]) -> list[dict]:
     n, dim = x.shape
-    ids = np.arange(n, dtype=np.int64)
     nlist = ivf_lists(n)
-    m = dim // 8 if dim <= 256 else dim // 10  # 16 bytes at 128, 64 at 640
-    families = [
-        ("Flat", [None]),
-        (f"IVF{nlist},Flat", [f"nprobe={p}" for p in (8, 16, 32, 64)]),
-        (f"IVF{nlist},PQ{m}", [f"nprobe={p}" for p in (16, 64)]),
-        ("HNSW32", [f"efSearch={e}" for e in (32, 64, 128)]),
+    refine = [f"nprobe=16,k_factor_rf={kf}" for kf in (16, 32, 64)]
+    specs = [
+        ("flat", "Flat", [None]),
+        ("ivf", f"IVF{nlist},Flat", [f"nprobe={p}" for p in (8, 16, 32, 64)]),
+        ("pq", f"IVF{nlist},PQ{dim // 8},RFlat", refine),  # PQ16 at 128, PQ48 at 384
+        ("pq", f"IVF{nlist},PQ{dim // 4},RFlat", refine),  # PQ32 at 128, PQ96 at 384
+        ("hnsw", "HNSW32", [f"efSearch={e}" for e in (32, 64, 128)]),
     ]
-    if not pq:
-        families = [f for f in families if "PQ" not in f[0]]
     rows = []
-    for spec, param_sets in families:
+    for family, spec, param_sets in specs:
+        if family not in families:
+            continue
         log(f"  build {spec} on {n} x {dim}")
         t0 = time.perf_counter()
-        store = FaissStore(dim, spec)
-        store.train(x)
-        for s in range(0, n, 100_000):
-            store.add(ids[s : s + 100_000], x[s : s + 100_000])
+        store = build_store(x, spec)
         build = time.perf_counter() - t0
         size = index_bytes(store.index)
         for params in param_sets:
             if params:
                 store.set_params(params)
-            q64, found = qps(lambda b, st=store: st.search(b, K)[1], q, 64, NQ)
-            q1, _ = qps(lambda b, st=store: st.search(b, K)[1], q, 1, NQ1)
-            rows.append({"engine": "faiss", "spec": spec, "params": params or "-", "n": n,
-                         "dim": dim, "build_s": build, "bytes": size,
-                         "recall10": recall(found, truth), "qps_b1": q1, "qps_b64": q64})
-            RESULTS["rows"].append(rows[-1])
-            checkpoint()
-            log(f"    {params or '-'}: recall {rows[-1]['recall10']:.3f} qps1 {q1:.0f} "
-                f"qps64 {q64:.0f}")
+            measure(rows, lambda b, st=store: st.search(b, K)[1], q, truth,
+                    {"engine": "faiss", "spec": spec, "params": params or "-", "n": n,
+                     "dim": dim, "build_s": build, "bytes": size})
+        if family == "pq":
+            pq_variants(rows, store, x, q, truth, build, fp16=spec.endswith(f"PQ{dim // 4},RFlat"))
         if faiss.get_num_gpus() > 0 and spec.startswith(("Flat", "IVF")):
             rows.extend(gpu_rows(x, q, truth, spec, param_sets[-1]))
         del store
     return rows
+
+
+def build_store(x: np.ndarray, spec: str, params: str | None = None) -> FaissStore:
+    n, dim = x.shape
+    ids = np.arange(n, dtype=np.int64)
+    store = FaissStore(dim, spec, params=params)
+    store.train(x)
+    for s in range(0, n, 100_000):
+        store.add(ids[s : s + 100_000], x[s : s + 100_000])
+    return store
+
+
+def measure(rows: list[dict], fn, q: np.ndarray, truth: np.ndarray, row: dict) -> None:
+    """Time fn at batch 64 and batch 1, add the row with its recall, checkpoint."""
+    q64, found = qps(fn, q, 64, NQ)
+    q1, _ = qps(fn, q, 1, NQ1)
+    row.update(recall10=recall(found, truth), qps_b1=q1, qps_b64=q64)
+    rows.append(row)
+    RESULTS["rows"].append(row)
+    checkpoint()
+    log(f"    {row['spec']} {row['params']}: recall {row['recall10']:.3f} qps1 {q1:.0f} "
+        f"qps64 {q64:.0f}")
+
+
+def pq_variants(rows: list[dict], store: FaissStore, x: np.ndarray, q: np.ndarray,
+                truth: np.ndarray, build: float, fp16: bool) -> None:
+    """Rows for the PQ base without re-ranking and for a float16 re-ranking stage.
+
+    Both reuse the trained base of the RFlat build and are searched through faiss
+    directly: the benchmark's ids are 0..n-1, so the base's positions are the ids.
+    """
+    n, dim = x.shape
+    refine = faiss.downcast_index(store.index.index)
+    base = faiss.downcast_index(refine.base_index)
+    ivf = faiss.extract_index_ivf(base)
+    spec = store.spec.rsplit(",", 1)[0]  # IVFn,PQm
+    base_bytes = index_bytes(base) + 8 * n
+    ivf.nprobe = 16
+    measure(rows, lambda b: base.search(b, K)[1], q, truth,
+            {"engine": "faiss", "spec": spec, "params": "nprobe=16", "n": n, "dim": dim,
+             "build_s": build, "bytes": base_bytes})
+    if not fp16:
+        return
+    t0 = time.perf_counter()
+    fp16 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
+                                      faiss.METRIC_INNER_PRODUCT)
+    fp16.add(x)
+    both = faiss.IndexRefine(base, fp16)
+    add_s = time.perf_counter() - t0
+    size = base_bytes + index_bytes(fp16)
+    p = ivf_nprobe(ivf.nlist)  # what --spec auto probes
+    for kf in (16, 32, 64):
+        ivf.nprobe = p
+        both.k_factor = kf
+        measure(rows, lambda b: both.search(b, K)[1], q, truth,
+                {"engine": "faiss", "spec": f"{spec},Refine(SQfp16)",
+                 "params": f"nprobe={p},k_factor_rf={kf}", "n": n, "dim": dim,
+                 "build_s": build + add_s, "bytes": size})
 
 
 def gpu_rows(x, q, truth, spec, params) -> list[dict]:
@@ -193,9 +261,8 @@ def gpu_rows(x, q, truth, spec, params) -> list[dict]:
 def overhead(x: np.ndarray, q: np.ndarray, spec: str, params: str | None) -> dict:
     """FaissStore.search vs the IDMap2's own search, batch 1, same index, same queries."""
     n, dim = x.shape
-    store = FaissStore(dim, spec, params=params)
-    store.train(x)
-    store.add(np.arange(n), x)
+    log(f"  overhead {spec} {params or ''}")
+    store = build_store(x, spec, params)
     qn = normalize(q)
     raw = store.index
 
@@ -205,36 +272,70 @@ def overhead(x: np.ndarray, q: np.ndarray, spec: str, params: str | None) -> dic
     def wrapped(b):
         return store.search(b, K)[1]
 
-    best_d, best_w = 0.0, 0.0
-    for _ in range(3):  # interleaved repeats; keep the best of each (least disturbed)
-        best_d = max(best_d, qps(direct, qn, 1, NQ)[0])
-        best_w = max(best_w, qps(wrapped, qn, 1, NQ)[0])
-    return {"spec": spec, "params": params or "-", "n": n, "dim": dim, "direct_qps": best_d,
-            "store_qps": best_w, "ratio": best_d / best_w}
+    out = {"spec": spec, "params": params or "-", "n": n, "dim": dim}
+    for clients, tag in ((1, "1"), (THREADS, "")):
+        best_d, best_w = 0.0, 0.0
+        for _ in range(3):  # interleaved repeats; keep the best of each (least disturbed)
+            best_d = max(best_d, qps(direct, qn, 1, NQ, clients)[0])
+            best_w = max(best_w, qps(wrapped, qn, 1, NQ, clients)[0])
+        out.update({f"direct_qps{tag}": best_d, f"store_qps{tag}": best_w,
+                    f"ratio{tag}": best_d / best_w})
+    return out
 
 
-def milvus_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, tmp: Path) -> list[dict]:
+MILVUS_HNSW = "HNSW:M=32,efConstruction=200,ef=64"
+
+
+def milvus_specs(n: int, asked: str | None) -> list[str]:
+    """Milvus Lite index specs to run at n vectors: FLAT, and HNSW up to 100k, unless asked."""
+    if asked:
+        return asked.split(";")
+    return ["FLAT"] + ([MILVUS_HNSW] if n <= 100_000 else [])
+
+
+def milvus_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, tmp: Path,
+                timeout: float, specs: list[str]) -> list[dict]:
     from index.milvus_store import MilvusStore
 
     n, dim = x.shape
+    nq = NQ if n <= 100_000 else 256
+    nq1 = NQ1 if n <= 10_000 else 30
     rows = []
-    for spec in ("FLAT", "HNSW:M=32,efConstruction=200,ef=64"):
+    for spec in specs:
         uri = str(tmp / f"bench_{n}_{dim}_{spec[:4]}.db")
         log(f"  milvus lite {spec} on {n} x {dim}")
         t0 = time.perf_counter()
         store = MilvusStore(dim, uri=uri, collection="bench", spec=spec)
+        done = 0
         for s in range(0, n, 10_000):
             store.add(np.arange(s, min(s + 10_000, n)), x[s : s + 10_000])
+            done = min(s + 10_000, n)
+            if done < n and time.perf_counter() - t0 > timeout:
+                break
+        if done < n:
+            dt = time.perf_counter() - t0
+            RESULTS["notes"].append(
+                f"- Milvus Lite {spec} at {n:,} x {dim}: stopped after inserting {done:,} "
+                f"vectors in {dt:.0f} s ({done / dt:,.0f} vectors/s; --milvus-timeout "
+                f"{timeout:.0f} s); the whole collection would take about "
+                f"{n / (done / dt) / 60:.0f} min at that rate. No search row.")
+            log(RESULTS["notes"][-1])
+            store.close()
+            checkpoint()
+            continue
         store.flush()
         store.search(q[:1], K)  # first search waits for the index to be ready
         build = time.perf_counter() - t0
-        q64, found = qps(lambda b, st=store: st.search(b, K)[1], q, 64, NQ)
-        q1, _ = qps(lambda b, st=store: st.search(b, K)[1], q, 1, NQ1)
+        log(f"    inserted, flushed and indexed in {build:.0f} s ({n / build:,.0f} vectors/s)")
+        q64, found = qps(lambda b, st=store: st.search(b, K)[1], q[:nq], 64, nq)
+        q1, _ = qps(lambda b, st=store: st.search(b, K)[1], q, 1, nq1)
         store.close()
         rows.append({"engine": "milvus-lite", "spec": spec, "params": "-", "n": n, "dim": dim,
-                     "build_s": build, "bytes": None, "recall10": recall(found, truth),
-                     "qps_b1": q1, "qps_b64": q64})
-        log(f"    recall {rows[-1]['recall10']:.3f} qps1 {q1:.0f} qps64 {q64:.0f}")
+                     "build_s": build, "bytes": None, "recall10": recall(found, truth[:nq]),
+                     "qps_b1": q1, "qps_b64": q64, "queries": [nq, nq1]})
+        RESULTS["rows"].append(rows[-1])
+        checkpoint()
+        log(f"    recall {rows[-1]['recall10']:.3f} qps1 {q1:.1f} qps64 {q64:.1f}")
     return rows
 
 
@@ -245,11 +346,18 @@ def render(rows: list[dict], over: list[dict], meta: dict) -> str:
         + (" (no GPU rows)." if not meta["gpus"] else "."),
         "",
         "Synthetic vectors: a Gaussian mixture (n/100 centres, at most 4,096), L2-normalized; "
-        "dim 640 is the default AE's embedding size. The clusters are well separated, so "
+        "dim 384 is the default AE's embedding size. The clusters are well separated, so "
         "IVF finds the true neighbours in few lists; this data may flatter IVF compared "
         "with real embeddings at the same nprobe. recall@10 against exact search "
         "over 1,000 held-out queries; queries/s at batch 64 (1,000 queries) and batch 1 "
-        "(300 single calls). "
+        "(about 2 s of single calls, 30 to 1,000; 300 in the rows kept from the first run); "
+        "Milvus Lite above 10k vectors: batch 1 over 30 calls, and above "
+        "100k recall and batch 64 over 256 queries. "
+        "IVF-PQ rows: one build per code size with exact re-ranking (`RFlat`, float32 "
+        "copies; `k_factor_rf=16` re-ranks 16 x 10 PQ candidates); the row without "
+        "re-ranking searches the same build's PQ base, and the `Refine(SQfp16)` rows "
+        "(float16 copies, what `--spec auto` picks when memory is short) re-rank the same "
+        "base's candidates, both through faiss directly. "
         "Batch 1 = single queries issued by as many client threads as OpenMP threads, faiss "
         "on one OpenMP thread per query. Memory = serialized index size (not measured for "
         "Milvus Lite). The machine's 2 cores were shared with other jobs (load average "
@@ -264,15 +372,23 @@ def render(rows: list[dict], over: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['engine']} | {r['spec']} | {r['params']} | {r['n']:,} | {r['dim']} | "
             f"{r['build_s']:.1f} | {_mib(r['bytes'])} | {r['recall10']:.3f} | "
-            f"{r['qps_b1']:,.0f} | {r['qps_b64']:,.0f} |"
+            f"{_qps(r['qps_b1'])} | {_qps(r['qps_b64'])} |"
         )
     lines += ["", "Store-layer overhead: time per single query through FaissStore.search "
-              "divided by the same IndexIDMap2's own search (batch 1, same queries, best of 3 "
-              "interleaved runs; target <= 1.10; below 1.0 = noise of the shared machine):", "",
-              "| spec | params | n | dim | direct q/s | store q/s | ratio |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "(which L2-normalizes the query and marks missing slots) divided by the same "
+              "IndexIDMap2's own search on pre-normalized queries (batch 1, same queries, best "
+              "of 3 interleaved runs; target <= 1.10; below 1.0 = noise of the shared "
+              "machine), from one client thread and from as many client threads as cores. "
+              "With two client threads the store's few microseconds of Python hold the GIL "
+              "while the other thread waits to return from faiss, so fast indexes show a "
+              "larger ratio there than the per-query cost alone:", "",
+              "| spec | params | n | dim | direct q/s, 1 client | store q/s | ratio "
+              "| direct q/s, 2 clients | store q/s | ratio |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for o in over:
-        lines.append(f"| {o['spec']} | {o['params']} | {o['n']:,} | {o['dim']} | "
+        one = (f"{o['direct_qps1']:,.0f} | {o['store_qps1']:,.0f} | {o['ratio1']:.3f}"
+               if "ratio1" in o else "- | - | -")
+        lines.append(f"| {o['spec']} | {o['params']} | {o['n']:,} | {o['dim']} | {one} | "
                      f"{o['direct_qps']:,.0f} | {o['store_qps']:,.0f} | {o['ratio']:.3f} |")
     goal = [r for r in rows if r["n"] >= 1_000_000 and r["recall10"] >= 0.95
             and r["qps_b1"] >= 1000 and r["engine"] == "faiss"]
@@ -284,21 +400,67 @@ def render(rows: list[dict], over: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _qps(v: float) -> str:
+    return f"{v:.1f}" if v < 10 else f"{v:,.0f}"
+
+
 def _mib(b: int | None) -> str:
     return "-" if b is None else f"{b / 2**20:.1f}"
 
 
+FAMILIES = ("flat", "ivf", "pq", "hnsw", "milvus")
+
+
+def family(row: dict) -> str:
+    """Which family of the benchmark a row belongs to (a re-measured family replaces its rows).
+
+    Milvus rows are one family per index type ("milvus:FLAT", "milvus:HNSW"), so that
+    `--milvus-specs` can add one without dropping the other.
+    """
+    spec = row["spec"]
+    if row["engine"].startswith("milvus"):
+        return "milvus:" + spec.split(":")[0]
+    if spec.startswith("HNSW"):
+        return "hnsw"
+    if ",PQ" in spec:
+        return "pq"
+    return "ivf" if spec.startswith("IVF") else "flat"
+
+
+def _rank(row: dict) -> tuple:
+    spec = row["spec"]
+    sub = 2 if "SQfp16" in spec else 1 if "RFlat" in spec else 0
+    return (row["n"], row["dim"], FAMILIES.index(family(row).split(":")[0]), sub, row["engine"])
+
+
+def merged(old: list[dict], new: list[dict], ran: set[tuple[int, int, str]]) -> list[dict]:
+    """Old rows of the families not re-measured, and the new rows, in table order."""
+    keep = [r for r in old if (r["n"], r["dim"], family(r)) not in ran]
+    return sorted(keep + new, key=_rank)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", default="10000x128,10000x640,100000x128,1000000x128,100000x640",
-                    help="NxDIM runs, in order (640 = the default AE's embed_dim)")
-    ap.add_argument("--pq-max", type=int, default=100_000,
-                    help="largest n with an IVF-PQ row (PQ training time on 2 shared cores)")
-    ap.add_argument("--milvus-max", type=int, default=100_000)
+    ap.add_argument("--jobs", default="10000x128,10000x384,100000x128,100000x384,1000000x128",
+                    help="NxDIM runs, in order (384 = the default AE's embed_dim)")
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help="which index families to run in every job")
+    ap.add_argument("--milvus-max", type=int, default=1_000_000)
+    ap.add_argument("--milvus-timeout", type=float, default=1800,
+                    help="seconds of Milvus Lite inserting before giving up (the rate is noted)")
+    ap.add_argument("--milvus-specs", default=None,
+                    help="Milvus Lite specs separated by ';' (default: FLAT, and "
+                    f"{MILVUS_HNSW} up to 100k vectors)")
+    ap.add_argument("--overhead", action="store_true",
+                    help="measure the store-layer overhead at the first 100000x128 job "
+                    "(always when not appending)")
+    ap.add_argument("--drop-dims", default="",
+                    help="with --append: remove the old rows of these dims (e.g. 640)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--append", action="store_true",
-                    help="add to the rows already in benchmarks/results/index.json")
+                    help="keep the rows already in benchmarks/results/index.json; a family "
+                    "re-measured at the same n x dim replaces its old rows")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite the docs section from benchmarks/results/index.json")
     args = ap.parse_args()
@@ -306,43 +468,49 @@ def main() -> None:
     THREADS = args.threads
     faiss.omp_set_num_threads(args.threads)
     jobs = [tuple(int(v) for v in j.split("x")) for j in args.jobs.split(",")]
-    sizes = sorted({n for n, _ in jobs})
-    rows, over, notes = [], [], []
+    families = set(args.families.split(","))
+    old_rows, over, notes, old_meta = [], [], [], {}
     if args.append or args.render:
         old = json.loads(OUT.read_text())
-        rows, over = old["rows"], old["overhead"]
-        notes = old.get("notes") or old.get("meta", {}).get("notes", [])
+        drop = {int(d) for d in args.drop_dims.split(",") if d}
+        old_rows = [r for r in old["rows"] if r["dim"] not in drop]
+        over, notes, old_meta = old["overhead"], old.get("notes", []), old.get("meta", {})
         jobs = [] if args.render else jobs
-    RESULTS.update(rows=rows, overhead=over, notes=notes)
+    new_rows: list[dict] = []
+    ran: set[tuple[int, int, str]] = set()
+    RESULTS.update(rows=new_rows, overhead=over, notes=notes, old_rows=old_rows, ran=ran,
+                   meta=old_meta)
     tmp = Path(tempfile.mkdtemp(prefix="ls-bench-"))
-    out = OUT
+    want_overhead = args.overhead or not args.append
     for n, dim in jobs:
         log(f"data {n} x {dim}")
         x, q = make_data(n, dim)
         truth = ground_truth(x, q)
-        faiss_rows(x, q, truth, pq=n <= args.pq_max)  # appends to RESULTS["rows"]
-        if n > args.pq_max:
-            notes.append(f"- No IVF-PQ row at {n:,} x {dim}: skipped (--pq-max {args.pq_max}) "
-                         "to keep the run short on the shared cores.")
-        if n <= args.milvus_max:
-            rows += milvus_rows(x, q, truth, tmp)
-            checkpoint()
-        else:
-            notes.append(f"- Milvus Lite not run at {n:,} x {dim}: inserting through the "
-                         "embedded server is too slow here; use Milvus standalone at that size.")
-        if n == 100_000 and not over:
+        specs = milvus_specs(n, args.milvus_specs)
+        ran |= {(n, dim, f) for f in families if f != "milvus"}
+        faiss_rows(x, q, truth, families)  # appends to RESULTS["rows"]
+        if "milvus" in families and n <= args.milvus_max:
+            ran |= {(n, dim, "milvus:" + s.split(":")[0]) for s in specs}
+            milvus_rows(x, q, truth, tmp, args.milvus_timeout, specs)
+        if n == 100_000 and dim == 128 and want_overhead:
             log("store overhead")
-            best = choose_spec(n, dim, memory_budget=1 << 62)
+            over.clear()
+            auto = choose_spec(n, dim, memory_budget=1 << 62)
             over.append(overhead(x, q, "Flat", None))
-            over.append(overhead(x, q, best.spec, best.params))
+            over.append(overhead(x, q, auto.spec, auto.params))
             over.append(overhead(x, q, "HNSW32", "efSearch=64"))
+            over.append(overhead(x, q, f"IVF{ivf_lists(n)},PQ{dim // 8},RFlat",
+                                 "nprobe=16,k_factor_rf=16"))
+            want_overhead = False
+            checkpoint()
         del x, q, truth
         checkpoint()
+    rows = merged(old_rows, new_rows, ran)
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores",
             "faiss": faiss.__version__, "threads": args.threads, "gpus": faiss.get_num_gpus(),
-            "notes": notes, "load": " / ".join(f"{v:.1f}" for v in os.getloadavg()),
-            "sqrt_rule": {n: round(4 * math.sqrt(n)) for n in sizes}}
-    out.write_text(json.dumps({"rows": rows, "overhead": over, "notes": notes, "meta": meta},
+            "notes": notes, "load": load if jobs else old_meta.get("load", load)}
+    OUT.write_text(json.dumps({"rows": rows, "overhead": over, "notes": notes, "meta": meta},
                               indent=2))
     text = render(rows, over, meta)
     print(text)

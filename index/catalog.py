@@ -114,6 +114,11 @@ class IndexRow(Base):
     built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # checkpoint the vectors were embedded with (index verify reports a stale model)
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # cosine | ip | l2 (None: cosine, every index built before the column existed)
+    metric: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # the Milvus collection holding the vectors (None: the model's default name); a
+    # rebuild fills a new collection, then switches this column, then drops the old one
+    collection: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class ScanRow(Base):
@@ -442,21 +447,30 @@ class Catalog:
 
     def record_index(
         self, *, model_id: int, backend: str, spec: str, path: str, ntotal: int,
-        model_sha256: str | None = None,
+        model_sha256: str | None = None, metric: str | None = None,
+        collection: str | None = None,
     ) -> IndexRow:
-        """Create or update the index row of (model, backend) and bump its generation."""
+        """Create or update the index row of (model, backend) and bump its generation.
+
+        `model_sha256`, `metric` and `collection` left None keep the row's values.
+        """
         with self.session() as s:
             q = select(IndexRow).where(IndexRow.model_id == model_id, IndexRow.backend == backend)
             row = s.scalar(q)
             if row is None:
                 row = IndexRow(model_id=model_id, backend=backend, spec=spec, path=path,
                                ntotal=ntotal, generation=1, built_at=utcnow(),
-                               model_sha256=model_sha256)
+                               model_sha256=model_sha256, metric=metric,
+                               collection=collection)
                 s.add(row)
             else:
                 row.spec, row.path, row.ntotal = spec, path, ntotal
                 if model_sha256 is not None:
                     row.model_sha256 = model_sha256
+                if metric is not None:
+                    row.metric = metric
+                if collection is not None:
+                    row.collection = collection
                 row.generation += 1
                 row.built_at = utcnow()
             s.flush()

@@ -11,7 +11,10 @@ their vectors from every index.
 Backends: "faiss" (a file per model, HOME/indexes/NAME.faiss) and "milvus"
 (a collection per model at a URI: a Milvus Lite file by default,
 HOME/indexes/NAME.milvus.db, or a server). The index row's `backend`
-column says which one a model's index lives in.
+column says which one a model's index lives in, `metric` how it compares
+vectors and, for Milvus, `collection` which collection holds them: a
+rebuild fills a new collection, switches the row to it, and only then
+drops the old one, so a rebuild killed half-way leaves the old one served.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from index.catalog import Catalog, IndexRow, ModelRow
 from index.home import Home
 from index.locks import write_lock
 from index.paths import from_catalog, to_catalog
-from index.store import FaissStore, Filter, VectorStore, choose_spec, say
+from index.store import FaissStore, Filter, VectorStore, check_metric, choose_spec, say
 
 BACKEND = "faiss"
 BACKENDS = ("faiss", "milvus")
@@ -89,6 +92,7 @@ class IndexStatus:
     extra: int  # in the index, not in the catalog
     generation: int
     stale_model: str | None = None  # why the vectors do not come from the model's checkpoint
+    metric: str = "cosine"
 
     @property
     def ok(self) -> bool:
@@ -129,7 +133,7 @@ def open_index(
         aside = _move_aside(home, row)
         say(f"the index of {model.name!r} could not be loaded{aside}; rebuilding it from the "
             "catalog (the source of truth)")
-        build_index(home, model, backend=row.backend, spec=row.spec,
+        build_index(home, model, backend=row.backend, spec=row.spec, metric=row.metric or "cosine",
                     uri=location(home, row) if row.backend == "milvus" else None,
                     device=device, progress=False)
         row = home.catalog.index_for(model.id, row.backend)
@@ -153,13 +157,13 @@ def _load_store(home: Home, model: ModelRow, row: IndexRow, device: str) -> Vect
     if row.backend == "milvus":
         from index.milvus_store import MilvusStore, collection_name
 
-        return MilvusStore.open(where, collection_name(model.name))
+        return MilvusStore.open(where, row.collection or collection_name(model.name))
     if row.backend != "faiss":
         msg = f"Index row {row.id} has backend {row.backend!r}; known: {', '.join(BACKENDS)}."
         raise StoreError(msg)
     if not Path(where).is_file():
         raise StoreError(f"{where}: the index file of model {model.name!r} is missing")
-    return FaissStore.load(where, spec=row.spec, device=device,
+    return FaissStore.load(where, spec=row.spec, metric=row.metric or "cosine", device=device,
                            resolver=catalog_resolver(home.catalog))
 
 
@@ -181,6 +185,7 @@ def build_index(
     backend: str = BACKEND,
     uri: str | None = None,
     params: str | None = None,
+    metric: str = "cosine",
     device: str = "auto",
     batch_size: int = 128,
     workers: int | None = None,
@@ -191,28 +196,34 @@ def build_index(
     faiss: `spec` is an index_factory string or "auto" (chosen by collection
     size, said on stderr); the file is written atomically. milvus: `spec` is a
     Milvus index type ("FLAT", "HNSW:M=16,ef=64", ...; "auto" = FLAT below 50k
-    vectors, HNSW above); the collection at `uri` (default: a Milvus Lite file
-    in the home) is dropped and refilled, flushed, then recorded. Holds the
-    home's write lock; readers keep the previous index until the new one is in place.
+    vectors, HNSW above); a new collection at `uri` (default: a Milvus Lite file
+    in the home) is filled and flushed, recorded, and then the previous one is
+    dropped. `metric`: cosine (default), ip or l2. Holds the home's write lock;
+    readers keep the previous index until the new one is in place.
     """
     _check_backend(backend)
+    check_metric(metric)
     with write_lock(home, "index build"):
         return _build_locked(home, model, spec=spec, backend=backend, uri=uri, params=params,
-                             device=device, batch_size=batch_size, workers=workers,
-                             progress=progress)
+                             metric=metric, device=device, batch_size=batch_size,
+                             workers=workers, progress=progress)
 
 
 def _build_locked(
     home: Home, model: ModelRow, *, spec: str, backend: str, uri: str | None,
-    params: str | None, device: str, batch_size: int, workers: int | None, progress: bool,
+    params: str | None, metric: str, device: str, batch_size: int, workers: int | None,
+    progress: bool,
 ) -> IndexStatus:
     encoder = load_encoder(home, model, device)
     rows = home.catalog.images()
     ids = [r.id for r in rows]
     vecs, kept = embed_catalog_images(encoder, ids, [r.path for r in rows], batch_size=batch_size,
                                       workers=workers, progress=progress, home=home)
+    previous = home.catalog.index_for(model.id, backend)
     if backend == "milvus":
-        store, path = _build_milvus(home, model, encoder.embed_dim, vecs, kept, spec, uri)
+        generation = (previous.generation if previous else 0) + 1
+        store, path = _build_milvus(home, model, encoder.embed_dim, vecs, kept, spec, uri,
+                                    metric, generation)
         spec = store.spec
     else:
         if spec == "auto":
@@ -220,7 +231,7 @@ def _build_locked(
             say(f"spec auto: {choice.spec}{' ' + choice.params if choice.params else ''} "
                 f"({choice.reason})")
             spec, params = choice.spec, params or choice.params
-        store = FaissStore(encoder.embed_dim, spec, params=params, device=device)
+        store = FaissStore(encoder.embed_dim, spec, params=params, metric=metric, device=device)
         if len(kept):
             store.train(vecs)
             store.add(kept, vecs)
@@ -230,15 +241,20 @@ def _build_locked(
         faults.point("build.after_save")
     home.catalog.record_index(model_id=model.id, backend=backend, spec=spec,
                               path=_stored(home, path), ntotal=store.ntotal,
-                              model_sha256=model.checkpoint_sha256)
+                              model_sha256=model.checkpoint_sha256, metric=metric,
+                              collection=getattr(store, "collection", None))
+    if backend == "milvus":
+        faults.point("milvus.after_switch")
+        _drop_replaced(home, model, previous, store)
     store.close()
     return status(home, model, backend)
 
 
 def _build_milvus(
     home: Home, model: ModelRow, dim: int, vecs: np.ndarray, kept: np.ndarray, spec: str,
-    uri: str | None,
+    uri: str | None, metric: str, generation: int,
 ) -> tuple[VectorStore, str]:
+    """Fill a new collection (one per model and generation) and flush it; nothing is switched."""
     from index.milvus_store import MilvusStore, collection_name
     from index.milvus_store import _connect as _milvus_connect
 
@@ -246,16 +262,51 @@ def _build_milvus(
     if spec == "auto" or spec == "Flat":
         spec = "FLAT" if len(kept) < 50_000 else "HNSW:M=32,efConstruction=200,ef=64"
         say(f"spec auto (milvus): {spec} for {len(kept)} vectors")
-    name = collection_name(model.name)
+    name = collection_name(model.name, model.id, generation)
     client = _milvus_connect(uri, None)
-    if client.has_collection(name):  # a rebuild starts empty; the catalog refills it
+    if client.has_collection(name):  # left by a rebuild killed before its switch: never served
         client.drop_collection(name)
-    store = MilvusStore(dim, uri=uri, collection=name, spec=spec, client=client)
+    store = MilvusStore(dim, uri=uri, collection=name, spec=spec, metric=metric, client=client)
     meta = catalog_metadata(home, kept)
     for s in range(0, len(kept), 5000):
         store.add(kept[s : s + 5000], vecs[s : s + 5000], meta[s : s + 5000])
+        faults.point("milvus.after_batch")
     store.flush()  # sealed before the catalog records the index as built
+    faults.point("milvus.before_switch")
     return store, uri
+
+
+def _drop_replaced(home: Home, model: ModelRow, previous: IndexRow | None, store) -> None:
+    """Drop the collections a rebuild replaced, once the catalog points at the new one.
+
+    That is the previous build's collection, and any older generation of this
+    model's collections left by a rebuild killed between its switch and its drop.
+    """
+    from index.milvus_store import collection_name
+
+    if previous is None:
+        return
+    if not _same_place(location(home, previous), store.uri):
+        old = previous.collection or collection_name(model.name)
+        say(f"the previous collection {old!r} at {location(home, previous)} is left in place "
+            "(the new index lives at another URI)")
+        return
+    stem = collection_name(model.name, model.id, 0)[:-1]  # ..._m{id}_g
+    try:
+        names = set(store.client.list_collections())
+        old = {previous.collection or collection_name(model.name)}
+        old |= {c for c in names if c.startswith(stem) and c[len(stem):].isdigit()}
+        for name in sorted(old & names - {store.collection}):
+            store.client.drop_collection(name)
+    except Exception as e:  # noqa: BLE001 - the switch is done; a leftover only costs space
+        say(f"warning: could not drop a replaced collection: {e}")
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Whether two Milvus URIs name the same deployment (files compared once resolved)."""
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def embed_catalog_images(
@@ -387,7 +438,7 @@ def status(home: Home, model: ModelRow, backend: str | None = None) -> IndexStat
             ntotal=store.ntotal, catalog_images=len(catalog_ids),
             missing=int(np.setdiff1d(catalog_ids, present).size),
             extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,
-            stale_model=_stale_reason(model, row, store),
+            stale_model=_stale_reason(model, row, store), metric=row.metric or "cosine",
         )
     finally:
         store.close()
@@ -443,6 +494,7 @@ def _delete_locked(home: Home, ids: Sequence[int]) -> dict[str, int]:
             store.close()
             say(f"{e}; rebuilding the index of {model.name!r} without the deleted images")
             build_index(home, model, backend=row.backend, spec=row.spec,
+                        metric=row.metric or "cosine",
                         uri=location(home, row) if row.backend == "milvus" else None,
                         progress=False)
             out["indexes_rebuilt"] += 1

@@ -18,8 +18,11 @@ every insert and delete response's count is checked.
 
 The `spec` is an index type with optional build parameters, e.g. "FLAT",
 "IVF_FLAT:nlist=1024,nprobe=32", "HNSW:M=16,efConstruction=200,ef=64"
-(search-time keys nprobe and ef go to the search parameters). Scores follow
-the store contract (higher = closer): IP and COSINE as returned, L2 negated.
+(search-time keys nprobe and ef go to the search parameters). The metric is
+latentsight's (cosine, ip, l2): cosine is Milvus's IP over L2-normalized
+vectors, ip is IP over the vectors as given, l2 is L2; the collection's
+description records it with the spec. Scores follow the store contract
+(higher = closer): IP as returned, L2 negated.
 """
 
 from __future__ import annotations
@@ -32,13 +35,22 @@ from pathlib import Path
 import numpy as np
 
 from embedder.errors import StoreError
-from index.store import META_DEFAULTS, Filter, Metadata, VectorStore, normalize
+from index.store import (
+    META_DEFAULTS,
+    Filter,
+    Metadata,
+    VectorStore,
+    as_matrix,
+    check_metric,
+    normalize,
+)
 
 ENV_TOKEN = "LATENTSIGHT_MILVUS_TOKEN"
 SEARCH_KEYS = {"nprobe", "ef", "search_list", "radius", "range_filter"}
-METRICS = ("IP", "COSINE", "L2")
+MILVUS_METRIC = {"cosine": "IP", "ip": "IP", "l2": "L2"}  # cosine: IP on normalized vectors
 MAX_VARCHAR = 512
 SPEC_MARK = ", spec "  # the collection description ends with the spec it was built with
+METRIC_MARK = re.compile(r", metric (\w+)")  # ... and names the metric before it
 _BATCH = 2000  # rows per insert request (a gRPC message stays well under its limit)
 
 
@@ -47,10 +59,18 @@ def is_lite(uri: str) -> bool:
     return "://" not in uri
 
 
-def collection_name(model_name: str) -> str:
-    """A Milvus-legal collection name for a model (letters, digits, underscores)."""
+def collection_name(model_name: str, model_id: int | None = None, generation: int = 0) -> str:
+    """A Milvus-legal collection name for a model (letters, digits, underscores).
+
+    Without `model_id`: the name of indexes built before collections were
+    versioned. With it: one name per (model, generation), `..._m{id}_g{gen}`,
+    so a rebuild fills a collection of its own and no two models' names meet.
+    """
     safe = re.sub(r"[^0-9A-Za-z_]", "_", model_name)
-    return f"latentsight_{safe}"[:255]
+    if model_id is None:
+        return f"latentsight_{safe}"[:255]
+    suffix = f"_m{int(model_id)}_g{int(generation)}"
+    return f"latentsight_{safe}"[: 255 - len(suffix)] + suffix
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, object], dict[str, object]]:
@@ -80,7 +100,7 @@ class MilvusStore(VectorStore):
         uri: str,
         collection: str,
         spec: str = "FLAT",
-        metric: str = "IP",
+        metric: str = "cosine",
         token: str | None = None,
         create: bool = True,
         client: object | None = None,
@@ -90,14 +110,11 @@ class MilvusStore(VectorStore):
         except ImportError as e:
             msg = "The Milvus backend needs pymilvus: pip install 'pymilvus[milvus-lite]'"
             raise StoreError(msg) from e
-        if metric not in METRICS:
-            msg = f"The Milvus 'metric' must be one of {', '.join(METRICS)}. Got {metric!r}."
-            raise StoreError(msg)
         self.dim = int(dim)
         self.uri = uri
         self.collection = collection
         self.spec = spec
-        self.metric = metric
+        self.metric = check_metric(metric)
         self.index_type, self.build_params, self.search_params = parse_spec(spec)
         if is_lite(uri):
             Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +141,10 @@ class MilvusStore(VectorStore):
         described = str(desc.get("description", ""))
         spec = described.split(SPEC_MARK, 1)[1] if SPEC_MARK in described else None
         spec = spec or idx.get("index_type")
-        metric = idx.get("metric_type", "IP")
+        found = METRIC_MARK.search(described)
+        # collections from before the metric was recorded: IP over normalized vectors
+        metric = found.group(1) if found else ("l2" if idx.get("metric_type") == "L2"
+                                               else "cosine")
         return cls(dim, uri=uri, collection=collection, spec=str(spec or "FLAT"), metric=metric,
                    create=False, client=client)
 
@@ -133,15 +153,16 @@ class MilvusStore(VectorStore):
 
         c = self.client
         schema = c.create_schema(auto_id=False, enable_dynamic_field=False,
-                                 description=f"latentsight vectors{SPEC_MARK}{self.spec}")
+                                 description=f"latentsight vectors, metric {self.metric}"
+                                             f"{SPEC_MARK}{self.spec}")
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         schema.add_field("label", DataType.VARCHAR, max_length=MAX_VARCHAR)
         schema.add_field("source", DataType.VARCHAR, max_length=MAX_VARCHAR)
         schema.add_field("synthetic", DataType.BOOL)
         ip = c.prepare_index_params()
-        ip.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric,
-                     params=self.build_params)
+        ip.add_index(field_name="vector", index_type=self.index_type,
+                     metric_type=MILVUS_METRIC[self.metric], params=self.build_params)
         try:
             c.create_collection(self.collection, schema=schema, index_params=ip,
                                 consistency_level="Strong")
@@ -182,7 +203,7 @@ class MilvusStore(VectorStore):
         self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None
     ) -> tuple[np.ndarray, np.ndarray]:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        v = normalize(vectors) if self.metric != "L2" else np.asarray(vectors, np.float32)
+        v = normalize(vectors) if self.metric == "cosine" else as_matrix(vectors)
         if v.shape[0] != ids.shape[0]:
             msg = f"Got {ids.shape[0]} ids for {v.shape[0]} vectors."
             raise StoreError(msg)
@@ -244,12 +265,6 @@ class MilvusStore(VectorStore):
         """Milvus persists on its own; saving is flushing (`path` is ignored)."""
         self.flush()
 
-    def reset(self) -> None:
-        """Drop the collection and create it empty (a rebuild refills it from the catalog)."""
-        self.client.drop_collection(self.collection)
-        self._create()
-        self.client.load_collection(self.collection)
-
     def close(self) -> None:
         self.client.close()
 
@@ -291,7 +306,7 @@ class MilvusStore(VectorStore):
         allowed_ids: Sequence[int] | np.ndarray | None = None,
         filter: Filter | None = None,  # noqa: A002
     ) -> tuple[np.ndarray, np.ndarray]:
-        q = normalize(vectors) if self.metric != "L2" else np.asarray(vectors, np.float32)
+        q = normalize(vectors) if self.metric == "cosine" else as_matrix(vectors)
         if k < 1:
             msg = f"The 'k' option must be >= 1. Got {k} instead."
             raise StoreError(msg)
@@ -308,13 +323,13 @@ class MilvusStore(VectorStore):
                 return scores, out
             parts.append(f"id in {allowed}")
         expr = " and ".join(f"({p})" for p in parts)
-        params = {"metric_type": self.metric, "params": dict(self.search_params)}
+        params = {"metric_type": MILVUS_METRIC[self.metric], "params": dict(self.search_params)}
         try:
             res = self.client.search(self.collection, data=[row.tolist() for row in q], limit=k,
                                      filter=expr, output_fields=["id"], search_params=params)
         except Exception as e:  # noqa: BLE001
             raise StoreError(f"Milvus search in {self.collection!r} failed: {e}") from e
-        sign = -1.0 if self.metric == "L2" else 1.0
+        sign = -1.0 if self.metric == "l2" else 1.0
         for r, hits in enumerate(res):
             for j, hit in enumerate(hits[:k]):
                 out[r, j] = int(hit["id"])

@@ -2,9 +2,10 @@
 
 Every store keeps catalog image ids as vector ids and answers
 `search(q, k) -> (scores, ids)` of shape (n, k), best first, with -1 in
-the id (and -inf in the score) of a missing slot, as faiss does. Vectors
-are L2-normalized on the way in, so the inner product is the cosine
-similarity: higher scores are closer.
+the id (and -inf in the score) of a missing slot, as faiss does. Higher
+scores are closer, whatever the metric: "cosine" (the default) L2-normalizes
+vectors on the way in and scores by inner product, i.e. cosine similarity;
+"ip" scores raw inner products; "l2" scores minus the squared L2 distance.
 """
 
 from __future__ import annotations
@@ -22,15 +23,36 @@ import numpy as np
 from embedder.errors import StoreError
 from embedder.fsutil import atomic_write
 
+METRICS = ("cosine", "ip", "l2")
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Return float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+
+def check_metric(metric: str) -> str:
+    """Return `metric` when it is one of METRICS; a StoreError naming them otherwise."""
+    if metric not in METRICS:
+        msg = f"The 'metric' must be one of {', '.join(METRICS)}. Got {metric!r} instead."
+        raise StoreError(msg)
+    return metric
+
+
+def as_matrix(vectors: np.ndarray) -> np.ndarray:
+    """Return the vectors as contiguous float32 rows (n, d)."""
     v = np.ascontiguousarray(vectors, dtype=np.float32)
     if v.ndim != 2:
         msg = f"Vectors must be a 2-D array (n, d). Got shape {v.shape} instead."
         raise StoreError(msg)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.maximum(norms, 1e-12)
+    return v
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Return a float32 copy of the rows scaled to unit L2 norm (zero rows stay zero)."""
+    import faiss
+
+    v = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if v.ndim != 2:
+        msg = f"Vectors must be a 2-D array (n, d). Got shape {v.shape} instead."
+        raise StoreError(msg)
+    faiss.normalize_L2(v)  # in place, in C++: ~1.5 us for one query, numpy's norm ~7 us
+    return v
 
 
 Metadata = Sequence[Mapping[str, object]]  # one {"label", "source", "synthetic"} per vector
@@ -183,10 +205,15 @@ class FaissStore(VectorStore):
 
     `spec` is passed to `faiss.index_factory` verbatim ("Flat", "IVF256,Flat",
     "IVF1024,PQ32", "HNSW32", ...); "auto" picks one by collection size (see
-    `choose_spec`). `params` sets search-time parameters with faiss's
-    ParameterSpace syntax ("nprobe=32", "efSearch=128"); faiss saves them
-    in the index file. Indexes that need training are trained on a sample
-    of the first vectors added (or on `train()`).
+    `choose_spec`). PQ codes are re-ranked with faiss's own refine stage:
+    "IVF4096,PQ32,RFlat" keeps the float32 vectors for exact re-ranking,
+    "IVF4096,PQ32,Refine(SQfp16)" float16 ones (half the memory; 8-bit SQ8
+    copies cost a quarter but capped recall@10 near 0.94 on our benchmark).
+    `params` sets search-time parameters with faiss's ParameterSpace syntax
+    ("nprobe=32", "efSearch=128", "k_factor_rf=8", which re-ranks k*8
+    candidates; "k_factor" is accepted for it); faiss saves them in the
+    index file. Indexes that need training are trained on a sample of the
+    first vectors added (or on `train()`).
 
     Filters: faiss keeps no metadata, so a `Filter` is resolved to catalog ids
     by `resolver` (the manager passes a catalog lookup) and applied inside the
@@ -209,6 +236,7 @@ class FaissStore(VectorStore):
         *,
         index: object | None = None,
         params: str | None = None,
+        metric: str = "cosine",
         device: str = "cpu",
         resolver: Resolver | None = None,
     ) -> None:
@@ -216,13 +244,19 @@ class FaissStore(VectorStore):
 
         self.dim = int(dim)
         self.spec = spec
+        self.metric = check_metric(metric)
         self.resolver = resolver
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        if index is not None and index.metric_type != faiss_metric:
+            has = "l2" if index.metric_type == faiss.METRIC_L2 else "ip (or cosine)"
+            msg = f"The faiss index measures {has} distances; it cannot serve metric {metric!r}."
+            raise StoreError(msg)
         if index is None:
             if spec == "auto":
                 msg = "Resolve spec 'auto' with choose_spec(n, dim) before creating the store."
                 raise StoreError(msg)
             try:
-                inner = faiss.index_factory(self.dim, spec, faiss.METRIC_INNER_PRODUCT)
+                inner = faiss.index_factory(self.dim, spec, faiss_metric)
             except RuntimeError as e:
                 msg = f"Invalid faiss index spec {spec!r} for dimension {dim}: {_first_line(e)}"
                 raise StoreError(msg) from e
@@ -239,10 +273,13 @@ class FaissStore(VectorStore):
         self._gpu_index: object | None = None  # a GPU clone, dropped on every write
 
     def set_params(self, params: str) -> None:
-        """Set search-time parameters, e.g. "nprobe=32" or "efSearch=128"."""
+        """Set search-time parameters, e.g. "nprobe=32", "efSearch=128" or "k_factor_rf=8"."""
         import faiss
 
         inner = faiss.downcast_index(self.index.index)
+        if isinstance(inner, faiss.IndexRefine):  # faiss names the refine factor k_factor_rf
+            params = ",".join("k_factor_rf" + p[len("k_factor"):] if p.startswith("k_factor=")
+                              else p for p in params.split(","))
         try:
             faiss.ParameterSpace().set_index_parameters(inner, params)
         except RuntimeError as e:
@@ -263,11 +300,15 @@ class FaissStore(VectorStore):
     def is_trained(self) -> bool:
         return bool(self.index.is_trained)
 
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """float32 rows, L2-normalized for the cosine metric."""
+        return normalize(vectors) if self.metric == "cosine" else as_matrix(vectors)
+
     def train(self, vectors: np.ndarray) -> None:
         """Train the quantizers (IVF, PQ) on a random sample of at most `train_sample` rows."""
         if self.index.is_trained:
             return
-        v = normalize(vectors)
+        v = self._prepare(vectors)
         if len(v) > self.train_sample:
             pick = np.random.default_rng(0).choice(len(v), self.train_sample, replace=False)
             v = v[np.sort(pick)]
@@ -285,8 +326,8 @@ class FaissStore(VectorStore):
     def _check_trainable(self, n: int) -> None:
         import faiss
 
-        inner = faiss.downcast_index(self.index.index)
-        nlist = int(getattr(inner, "nlist", 0) or 0)
+        ivf = faiss.try_extract_index_ivf(self.index.index)
+        nlist = int(ivf.nlist) if ivf is not None else 0
         if nlist and n < nlist:
             msg = (f"The index {self.spec!r} has {nlist} IVF lists but only {n} vectors to train "
                    f"on; use fewer lists (about 4*sqrt(N)) or --spec auto.")
@@ -311,7 +352,7 @@ class FaissStore(VectorStore):
         self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metadata: Metadata | None = None
     ) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        v = normalize(vectors)
+        v = self._prepare(vectors)
         if v.shape[0] != ids.shape[0]:
             msg = f"Got {ids.shape[0]} ids for {v.shape[0]} vectors."
             raise StoreError(msg)
@@ -337,13 +378,25 @@ class FaissStore(VectorStore):
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if ids.size == 0:
             return 0
+        id_map = faiss.vector_to_array(self.index.id_map)
+        gone = np.isin(id_map, ids)
+        if not gone.any():
+            return 0
+        inner = faiss.downcast_index(self.index.index)
+        ivf = faiss.try_extract_index_ivf(inner)
         try:
-            n = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+            if ivf is None:  # Flat, PQ, SQ: faiss shifts positions, as the IDMap2 expects
+                n = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+            else:
+                n = _remove_positions(inner, ivf, gone)
+                faiss.copy_array_to_vector(id_map[~gone], self.index.id_map)
+                self.index.ntotal = int((~gone).sum())
+                self.index.construct_rev_map()
         except RuntimeError as e:
             msg = (
                 f"The faiss index {self.spec!r} does not support removal ({_first_line(e)}). "
-                "Use a Flat or IVF spec (e.g. IVF1024,Flat), or rebuild from the catalog: "
-                "latentsight index rebuild"
+                "Use a Flat or IVF spec (e.g. IVF1024,Flat, IVF1024,PQ32,RFlat), or rebuild "
+                "from the catalog: latentsight index rebuild"
             )
             raise StoreError(msg) from e
         self._gpu_index = None
@@ -357,20 +410,26 @@ class FaissStore(VectorStore):
         allowed_ids: Sequence[int] | np.ndarray | None = None,
         filter: Filter | None = None,  # noqa: A002
     ) -> tuple[np.ndarray, np.ndarray]:
-        q = normalize(vectors)
+        q = self._prepare(vectors)
         if k < 1:
             msg = f"The 'k' option must be >= 1. Got {k} instead."
             raise StoreError(msg)
-        if self.index.ntotal == 0:
-            return _empty(len(q), k)
         allowed = self._allowed(allowed_ids, filter)
         if allowed is None:
-            scores, ids = self._searcher().search(q, k)
+            try:  # no ntotal check first: every call into faiss costs a single query time
+                scores, ids = self._searcher().search(q, k)
+            except RuntimeError:
+                if self.index.ntotal == 0:  # an empty IVF is untrained: faiss refuses
+                    return _empty(len(q), k)
+                raise
+        elif self.index.ntotal == 0:
+            return _empty(len(q), k)
         else:
             scores, ids = self._search_filtered(q, k, allowed)
-        scores = scores.astype(np.float32, copy=False)
+        if self.metric == "l2":  # faiss gives squared distances, nearest first
+            scores = -scores
         scores[ids < 0] = -np.inf
-        return scores, ids.astype(np.int64, copy=False)
+        return scores, ids  # faiss's float32 and int64 arrays
 
     def _allowed(
         self, allowed_ids: Sequence[int] | np.ndarray | None, filt: Filter | None
@@ -432,9 +491,11 @@ class FaissStore(VectorStore):
         path: str | Path,
         spec: str | None = None,
         *,
+        metric: str | None = None,
         device: str = "cpu",
         resolver: Resolver | None = None,
     ) -> FaissStore:
+        """Read an index file; `metric` None = what the file measures (ip read as cosine)."""
         import faiss
 
         try:
@@ -443,7 +504,46 @@ class FaissStore(VectorStore):
             raise StoreError(f"{path}: cannot read the faiss index: {_first_line(e)}") from e
         if not isinstance(index, faiss.IndexIDMap2):
             raise StoreError(f"{path}: not a latentsight index (expected an IndexIDMap2)")
-        return cls(index.d, spec or "?", index=index, device=device, resolver=resolver)
+        if metric is None:
+            metric = "l2" if index.metric_type == faiss.METRIC_L2 else "cosine"
+        try:
+            return cls(index.d, spec or "?", index=index, metric=metric, device=device,
+                       resolver=resolver)
+        except StoreError as e:
+            raise StoreError(f"{path}: {e}") from e
+
+
+def _remove_positions(inner: object, ivf: object, gone: np.ndarray) -> int:
+    """Remove the vectors at positions `gone` (a mask) from an IVF index, or a refine over one.
+
+    An IndexIDMap2 labels the inner index's vectors by position and, after a
+    removal, shifts the positions that follow down. IVF lists keep their labels,
+    so they are renumbered here the same way (faiss's IDMap2.remove_ids alone
+    would leave every later vector answering with the wrong catalog id). A
+    refine stage's own index (flat codes) shifts positions by itself.
+    """
+    import faiss
+
+    base = faiss.downcast_index(inner.base_index) if isinstance(inner, faiss.IndexRefine) else inner
+    if not isinstance(base, faiss.IndexIVF):  # IVF under a transform (OPQ, PCA)
+        msg = f"remove_ids not implemented for {type(inner).__name__} over IVF"
+        raise RuntimeError(msg)
+    positions = np.flatnonzero(gone).astype(np.int64)
+    n = int(ivf.remove_ids(faiss.IDSelectorBatch(positions)))
+    new_pos = np.cumsum(~gone) - 1  # old position -> new position of the vectors kept
+    invlists = ivf.invlists
+    for lst in range(ivf.nlist):
+        size = invlists.list_size(lst)
+        if size == 0:
+            continue
+        labels = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * invlists.code_size).copy()
+        relabeled = np.ascontiguousarray(new_pos[labels], dtype=np.int64)
+        invlists.update_entries(lst, 0, size, faiss.swig_ptr(relabeled), faiss.swig_ptr(codes))
+    if isinstance(inner, faiss.IndexRefine):
+        inner.refine_index.remove_ids(faiss.IDSelectorBatch(positions))
+        inner.ntotal = inner.base_index.ntotal
+    return n
 
 
 def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -508,9 +608,15 @@ def choose_spec(n: int, dim: int, *, memory_budget: int | None = None) -> SpecCh
 
     Below 50k vectors exact search (Flat) is fast enough. Above, IVF with about
     4*sqrt(N) lists (a power of two, within faiss's 4*sqrt(N)..16*sqrt(N) and
-    with >= 39 training points per list), probing 1/16 of them. When the
-    float32 vectors would take more than `memory_budget` (default: half the
-    available memory), the vectors are compressed with PQ (m bytes each).
+    with >= 39 training points per list), probing `ivf_nprobe(nlist)` of them.
+    When the float32 vectors would take more than `memory_budget` (default:
+    half the available memory), they are compressed with PQ (dim/4 bytes each)
+    and the PQ candidates re-ranked against float16 copies (Refine(SQfp16),
+    half the float32 size; k_factor_rf=32 re-ranks 32*k candidates): PQ alone
+    finds only a third of the true top 10 (docs/benchmarks.md: PQ32 at 1M
+    vectors, 0.322 alone, 0.978 re-ranking 16*k, 0.997 re-ranking 32*k). When
+    even the float16 copies do not fit, PQ alone with the largest code that
+    fits, said in the reason.
     """
     if memory_budget is None:
         memory_budget = available_memory() // 2
@@ -521,15 +627,40 @@ def choose_spec(n: int, dim: int, *, memory_budget: int | None = None) -> SpecCh
             return SpecChoice("Flat", None, reason)
     root = math.sqrt(max(n, 1))
     nlist = ivf_lists(n)
-    nprobe = max(1, nlist // 16)
+    nprobe = ivf_nprobe(nlist)
+    probe = (f"nprobe {nprobe} (1/{nlist // nprobe} of the lists; raise it with "
+             f"--params nprobe=N if recall on your data is too low)")
     if raw <= memory_budget:
         reason = (f"{n} vectors: IVF with {nlist} lists (4*sqrt(N) = {4 * root:.0f}), "
-                  f"nprobe {nprobe}; float32 vectors take {raw / 2**20:.0f} MiB")
+                  f"{probe}; float32 vectors take {raw / 2**20:.0f} MiB")
         return SpecChoice(f"IVF{nlist},Flat", f"nprobe={nprobe}", reason)
-    m = _pq_bytes(n, dim, memory_budget)
-    reason = (f"{n} vectors of dim {dim} take {raw / 2**20:.0f} MiB as float32, more than the "
-              f"budget {memory_budget / 2**20:.0f} MiB: IVF{nlist} with PQ{m} ({m} bytes/vector)")
+    short = (f"{n} vectors of dim {dim} take {raw / 2**20:.0f} MiB as float32, more than the "
+             f"budget {memory_budget / 2**20:.0f} MiB")
+    m = _pq_bytes(n, dim, memory_budget, largest=dim // 4)
+    if n * (m + 2 * dim + PER_VECTOR_OVERHEAD) <= memory_budget:
+        reason = (f"{short}: IVF{nlist} with PQ{m} codes re-ranked against float16 copies "
+                  f"({m + 2 * dim} bytes/vector), {probe}, k_factor_rf 32 (32*k candidates "
+                  "re-ranked)")
+        return SpecChoice(f"IVF{nlist},PQ{m},Refine(SQfp16)", f"nprobe={nprobe},k_factor_rf=32",
+                          reason)
+    m = _pq_bytes(n, dim, memory_budget, largest=64)
+    reason = (f"{short}, even as float16: IVF{nlist} with PQ{m} ({m} bytes/vector), no "
+              f"re-ranking (expect recall@10 well below 0.95), {probe}")
     return SpecChoice(f"IVF{nlist},PQ{m}", f"nprobe={nprobe}", reason)
+
+
+def ivf_nprobe(nlist: int) -> int:
+    """IVF lists to probe: 1/128 of them, at least 8 and at most 64.
+
+    faiss's default (1) misses most neighbours. On the benchmark's clustered
+    vectors nprobe 8 already gives recall@10 1.000 at 1M vectors (IVF4096);
+    real embeddings are less clustered and need more lists probed for the same
+    recall, so this keeps a 2-4x margin. 1/128 (32 of 4,096 lists, 0.8% of
+    the vectors scanned) still answers 1,310 single queries/s on 1M vectors on
+    2 cores (64: 796/s); 64 caps the cost of larger indexes
+    (docs/benchmarks.md, "Index (issue 5)").
+    """
+    return int(min(64, max(8, nlist // 128)))
 
 
 def ivf_lists(n: int) -> int:
@@ -541,11 +672,16 @@ def ivf_lists(n: int) -> int:
     return nlist
 
 
-def _pq_bytes(n: int, dim: int, budget: int) -> int:
-    """The largest PQ code size m (dividing dim, <= dim/2, <= 64) whose codes fit the budget."""
+# bytes per vector besides its codes: the IVF list's id, the IDMap2's id and its reverse
+# map entry (a hash-map node)
+PER_VECTOR_OVERHEAD = 64
+
+
+def _pq_bytes(n: int, dim: int, budget: int, *, largest: int) -> int:
+    """The largest PQ code size m (dividing dim, <= dim/2, <= largest) that fits the budget."""
     best = 1
-    for m in range(1, min(64, max(1, dim // 2)) + 1):
-        if dim % m == 0 and n * (m + 8) <= budget:
+    for m in range(1, min(largest, max(1, dim // 2)) + 1):
+        if dim % m == 0 and n * (m + PER_VECTOR_OVERHEAD) <= budget:
             best = m
     return best
 
@@ -559,6 +695,13 @@ def _search_params(inner: object, sel: object) -> object:
     """Search parameters carrying an ID selector, of the type the inner index expects."""
     import faiss
 
+    if isinstance(inner, faiss.IndexRefine):  # the base index applies the selector
+        base = _search_params(faiss.downcast_index(inner.base_index), sel)
+        params = faiss.IndexRefineSearchParameters(k_factor=inner.k_factor,
+                                                   base_index_params=base)
+        params.sel = sel
+        params.keep = base  # swig does not keep the nested parameters alive
+        return params
     if isinstance(inner, faiss.IndexIVF):
         return faiss.SearchParametersIVF(sel=sel, nprobe=inner.nprobe)
     if isinstance(inner, faiss.IndexHNSW):

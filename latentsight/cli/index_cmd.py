@@ -36,8 +36,12 @@ UriOpt = Annotated[str | None, typer.Option(
     "http://host:19530 = a Milvus server (token in LATENTSIGHT_MILVUS_TOKEN). "
     "Default: LATENTSIGHT_MILVUS_URI.", show_default=False)]
 ParamsOpt = Annotated[str | None, typer.Option(
-    "--params", help="faiss search parameters saved with the index, e.g. nprobe=32 or "
-    "efSearch=128.", show_default=False)]
+    "--params", help="faiss search parameters saved with the index, e.g. nprobe=32, "
+    "efSearch=128, or k_factor_rf=16 for a re-ranked PQ spec (IVF4096,PQ16,RFlat).",
+    show_default=False)]
+MetricOpt = Annotated[str, typer.Option(
+    "--metric", help="How vectors are compared: cosine (normalized inner product), ip (raw "
+    "inner product) or l2 (Euclidean distance). Higher scores are closer for all three.")]
 
 
 def _backend(backend: str | None, uri: str | None) -> tuple[str, str | None]:
@@ -58,6 +62,7 @@ def build(
     backend: BackendOpt = None,
     uri: UriOpt = None,
     params: ParamsOpt = None,
+    metric: MetricOpt = "cosine",
     json_out: JsonOpt = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -67,15 +72,18 @@ def build(
     """Embed every catalog image with the model and write its index.
 
     Examples: latentsight index build --spec auto;
-    latentsight index build --backend milvus --uri http://localhost:19530
+    latentsight index build --spec IVF4096,PQ16,RFlat --params nprobe=32,k_factor_rf=16;
+    latentsight index build --backend milvus --uri http://localhost:19530 --metric l2
     """
     from index.manager import build_index
+    from index.store import check_metric
 
+    check_metric(metric)  # before the catalog is opened or any image embedded
     h = open_home(home, db_url)
     m = h.catalog.model(model)
     be, uri = _backend(backend, uri)
-    st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, device=device,
-                     workers=workers)
+    st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, metric=metric,
+                     device=device, workers=workers)
     if json_out:
         echo_json(st.__dict__)
     else:
@@ -91,6 +99,9 @@ def rebuild(
     = None,
     backend: BackendOpt = None,
     uri: UriOpt = None,
+    metric: Annotated[str | None, typer.Option(
+        "--metric", help="cosine, ip or l2; default: keep the current one.",
+        show_default=False)] = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
@@ -98,7 +109,9 @@ def rebuild(
 ) -> None:
     """Rebuild a model's index from the catalog (the source of truth).
 
-    Keeps the backend, spec and URI of its latest index unless told otherwise.
+    Keeps the backend, spec, metric and URI of its latest index unless told
+    otherwise. On Milvus a new collection is filled, then switched to, then
+    the old one dropped: until the switch the old collection keeps serving.
     """
     from index.manager import build_index, location
 
@@ -109,9 +122,11 @@ def rebuild(
     if be == "milvus" and uri is None:
         uri = (location(h, row) if row is not None and row.backend == "milvus"
                else _backend(be, None)[1])
-    keep = row.spec if row is not None and row.backend == be else "Flat"
-    st = build_index(h, m, spec=spec or keep, backend=be, uri=uri, device=device,
-                     workers=workers)
+    same = row is not None and row.backend == be
+    keep = row.spec if same else "Flat"
+    keep_metric = (row.metric if same else None) or "cosine"
+    st = build_index(h, m, spec=spec or keep, backend=be, uri=uri, metric=metric or keep_metric,
+                     device=device, workers=workers)
     typer.echo(f"rebuilt {st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
                f"generation {st.generation}")
 
@@ -124,7 +139,8 @@ def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = Non
     names = {m.id: m.name for m in h.catalog.models()}
     rows = [
         {"model": names.get(r.model_id), "backend": r.backend, "spec": r.spec,
-         "ntotal": r.ntotal, "generation": r.generation, "built_at": r.built_at, "path": r.path,
+         "metric": r.metric or "cosine", "ntotal": r.ntotal, "generation": r.generation,
+         "built_at": r.built_at, "path": r.path, "collection": r.collection,
          "model_sha256": r.model_sha256}
         for r in h.catalog.indexes()
     ]
@@ -133,7 +149,8 @@ def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = Non
     elif not rows:
         typer.echo("no indexes yet; run: latentsight index build")
     else:
-        typer.echo(table(rows, ["model", "backend", "spec", "ntotal", "generation", "path"]))
+        typer.echo(table(rows, ["model", "backend", "spec", "metric", "ntotal", "generation",
+                                "path"]))
 
 
 @index_app.command("verify")

@@ -102,4 +102,9 @@ def test_migrations_reach_head_and_adopt_a_pre_migration_catalog(db_url):
     row = cat.record_index(model_id=m.id, backend="faiss", spec="Flat", path="i", ntotal=1,
                            model_sha256="ab" * 32)
     assert cat.index_for(m.id).model_sha256 == row.model_sha256
+    assert row.metric is None and row.collection is None  # columns of 0003, NULL = defaults
+    cat.record_index(model_id=m.id, backend="milvus", spec="FLAT", path="m.db", ntotal=1,
+                     metric="l2", collection="latentsight_m_g2")
+    again = cat.index_for(m.id, "milvus")
+    assert (again.metric, again.collection) == ("l2", "latentsight_m_g2")
     cat.close()

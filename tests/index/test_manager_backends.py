@@ -122,9 +122,17 @@ def test_spec_auto_follows_the_faiss_guidelines():
     big = choose_spec(1_000_000, 128, memory_budget=8 << 30)
     nlist = int(big.spec[3:].split(",")[0])
     assert big.spec.endswith(",Flat") and 4 * 1000 <= nlist <= 16 * 1000
-    assert big.params == f"nprobe={nlist // 16}" and "IVF" in big.reason
-    short = choose_spec(1_000_000, 128, memory_budget=100 << 20)  # 100 MiB < 488 MiB of floats
-    assert ",PQ" in short.spec and "budget" in short.reason
+    # 1/128 of the lists, at least 8, at most 64: 32 of 4096 (not 256 = 1/16, too slow)
+    assert big.params == "nprobe=32" and "nprobe 32" in big.reason
+    assert choose_spec(100_000, 128, memory_budget=8 << 30).params == "nprobe=16"
+    assert choose_spec(50_000, 128, memory_budget=8 << 30).params == "nprobe=8"
+    # float32 (488 MiB) over the budget, float16 copies (244 MiB) + PQ32 within: re-ranked PQ
+    refine = choose_spec(1_000_000, 128, memory_budget=400 << 20)
+    assert refine.spec == f"IVF{nlist},PQ32,Refine(SQfp16)"
+    assert refine.params == "nprobe=32,k_factor_rf=32" and "budget" in refine.reason
+    # not even float16 copies fit: PQ alone, and the reason says recall suffers
+    short = choose_spec(1_000_000, 128, memory_budget=100 << 20)
+    assert ",PQ" in short.spec and "Refine" not in short.spec and "recall" in short.reason
     m = int(short.spec.rsplit("PQ", 1)[1])
     assert 128 % m == 0 and 1_000_000 * m <= 100 << 20
 
@@ -153,3 +161,86 @@ def test_gpu_device_falls_back_to_cpu_without_a_faiss_gpu():
         assert gpu_device("auto") is None and gpu_device("cuda") is None
     with pytest.raises(StoreError, match="'device'"):
         gpu_device("tpu")
+
+
+def test_cli_build_with_a_metric_keeps_it_through_rebuild(home):
+    base = ["--home", str(home.root), "--device", "cpu", "--workers", "0"]
+    out = _cli("index", "build", "--metric", "l2", *base)
+    assert "48 vectors (Flat)" in out
+    info = json.loads(_cli("index", "info", "--json", "--home", str(home.root)))
+    assert [(r["backend"], r["metric"]) for r in info] == [("faiss", "l2")]
+    m = home.catalog.model()
+    store, _ = open_index(home, m)
+    assert store.metric == "l2"
+    vecs = np.random.default_rng(1).normal(size=(3, store.dim)).astype(np.float32) * 5
+    scores, found = store.search(vecs, 4)
+    # l2 scores are minus squared distances, best (largest) first, checked against numpy
+    ids = store.ids()
+    x = np.stack([store.index.reconstruct(int(i)) for i in ids])
+    d2 = ((vecs[:, None, :] - x[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(found, ids[np.argsort(d2, axis=1, kind="stable")[:, :4]])
+    np.testing.assert_allclose(scores, -np.sort(d2, axis=1)[:, :4], rtol=1e-4)
+    store.close()
+    out = _cli("index", "rebuild", *base)
+    assert "generation 2" in out
+    assert json.loads(_cli("index", "verify", "--json", "--home", str(home.root)))["metric"] == "l2"
+    out = _cli("index", "rebuild", "--metric", "ip", *base)
+    assert home.catalog.index_for(m.id).metric == "ip"
+
+
+def test_cli_rejects_an_unknown_metric_before_embedding(home):
+    res = runner.invoke(__import__("latentsight.cli", fromlist=["app"]).app,
+                        ["index", "build", "--metric", "hamming", "--home", str(home.root)])
+    assert res.exit_code == 2
+    assert "'metric' must be one of cosine, ip, l2. Got 'hamming'" in res.output
+    assert home.catalog.index_for(home.catalog.model().id) is None  # nothing built
+
+
+def _collections(uri: str) -> list[str]:
+    from index.milvus_store import _connect
+
+    client = _connect(uri, None)
+    try:
+        return sorted(client.list_collections())
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("point", ["milvus.after_batch", "milvus.before_switch",
+                                   "milvus.after_switch"])
+def test_milvus_rebuild_killed_anywhere_leaves_a_whole_collection(home, tmp_path, point):
+    """A rebuild SIGKILLed while filling its new collection (or just before switching to
+    it) leaves the catalog on the old collection, whole and searchable; killed after the
+    switch, on the new one. The next rebuild switches again and drops every leftover."""
+    from tests.index.crashkit import run_killed
+
+    m = home.catalog.model()
+    args = ["index", "build", "--backend", "milvus", "--home", str(home.root), "--device", "cpu",
+            "--workers", "0"]
+    code, log = run_killed(args, log_path=tmp_path / "build.log")  # in a child: Lite is
+    assert code == 0, log  # single-process, so the parent opens the file only afterwards
+    first = home.catalog.index_for(m.id, "milvus")
+    uri = str(home.resolve(first.path))
+
+    code, log = run_killed(["index", "rebuild", *args[2:]], faults=f"kill:{point}",
+                           log_path=tmp_path / "rebuild.log")
+    assert code == -9, log
+    row = home.catalog.index_for(m.id, "milvus")
+    switched = point == "milvus.after_switch"
+    assert (row.generation == first.generation + 1) is switched
+    assert (row.collection == first.collection) is not switched
+    assert len(_collections(uri)) == 2  # the one served and the killed run's leftover
+    store, _ = open_index(home, m, "milvus", repair=False)
+    try:
+        assert store.collection == row.collection and store.ntotal == 48
+        q = np.random.default_rng(0).normal(size=(2, store.dim)).astype(np.float32)
+        assert (store.search(q, 5)[1] >= 0).all()
+    finally:
+        store.close()
+
+    build_index(home, m, backend="milvus", spec="FLAT", uri=uri, device="cpu", progress=False,
+                workers=0)
+    last = home.catalog.index_for(m.id, "milvus")
+    assert last.collection != row.collection and last.generation == row.generation + 1
+    assert _collections(uri) == [last.collection]
+    assert status(home, m, "milvus").ok

@@ -92,3 +92,30 @@ def test_ivf_trains_on_first_add(data):
     assert store.is_trained and store.ntotal == 200
     _, found = store.search(x[:2], 3, allowed_ids=ids[50:])
     assert np.isin(found[found >= 0], ids[50:]).all()
+
+
+def test_refine_search_parameters_are_set_and_saved(tmp_path, data):
+    import faiss
+
+    x, ids = data
+    store = FaissStore(16, "IVF4,PQ4x4,RFlat", params="nprobe=2,k_factor=8")  # k_factor_rf alias
+    store.add(ids, x)
+    refine = faiss.downcast_index(store.index.index)
+    assert refine.k_factor == 8 and faiss.extract_index_ivf(refine).nprobe == 2
+    store.set_params("k_factor_rf=3")
+    assert refine.k_factor == 3
+    store.save(tmp_path / "r.faiss")
+    loaded = FaissStore.load(tmp_path / "r.faiss")
+    again = faiss.downcast_index(loaded.index.index)
+    assert again.k_factor == 3 and faiss.extract_index_ivf(again).nprobe == 2
+    with pytest.raises(StoreError, match="Invalid search parameters 'efSearch=3'"):
+        store.set_params("efSearch=3")
+
+
+def test_refine_over_a_non_ivf_index_cannot_remove(data):
+    x, ids = data
+    store = FaissStore(16, "PQ4x4,RFlat")
+    store.add(ids, x)
+    with pytest.raises(StoreError, match="does not support removal.*IVF1024,PQ32,RFlat"):
+        store.remove(ids[:1])
+    assert store.ntotal == 200

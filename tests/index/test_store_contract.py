@@ -33,28 +33,33 @@ class Backend:
     reopen: Any  # (store, tmp_path, catalog) -> store, after persisting
     exact: bool = True  # returns the exact top-k (Flat-like) rather than an approximation
     removes: bool = True
+    metric: str = "cosine"
 
 
-def _faiss(spec: str, params: str | None = None):
+def _faiss(spec: str, params: str | None = None, metric: str = "cosine"):
     def make(tmp: Path, catalog: Catalog) -> VectorStore:
         from index.store import FaissStore
 
-        return FaissStore(DIM, spec, params=params, resolver=catalog_resolver(catalog))
+        return FaissStore(DIM, spec, params=params, metric=metric,
+                          resolver=catalog_resolver(catalog))
 
     def reopen(store: VectorStore, tmp: Path, catalog: Catalog) -> VectorStore:
         from index.store import FaissStore
 
         store.save(tmp / "i.faiss")
-        return FaissStore.load(tmp / "i.faiss", spec, resolver=catalog_resolver(catalog))
+        # the manager passes the catalog's metric (ip and cosine files look alike)
+        return FaissStore.load(tmp / "i.faiss", spec, metric=metric,
+                               resolver=catalog_resolver(catalog))
 
     return make, reopen
 
 
-def _milvus(spec: str):
+def _milvus(spec: str, metric: str = "cosine"):
     def make(tmp: Path, catalog: Catalog) -> VectorStore:
         from index.milvus_store import MilvusStore
 
-        return MilvusStore(DIM, uri=str(tmp / "m.db"), collection="contract", spec=spec)
+        return MilvusStore(DIM, uri=str(tmp / "m.db"), collection="contract", spec=spec,
+                           metric=metric)
 
     def reopen(store: VectorStore, tmp: Path, catalog: Catalog) -> VectorStore:
         from index.milvus_store import MilvusStore
@@ -70,7 +75,16 @@ BACKENDS = [
     Backend("faiss-flat", *_faiss("Flat")),
     Backend("faiss-ivf", *_faiss("IVF4,Flat", "nprobe=4")),  # all lists probed: exact
     Backend("faiss-hnsw", *_faiss("HNSW16", "efSearch=128"), exact=False, removes=False),
+    # PQ codes (4-bit, so 90 vectors can train them) re-ranked against float32 copies:
+    # all lists probed and 32*k candidates re-ranked, so the answer is exact
+    Backend("faiss-ivfpq-refine", *_faiss("IVF4,PQ4x4,RFlat", "nprobe=4,k_factor=32")),
+    # what --spec auto picks when memory is short: float16 copies re-rank (near-exact)
+    Backend("faiss-ivfpq-fp16", *_faiss("IVF4,PQ4x4,Refine(SQfp16)", "nprobe=4,k_factor_rf=32"),
+            exact=False),
+    Backend("faiss-flat-l2", *_faiss("Flat", metric="l2"), metric="l2"),
+    Backend("faiss-ivf-ip", *_faiss("IVF4,Flat", "nprobe=4", metric="ip"), metric="ip"),
     Backend("milvus-lite", *_milvus("FLAT")),
+    Backend("milvus-lite-l2", *_milvus("FLAT", metric="l2"), metric="l2"),
 ]
 
 
@@ -101,10 +115,18 @@ def case(request, tmp_path, data):
     catalog.close()
 
 
-def _exact(x: np.ndarray, q: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    order = np.argsort(-(qn @ xn.T), axis=1)[:, :k]
+def _exact(x: np.ndarray, q: np.ndarray, ids: np.ndarray, k: int,
+           metric: str = "cosine") -> np.ndarray:
+    """The true top-k ids under `metric` (numpy, no index)."""
+    if metric == "l2":
+        closeness = -((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    elif metric == "ip":
+        closeness = q @ x.T
+    else:
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        closeness = qn @ xn.T
+    order = np.argsort(-closeness, axis=1, kind="stable")[:, :k]
     return ids[order]
 
 
@@ -115,10 +137,11 @@ def test_count_ids_and_self_search(case, data):
     assert sorted(store.ids().tolist()) == ids.tolist()
     scores, found = store.search(x[:6], 5)
     assert scores.shape == found.shape == (6, 5) and found.dtype == np.int64
-    assert found[:, 0].tolist() == ids[:6].tolist()
+    if b.metric != "ip":  # a raw inner product can prefer a longer vector to the query itself
+        assert found[:, 0].tolist() == ids[:6].tolist()
     assert np.all(np.diff(scores, axis=1) <= 1e-5)  # best first
     if b.exact:
-        np.testing.assert_array_equal(found, _exact(x, x[:6], ids, 5))
+        np.testing.assert_array_equal(found, _exact(x, x[:6], ids, 5, b.metric))
 
 
 def test_missing_slots_are_minus_one(case, data):
@@ -146,7 +169,7 @@ def test_filtered_search_is_inside_the_search(case, data, filt):
     assert (found >= 0).all()  # k results whenever k matching vectors exist
     assert np.isin(found, ids[ok]).all()
     if b.exact:
-        np.testing.assert_array_equal(found, _exact(x[ok], x[:4], ids[ok], k))
+        np.testing.assert_array_equal(found, _exact(x[ok], x[:4], ids[ok], k, b.metric))
 
 
 def test_filter_matching_nothing_and_allowed_ids(case, data):
@@ -183,6 +206,13 @@ def test_remove_or_a_clear_error(case, data):
     assert store.ntotal == N - 3
     _, found = store.search(x[:3], 5)
     assert not np.isin(found, ids[:3]).any()
+    # the vectors kept still answer with their own ids (IVF lists are renumbered)
+    if b.metric != "ip":
+        _, found = store.search(x[3:], 1)
+        assert found[:, 0].tolist() == ids[3:].tolist()
+    if b.exact:
+        want = _exact(x[3:], x[:4], ids[3:], 6, b.metric)
+        np.testing.assert_array_equal(store.search(x[:4], 6)[1], want)
 
 
 def test_upsert_replaces_vectors(case, data):
@@ -194,7 +224,14 @@ def test_upsert_replaces_vectors(case, data):
     store.flush()
     assert store.ntotal == N
     _, found = store.search(x[:1], 2)
-    assert set(found[0].tolist()) == {ids[0], ids[10]}
+    if b.metric != "ip":
+        assert set(found[0].tolist()) == {ids[0], ids[10]}
+    if b.exact:
+        y = x.copy()
+        y[[10, 11]] = x[[0, 1]]
+        _, found = store.search(x[:3], 4)
+        want = _exact(y, x[:3], ids, 4, b.metric)
+        assert [set(r) for r in found.tolist()] == [set(r) for r in want.tolist()]  # ties
 
 
 def test_persistence_and_reload(case, data, tmp_path):
