@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 NEU = ROOT.parent / "shared" / "datasets" / "neu-cls"
-SCORER_NAMES = ("mse", "local-mse", "knn", "texture", "combined")
+SCORER_NAMES = ("mse", "ssim", "local-mse", "local-ssim", "knn", "texture", "combined")
 SECTION = "## Anomaly (issue 4)"
 
 
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> str:
         row_b = {"class": c, "pca32": auroc(p_norm, p_def), "pca32_ge2": auroc(p_norm,
                                                                               p_def[big])}
         outs = {}
-        for name in ("mse", "local-mse", "knn", "texture"):
+        for name in SCORER_NAMES[:-1]:
             if name == stored.name:
                 sc = stored
                 cal = sc.decision_function(cal_px)
