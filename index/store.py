@@ -428,7 +428,11 @@ class FaissStore(VectorStore):
             scores, ids = self._search_filtered(q, k, allowed)
         if self.metric == "l2":  # faiss gives squared distances, nearest first
             scores = -scores
-        scores[ids < 0] = -np.inf
+        # faiss fills each row from the front, so a row with a missing slot ends with id -1;
+        # looking at the last column first keeps the common, full answer cheap
+        last = ids[:, -1]
+        if (last[0] < 0 if len(last) == 1 else (last < 0).any()):
+            scores[ids < 0] = -np.inf
         return scores, ids  # faiss's float32 and int64 arrays
 
     def _allowed(
