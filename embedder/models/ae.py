@@ -25,16 +25,21 @@ class AEConfig:
     pooled_embedding: bool = True  # append pooled encoder features to z in embed()
 
     def validate(self) -> None:
-        side = self.image_size >> self.depth
-        if self.image_size < 16 or side < 1 or side << self.depth != self.image_size:
-            msg = (
-                f"The 'image_size' must be divisible by 2**depth = {2**self.depth} and >= 16. "
-                f"Got {self.image_size} instead."
-            )
-            raise ValueError(msg)
-        if self.channels not in (1, 3):
-            msg = f"The 'channels' must be 1 or 3. Got {self.channels} instead."
-            raise ValueError(msg)
+        check_conv_shape(self.image_size, self.depth, self.channels)
+
+
+def check_conv_shape(image_size: int, depth: int, channels: int) -> None:
+    """Validate the input shape of a conv encoder with `depth` stride-2 stages."""
+    side = image_size >> depth
+    if image_size < 16 or side < 1 or side << depth != image_size:
+        msg = (
+            f"The 'image_size' must be divisible by 2**depth = {2**depth} and >= 16. "
+            f"Got {image_size} instead."
+        )
+        raise ValueError(msg)
+    if channels not in (1, 3):
+        msg = f"The 'channels' must be 1 or 3. Got {channels} instead."
+        raise ValueError(msg)
 
 
 def _down(cin: int, cout: int) -> nn.Sequential:
@@ -59,6 +64,22 @@ def _up(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def conv_encoder(channels: int, widths: list[int]) -> nn.Sequential:
+    """Stride-2 stages of `widths` channels (the map shrinks 2**len(widths) times)."""
+    stages, cin = [], channels
+    for w in widths:
+        stages.append(_down(cin, w))
+        cin = w
+    return nn.Sequential(*stages)
+
+
+def conv_decoder(channels: int, widths: list[int]) -> tuple[nn.Sequential, nn.Conv2d]:
+    """The mirror of conv_encoder and a 3x3 head back to `channels`: (decoder, head)."""
+    ups = [_up(w_in, w_out)
+           for w_in, w_out in zip(widths[::-1], widths[::-1][1:] + [widths[0]], strict=True)]
+    return nn.Sequential(*ups), nn.Conv2d(widths[0], channels, 3, padding=1)
+
+
 class AutoEncoder(nn.Module):
     """Conv encoder -> linear bottleneck -> conv decoder; inputs and outputs in [0, 1]."""
 
@@ -71,19 +92,11 @@ class AutoEncoder(nn.Module):
         c = config
         widths = [c.width * 2**i for i in range(c.depth)]  # e.g. 32, 64, 128, 256
         self.side = c.image_size >> c.depth
-        stages, cin = [], c.channels
-        for w in widths:
-            stages.append(_down(cin, w))
-            cin = w
-        self.encoder = nn.Sequential(*stages)
+        self.encoder = conv_encoder(c.channels, widths)
         flat = widths[-1] * self.side * self.side
         self.to_latent = nn.Linear(flat, c.latent_dim)
         self.from_latent = nn.Linear(c.latent_dim, flat)
-        ups = []
-        for w_in, w_out in zip(widths[::-1], widths[::-1][1:] + [widths[0]], strict=True):
-            ups.append(_up(w_in, w_out))
-        self.decoder = nn.Sequential(*ups)
-        self.head = nn.Conv2d(widths[0], c.channels, 3, padding=1)
+        self.decoder, self.head = conv_decoder(c.channels, widths)
 
     @property
     def embed_dim(self) -> int:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedder.models.ae import check_conv_shape, conv_decoder, conv_encoder
+
 
 @dataclass
 class VAEConfig:
@@ -33,42 +35,11 @@ class VAEConfig:
     free_bits: float = 0.0  # nats per latent dim the KL may use for free (0 = off)
 
     def validate(self) -> None:
-        side = self.image_size >> self.depth
-        if self.image_size < 16 or side < 1 or side << self.depth != self.image_size:
-            msg = (
-                f"The 'image_size' must be divisible by 2**depth = {2**self.depth} and >= 16. "
-                f"Got {self.image_size} instead."
-            )
-            raise ValueError(msg)
-        if self.channels not in (1, 3):
-            msg = f"The 'channels' must be 1 or 3. Got {self.channels} instead."
-            raise ValueError(msg)
+        check_conv_shape(self.image_size, self.depth, self.channels)
         for name in ("beta", "kl_warmup_epochs", "free_bits"):
             if getattr(self, name) < 0:
                 msg = f"The '{name}' must be >= 0. Got {getattr(self, name)} instead."
                 raise ValueError(msg)
-
-
-def _down(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.GELU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.GELU(),
-    )
-
-
-def _up(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.GELU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.GELU(),
-    )
 
 
 class VAE(nn.Module):
@@ -83,21 +54,13 @@ class VAE(nn.Module):
         c = config
         widths = [c.width * 2**i for i in range(c.depth)]  # e.g. 32, 64, 128, 256
         self.side = c.image_size >> c.depth
-        stages, cin = [], c.channels
-        for w in widths:
-            stages.append(_down(cin, w))
-            cin = w
-        self.encoder = nn.Sequential(*stages)
+        self.encoder = conv_encoder(c.channels, widths)
         flat = widths[-1] * self.side * self.side
         # mu and logvar read the flattened map plus its pooled mean/std, so the
         # posterior sees translation-invariant texture statistics directly.
         self.to_stats = nn.Linear(flat + 2 * widths[-1], 2 * c.latent_dim)
         self.from_latent = nn.Linear(c.latent_dim, flat)
-        ups = []
-        for w_in, w_out in zip(widths[::-1], widths[::-1][1:] + [widths[0]], strict=True):
-            ups.append(_up(w_in, w_out))
-        self.decoder = nn.Sequential(*ups)
-        self.head = nn.Conv2d(widths[0], c.channels, 3, padding=1)
+        self.decoder, self.head = conv_decoder(c.channels, widths)
 
     @property
     def embed_dim(self) -> int:
