@@ -1,6 +1,7 @@
 """Anomaly benchmark on NEU-CLS: one-class protocol, synthetic defects, scan throughput.
 
-    nice -n 5 python benchmarks/anomaly.py [--epochs 8] [--classes crazing,patches] [--no-write]
+    nice -n 5 python benchmarks/anomaly.py [--epochs 8] [--classes crazing,patches] [--seed 0]
+        [--scale 1.0] [--stride 48] [--no-write]
 
 (a) One-class protocol per class: train (normal images only) on 80% of the
     class, calibrate on a held-out part of that 80%, test on the class's
@@ -76,12 +77,13 @@ def run(args: argparse.Namespace) -> str:
     from training.defects import KINDS, paste_defect, peak_inside
     from training.train import TrainConfig
 
+    bank = {} if args.max_bank is None else {"max_bank": args.max_bank}
     classes = sorted(p.name for p in NEU.iterdir() if p.is_dir())
     if args.classes:
         classes = [c for c in classes if c in args.classes.split(",")]
     files = {c: sorted((NEU / c).iterdir()) for c in sorted(p.name for p in NEU.iterdir()
                                                              if p.is_dir())}
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     px = {c: [decode_file(f).pixels for f in fs] for c, fs in files.items()}
     work = Path(tempfile.mkdtemp(prefix="anomaly-bench-"))
     rows_a, rows_b, thr_rows, speed, text = [], [], [], None, ""
@@ -115,12 +117,12 @@ def run(args: argparse.Namespace) -> str:
             os.symlink(files[c][i], src / files[c][i].name)
         ingest_paths(home, [src], label=c, progress=False, workers=0)
         cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=2e-3, patience=args.epochs,
-                          name=f"scan-{c}", device="cpu",
+                          name=f"scan-{c}", device="cpu", seed=args.seed,
                           model_config={"image_size": 64, "depth": 3, "width": args.width,
                                         "latent_dim": 128})
         res = train_scorer(home, c, cfg, fpr=0.01, scale=args.scale, build=False,
                            progress=False,
-                           scorer_params={"stride": args.stride, "max_bank": args.max_bank})
+                           scorer_params={"stride": args.stride, **bank})
         model = home.catalog.model(res.name)
         encoder, stored = load_scorer(home, model, "cpu")  # the default scorer, as scans use it
         state = model.metrics["scoring"]
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> str:
                 sc = stored
                 cal = sc.decision_function(cal_px)
             else:
-                params = {"max_bank": args.max_bank} if name in ("knn", "texture") else {}
+                params = bank if name in ("knn", "texture") else {}
                 sc = make_scorer(name, encoder, scale=args.scale, fpr=0.01, stride=args.stride,
                                  **params)
                 sc.fit(cal_px, **({"reference": ref_px} if sc.uses_reference else {}))
@@ -222,12 +224,17 @@ def report(rows_a, rows_b, thr_rows, scan_ips, fwd_ips, total, args, n_classes=6
     def mean(rows, key):
         return float(np.mean([r[key] for r in rows]))
 
+    from embedder.scoring import KNNScorer, TextureScorer
+
+    bank_text = (f"{args.max_bank} vectors" if args.max_bank is not None else
+                 f"at most {TextureScorer(None).max_bank} (texture) and "
+                 f"{KNNScorer(None).max_bank} (knn) vectors")
     lines = [SECTION, "",
-             f"`benchmarks/anomaly.py` on NEU-CLS, seed 0, CPU (torch threads "
+             f"`benchmarks/anomaly.py` on NEU-CLS, seed {args.seed}, CPU (torch threads "
              f"{torch.get_num_threads()}), {args.epochs} epochs per class, 64-pixel tiles "
              f"{args.stride} px apart at scale {args.scale} (200x200 -> "
              f"{round(200 * args.scale)}), {args.n_test} held-out images per class (+ as many "
-             f"others), kNN bank {args.max_bank} vectors, AE width {args.width}, depth 3. "
+             f"others), kNN bank {bank_text}, AE width {args.width}, depth 3. "
              f"Total run time {total / 60:.1f} min on a 2-core machine "
              f"(load average {os.getloadavg()[0]:.1f} when written: other jobs shared it, so "
              "absolute times are inflated; ratios are measured in the same run)."
@@ -284,10 +291,12 @@ def write_section(text: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--scale", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=0, help="split, defects and training seed")
+    ap.add_argument("--scale", type=float, default=1.0, help="the scorers' default: native size")
     ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--stride", type=int, default=36, help="tile stride at the scaled size")
-    ap.add_argument("--max-bank", type=int, default=10000, help="kNN memory bank size")
+    ap.add_argument("--stride", type=int, default=48, help="tile stride at the scaled size")
+    ap.add_argument("--max-bank", type=int, default=None,
+                    help="kNN memory bank size (default: each scorer's own)")
     ap.add_argument("--classes", default="")
     ap.add_argument("--n-test", type=int, default=60, help="held-out images per class")
     ap.add_argument("--threads", type=int, default=1)

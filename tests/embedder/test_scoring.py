@@ -94,6 +94,41 @@ def test_state_round_trip_gives_the_same_scores(name, fitted, encoder):
                                rtol=1e-5)
 
 
+def test_texture_state_saved_before_log_eps_keeps_raw_energies(encoder, reference):
+    raw = make_scorer("texture", encoder, fpr=FPR, log_eps=0).fit(
+        normal_textures(30, seed=12), reference=reference)
+    state = raw.state()
+    del state["params"]["log_eps"]  # as stored by models trained before the option existed
+    again = scorer_from_state(encoder, state, raw.arrays())
+    assert again.log_eps == 0
+    imgs = normal_textures(3, seed=41)
+    np.testing.assert_allclose(again.decision_function(imgs), raw.decision_function(imgs),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="'log_eps' option must be >= 0"):
+        make_scorer("texture", encoder, log_eps=-1).fit(normal_textures(4, seed=1))
+
+
+def test_kdtree_bank_search_is_exact(fitted, monkeypatch):
+    """`texture`'s 12-number descriptors go to a k-d tree; it must match the brute force."""
+    import embedder.scoring as scoring
+
+    sc = fitted["texture"]
+    assert sc._tree is not None
+    imgs = normal_textures(3, seed=42)
+    rng = np.random.default_rng(0)
+    d, _ = paste_defect(imgs[0], "scratch", rng, area=0.05)
+    imgs.append(d)
+    with_tree = sc.decision_function(imgs)
+    monkeypatch.setattr(scoring, "KDTREE_MAX_DIM", 0)
+    sc._set_bank(sc.bank_)
+    assert sc._tree is None
+    try:
+        np.testing.assert_allclose(sc.decision_function(imgs), with_tree, rtol=1e-4)
+    finally:
+        monkeypatch.undo()
+        sc._set_bank(sc.bank_)
+
+
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_validation_happens_in_fit(name, encoder):
     sc = make_scorer(name, encoder, fpr=0.7)  # the constructor only stores it
