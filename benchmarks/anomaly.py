@@ -26,6 +26,7 @@ Skips cleanly when ../shared/datasets/neu-cls is absent.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import sys
@@ -226,9 +227,12 @@ def report(rows_a, rows_b, thr_rows, scan_ips, fwd_ips, total, args, n_classes=6
 
     from embedder.scoring import KNNScorer, TextureScorer
 
+    def default_bank(cls: type) -> int:
+        return inspect.signature(cls).parameters["max_bank"].default
+
     bank_text = (f"{args.max_bank} vectors" if args.max_bank is not None else
-                 f"at most {TextureScorer(None).max_bank} (texture) and "
-                 f"{KNNScorer(None).max_bank} (knn) vectors")
+                 f"at most {default_bank(TextureScorer)} (texture) and "
+                 f"{default_bank(KNNScorer)} (knn) vectors")
     lines = [SECTION, "",
              f"`benchmarks/anomaly.py` on NEU-CLS, seed {args.seed}, CPU (torch threads "
              f"{torch.get_num_threads()}), {args.epochs} epochs per class, 64-pixel tiles "
