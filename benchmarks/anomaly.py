@@ -38,9 +38,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this folder comes first on sys.path, and benchmarks/index.py would shadow
-# the `index` package: put the repository root first instead.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
 
 NEU = ROOT.parent / "shared" / "datasets" / "neu-cls"
 SCORER_NAMES = ("mse", "ssim", "local-mse", "local-ssim", "knn", "texture", "combined")
@@ -63,20 +61,20 @@ def pca_scores(train: np.ndarray, test: np.ndarray, k: int = 32) -> np.ndarray:
 
 
 def pixels64(imgs: list[np.ndarray]) -> np.ndarray:
-    from embedder.images import resize
+    from latentsight.embedder.images import resize
 
     return np.stack([resize(p, 64).astype(np.float32).ravel() / 255 for p in imgs])
 
 
 def run(args: argparse.Namespace) -> str:
-    from embedder.images import decode_file
-    from embedder.scoring import make_scorer
-    from index.home import Home
-    from index.ingest import ingest_paths
-    from index.scan import load_scorer
-    from training.anomaly import train_scorer
-    from training.defects import KINDS, paste_defect, peak_inside
-    from training.train import TrainConfig
+    from latentsight.embedder.images import decode_file
+    from latentsight.embedder.scoring import make_scorer
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.scan import load_scorer
+    from latentsight.training.anomaly import train_scorer
+    from latentsight.training.defects import KINDS, paste_defect, peak_inside
+    from latentsight.training.train import TrainConfig
 
     bank = {} if args.max_bank is None else {"max_bank": args.max_bank}
     classes = sorted(p.name for p in NEU.iterdir() if p.is_dir())
@@ -190,11 +188,10 @@ def run(args: argparse.Namespace) -> str:
 
 def throughput(home, model, encoder, scorer, images, work, args) -> tuple[float, float]:
     """(scan images/s, bare forward images/s) over the same 60 images, same run."""
+    from latentsight.embedder.scoring import tile_positions
+    from latentsight.index.manager import build_index
+    from latentsight.index.scan import scan_paths
     from PIL import Image
-
-    from embedder.scoring import tile_positions
-    from index.manager import build_index
-    from index.scan import scan_paths
 
     scan_dir = work / "scan"
     scan_dir.mkdir()
@@ -225,7 +222,7 @@ def report(rows_a, rows_b, thr_rows, scan_ips, fwd_ips, total, args, n_classes=6
     def mean(rows, key):
         return float(np.mean([r[key] for r in rows]))
 
-    from embedder.scoring import KNNScorer, TextureScorer
+    from latentsight.embedder.scoring import KNNScorer, TextureScorer
 
     def default_bank(cls: type) -> int:
         return inspect.signature(cls).parameters["max_bank"].default
@@ -269,7 +266,7 @@ def report(rows_a, rows_b, thr_rows, scan_ips, fwd_ips, total, args, n_classes=6
         lines.append(f"| {r['class']} | {r['pca32_ge2']:.3f} | "
                      + " | ".join(f"{r[n + '_ge2']:.3f}" for n in SCORER_NAMES) + " |")
     fprs = ", ".join(f"{r['class']} {r['fpr_heldout']:.3f}" for r in thr_rows)
-    from embedder.scoring import DEFAULT_SCORER
+    from latentsight.embedder.scoring import DEFAULT_SCORER
 
     lines += ["", f"False-positive rate of the calibrated {DEFAULT_SCORER} threshold (target "
               f"0.01) on the held-out 20% normals: {fprs}.", "",

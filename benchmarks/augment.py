@@ -30,17 +30,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this folder comes first on sys.path, and benchmarks/index.py would shadow
-# the `index` package: put the repository root first instead.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
 
 NEU = ROOT.parent / "shared" / "datasets" / "neu-cls"
 SECTION = "## Sparse classes / GAN (issue 6)"
 
 
 def load_neu(size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    from embedder.encoder import prepare
-    from embedder.images import decode_file
+    from latentsight.embedder.encoder import prepare
+    from latentsight.embedder.images import decode_file
 
     classes = sorted(p.name for p in NEU.iterdir() if p.is_dir())
     xs, ys = [], []
@@ -53,8 +51,8 @@ def load_neu(size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
 
 def train_feature_ae(x: torch.Tensor, epochs: int, seed: int):
     """A small latentsight AE on the training pool: the feature extractor for FID/PR."""
-    from embedder.encoder import Encoder
-    from embedder.models import create
+    from latentsight.embedder.encoder import Encoder
+    from latentsight.embedder.models import create
 
     torch.manual_seed(seed)
     model = create("ae", image_size=x.shape[-1], depth=3, latent_dim=64, width=16)
@@ -105,11 +103,16 @@ def main() -> int:
         args.minority, args.gan_steps, args.clf_steps, args.seeds = args.minority[:1], 20, 20, 1
     torch.set_num_threads(args.threads)
 
-    from training.gan import GANConfig, GANTrainConfig, train_gan
-    from training.gan.metrics import compare_sets, encoder_features
-    from training.gan.study import ClassifierConfig, Condition, run_study, stratified_split
-    from training.gan.synth import MemorizationGate, generate_gated
-    from training.gan.train import save_grid
+    from latentsight.training.gan import GANConfig, GANTrainConfig, train_gan
+    from latentsight.training.gan.metrics import compare_sets, encoder_features
+    from latentsight.training.gan.study import (
+        ClassifierConfig,
+        Condition,
+        run_study,
+        stratified_split,
+    )
+    from latentsight.training.gan.synth import MemorizationGate, generate_gated
+    from latentsight.training.gan.train import save_grid
 
     t_all = time.perf_counter()
     x, y, classes = load_neu(args.size)

@@ -50,18 +50,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-# run as a script, this file's folder comes first on sys.path and its name would
-# shadow the `index` package: put the repository root there instead
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
 
 # spinning OpenMP threads waste the shared cores (and wreck single-query timings)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import faiss  # noqa: E402
+from latentsight.index.store import FaissStore, choose_spec, ivf_lists, ivf_nprobe, normalize  # noqa: E402
 
 from benchmarks.report import replace_section  # noqa: E402
-from index.store import FaissStore, choose_spec, ivf_lists, ivf_nprobe, normalize  # noqa: E402
 
 K = 10
 NQ = 1000
@@ -325,7 +322,7 @@ def milvus_specs(n: int, asked: str | None) -> list[str]:
 
 def milvus_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, tmp: Path,
                 timeout: float, specs: list[str]) -> list[dict]:
-    from index.milvus_store import MilvusStore
+    from latentsight.index.milvus_store import MilvusStore
 
     n, dim = x.shape
     nq = NQ if n <= 100_000 else 256

@@ -28,16 +28,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this folder comes first on sys.path, and benchmarks/index.py would shadow
-# the `index` package: put the repository root first instead.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
 
-from embedder.encoder import to_batch  # noqa: E402
-from embedder.images import decode_file  # noqa: E402
-from embedder.models import create, save_checkpoint  # noqa: E402
-from index.home import Home  # noqa: E402
-from index.ingest import ingest_paths  # noqa: E402
-from index.manager import build_index  # noqa: E402
+from latentsight.embedder.encoder import to_batch  # noqa: E402
+from latentsight.embedder.images import decode_file  # noqa: E402
+from latentsight.embedder.models import create, save_checkpoint  # noqa: E402
+from latentsight.index.home import Home  # noqa: E402
+from latentsight.index.ingest import ingest_paths  # noqa: E402
+from latentsight.index.manager import build_index  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "neu-cls"
 

@@ -24,16 +24,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this folder comes first on sys.path, and benchmarks/index.py would shadow
-# the `index` package: put the repository root first instead.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
 
 import torch  # noqa: E402
-
-from index.home import Home  # noqa: E402
-from index.ingest import ingest_paths  # noqa: E402
-from training.evaluate import evaluate_retrieval, raw_pixels, retrieval_scores  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from latentsight.index.home import Home  # noqa: E402
+from latentsight.index.ingest import ingest_paths  # noqa: E402
+from latentsight.training.evaluate import evaluate_retrieval, raw_pixels, retrieval_scores  # noqa: E402
+from latentsight.training.train import TrainConfig, train  # noqa: E402
 
 NEU = ROOT.parent / "shared" / "datasets" / "neu-cls"
 SECTION = "## Retrieval (issue 3)"

@@ -6,12 +6,14 @@ The home comes from LATENTSIGHT_HOME / LATENTSIGHT_DB_URL; see dashboard/loaders
 import sys
 from pathlib import Path
 
-# The pages import the `dashboard` package that sits next to this file, even from a checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run from a checkout, the pages import that checkout's `latentsight` (the folder beside this
+# one); installed, this file is inside the package and the installed one is found as usual.
+_ROOT = Path(__file__).resolve().parents[1]
+if (_ROOT / "latentsight" / "__init__.py").is_file():
+    sys.path.insert(0, str(_ROOT))
 
 import streamlit as st  # noqa: E402
-
-from dashboard import loaders  # noqa: E402
+from latentsight.dashboard import loaders  # noqa: E402
 
 st.set_page_config(page_title="latentsight", page_icon=":material/image_search:", layout="wide")
 

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from latentsight.embedder.errors import CatalogError, DecodeError, LatentsightError
+from latentsight.embedder.images import decode_bytes, decode_file
+from latentsight.index.catalog import ImageRow, ModelRow, ScanResultRow, ScanRow
+from latentsight.index.home import Home
+from latentsight.index.search import Hit, Searcher
 from PIL import Image
 from sqlalchemy import select
-
-from embedder.errors import CatalogError, DecodeError, LatentsightError
-from embedder.images import decode_bytes, decode_file
-from index.catalog import ImageRow, ModelRow, ScanResultRow, ScanRow
-from index.home import Home
-from index.search import Hit, Searcher
 
 THUMB_SIZE = 128  # px, longest side of a cached thumbnail
 MAX_UPLOAD_MB = 10  # an upload above this is refused before decoding
@@ -286,8 +285,7 @@ def heatmap_overlay(encoder: Any, path: str, *, size: int = THUMB_SIZE) -> Image
     """The image with its per-pixel reconstruction error overlaid in red; None when the
     model cannot reconstruct or the file cannot be read."""
     import torch
-
-    from embedder.encoder import prepare
+    from latentsight.embedder.encoder import prepare
 
     if not hasattr(encoder, "reconstruct_tensor"):
         return None
@@ -315,7 +313,7 @@ def catalog_vectors(home: Home, searcher: Searcher) -> tuple[np.ndarray, np.ndar
         return ids, np.asarray(vecs, dtype=np.float32)
     except (RuntimeError, AttributeError):
         pass
-    from index.manager import embed_catalog_images
+    from latentsight.index.manager import embed_catalog_images
 
     rows = home.catalog.images(ids=ids.tolist())
     vecs, kept = embed_catalog_images(searcher.encoder, [r.id for r in rows],
@@ -412,7 +410,7 @@ def synthetic_ids(home: Home, label: str, limit: int = 8) -> list[int]:
 
 def list_images(folder: str | Path) -> list[Path]:
     """Every file under a folder the user asked to ingest (recursively, sorted)."""
-    from index.ingest import iter_files
+    from latentsight.index.ingest import iter_files
 
     return [f for f, _root in iter_files([folder])]
 
@@ -428,7 +426,7 @@ def ingest_folder(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Ingest a folder in chunks of files, reporting (done, total) after each chunk."""
-    from index.ingest import ingest_paths
+    from latentsight.index.ingest import ingest_paths
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -490,7 +488,7 @@ def scan_api() -> Any | None:
     import importlib
 
     try:
-        mod = importlib.import_module("index.scan")
+        mod = importlib.import_module("latentsight.index.scan")
     except ImportError:
         return None
     return mod if hasattr(mod, "scan_paths") else None
@@ -511,7 +509,7 @@ def start_scan(
     """
     import threading
 
-    from embedder.images import looks_like_image
+    from latentsight.embedder.images import looks_like_image
 
     api = scan_api()
     if api is None:
@@ -575,8 +573,8 @@ def synth_api() -> Any | None:
     import importlib
 
     try:
-        synth = importlib.import_module("training.gan.synth")
-        train = importlib.import_module("training.gan.train")
+        synth = importlib.import_module("latentsight.training.gan.synth")
+        train = importlib.import_module("latentsight.training.gan.train")
     except ImportError:
         return None
     if not (hasattr(synth, "synthesize") and hasattr(train, "load_generator")):
@@ -591,7 +589,7 @@ def synthesize(home: Home, label: str, n: int, *, device: str = "auto") -> Any:
     synth = synth_api()
     if synth is None:
         raise CatalogError("Synthesis is not available in this build (no training/gan/).")
-    train = importlib.import_module("training.gan.train")
+    train = importlib.import_module("latentsight.training.gan.train")
     model, row = train.load_generator(home, None)
     return synth.synthesize(home, model, row, label, n, plausibility="auto", seed=0,
                             device=device, notify=lambda _msg: None)

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
-
-from dashboard import core
-from embedder.errors import LatentsightError
-from index.home import Home
-from index.search import Searcher
+from latentsight.dashboard import core
+from latentsight.embedder.errors import LatentsightError
+from latentsight.index.home import Home
+from latentsight.index.search import Searcher
 
 ENV_HOME, ENV_DB_URL, ENV_DEVICE = "LATENTSIGHT_HOME", "LATENTSIGHT_DB_URL", "LATENTSIGHT_DEVICE"
 
@@ -69,7 +68,7 @@ def projection(root: str, db_url: str | None, model: str, generation: int, built
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def load_encoder(root: str, db_url: str | None, model: str, checkpoint_sha256: str):
-    from index.manager import load_encoder as _load
+    from latentsight.index.manager import load_encoder as _load
 
     h = load_home(root, db_url)
     return _load(h, h.catalog.model(model), os.environ.get(ENV_DEVICE) or "auto")
@@ -89,7 +88,7 @@ def encoder(h: Home, model_id: int):
 @st.cache_data(show_spinner=False, max_entries=512)
 def neighbors(root: str, db_url: str | None, result_id: int, generation: int, k: int) -> list[int]:
     """Nearest catalog ids of a scanned file (by its scan-result id) under the active model."""
-    from embedder.images import read_bytes
+    from latentsight.embedder.images import read_bytes
 
     h = load_home(root, db_url)
     row = core.scan_result(h, result_id)

@@ -1,6 +1,6 @@
 """Drive the dashboard in headless Chromium: load every page, upload a query, save screenshots.
 
-    python -m dashboard.shoot --home /tmp/demo-home --out docs/screenshots --query IMAGE
+    python -m latentsight.dashboard.shoot --home /tmp/demo-home --out docs/screenshots --query IMAGE
 
 Uses Debian's /usr/bin/chromium and /usr/bin/chromedriver through Selenium
 (nothing is downloaded). The browser test in tests/dashboard uses the same code.
@@ -9,6 +9,7 @@ Uses Debian's /usr/bin/chromium and /usr/bin/chromedriver through Selenium
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ import numpy as np
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(importlib.util.find_spec("latentsight").origin).resolve().parents[1]  # on PYTHONPATH
 PAGES = [  # url path (the default page is at the root), title, the file name of its screenshot
     ("", "Search", "search.png"),
     ("anomalies", "Anomalies", "anomalies.png"),

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import streamlit as st
-
-from dashboard import core
-from embedder.errors import LatentsightError
-from index.home import Home
+from latentsight.dashboard import core
+from latentsight.embedder.errors import LatentsightError
+from latentsight.index.home import Home
 
 COLUMNS = 6  # cards per row in every grid
 

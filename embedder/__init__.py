@@ -1,5 +1,11 @@
 """embedder: turns images into arrays, embeddings, reconstructions and scores."""
 
-from embedder.errors import CatalogError, DecodeError, LatentsightError, ModelError, StoreError
+from latentsight.embedder.errors import (
+    CatalogError,
+    DecodeError,
+    LatentsightError,
+    ModelError,
+    StoreError,
+)
 
 __all__ = ["CatalogError", "DecodeError", "LatentsightError", "ModelError", "StoreError"]

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from latentsight.embedder.errors import DecodeError
+from latentsight.embedder.images import decode_file, default_workers, prepare
 from torch.utils.data import DataLoader, Dataset
-
-from embedder.errors import DecodeError
-from embedder.images import decode_file, default_workers, prepare
 
 
 class FileImages(Dataset):

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from latentsight.embedder.images import decode_file, prepare
+from latentsight.embedder.models import load_checkpoint, resolve_device
 from torch import nn
-
-from embedder.images import decode_file, prepare
-from embedder.models import load_checkpoint, resolve_device
 
 
 def to_batch(pixels: Sequence[np.ndarray], image_size: int, channels: int) -> torch.Tensor:

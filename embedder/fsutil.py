@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from embedder import faults
+from latentsight.embedder import faults
 
 
 def fsync_dir(directory: str | Path) -> None:

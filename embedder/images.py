@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from latentsight.embedder.errors import DecodeError
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from embedder.errors import DecodeError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a 64 MiB image file is already unusual

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 
 import numpy as np
-
-from embedder import faults
-from embedder.errors import DecodeError
-from embedder.images import (
+from latentsight.embedder import faults
+from latentsight.embedder.errors import DecodeError
+from latentsight.embedder.images import (
     DECODE_TIMEOUT_S,
     MAX_FILE_BYTES,
     MAX_PIXELS,

@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from embedder.encoder import Encoder
-from embedder.images import resize
+from latentsight.embedder.encoder import Encoder
+from latentsight.embedder.images import resize
 
 # Exact kNN memory banks of at most this many dimensions are searched with a k-d tree.
 KDTREE_MAX_DIM = 16

@@ -17,9 +17,8 @@ import atheris
 
 with atheris.instrument_imports():
     import numpy as np
-
-    from embedder.errors import DecodeError
-    from embedder.images import decode_bytes
+    from latentsight.embedder.errors import DecodeError
+    from latentsight.embedder.images import decode_bytes
 
 MAX_PIXELS = 4_000_000
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from latentsight.embedder.errors import CatalogError
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -35,8 +36,6 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-
-from embedder.errors import CatalogError
 
 
 def utcnow() -> datetime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from index.catalog import Catalog
+from latentsight.index.catalog import Catalog
 
 DB_FILE = "catalog.db"
 

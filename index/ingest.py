@@ -17,18 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from latentsight.embedder import faults
+from latentsight.embedder.encoder import Encoder
+from latentsight.embedder.errors import CatalogError
+from latentsight.embedder.images import default_workers
+from latentsight.embedder.probe import Limits, Probe, ProbePool, probe_file
+from latentsight.index.catalog import ModelRow
+from latentsight.index.home import Home
+from latentsight.index.locks import write_lock
+from latentsight.index.manager import IndexMissingError, load_encoder, open_index, sync_index
+from latentsight.index.paths import to_catalog
 from tqdm import tqdm
-
-from embedder import faults
-from embedder.encoder import Encoder
-from embedder.errors import CatalogError
-from embedder.images import default_workers
-from embedder.probe import Limits, Probe, ProbePool, probe_file
-from index.catalog import ModelRow
-from index.home import Home
-from index.locks import write_lock
-from index.manager import IndexMissingError, load_encoder, open_index, sync_index
-from index.paths import to_catalog
 
 
 @dataclass

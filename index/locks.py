@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from embedder.errors import CatalogError
-from index.home import Home
+from latentsight.embedder.errors import CatalogError
+from latentsight.index.home import Home
 
 LOCK_FILE = ".write.lock"
 RETRY_S = 1.0  # a writer waits this long before it reports the lock as held

@@ -26,16 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from latentsight.embedder import faults
+from latentsight.embedder.encoder import Encoder
+from latentsight.embedder.errors import StoreError
+from latentsight.index.catalog import Catalog, IndexRow, ModelRow
+from latentsight.index.home import Home
+from latentsight.index.locks import write_lock
+from latentsight.index.paths import from_catalog, to_catalog
+from latentsight.index.store import FaissStore, Filter, VectorStore, check_metric, choose_spec, say
 from tqdm import tqdm
-
-from embedder import faults
-from embedder.encoder import Encoder
-from embedder.errors import StoreError
-from index.catalog import Catalog, IndexRow, ModelRow
-from index.home import Home
-from index.locks import write_lock
-from index.paths import from_catalog, to_catalog
-from index.store import FaissStore, Filter, VectorStore, check_metric, choose_spec, say
 
 BACKEND = "faiss"
 BACKENDS = ("faiss", "milvus")
@@ -155,7 +154,7 @@ def _stored(home: Home, where: str | Path) -> str:
 def _load_store(home: Home, model: ModelRow, row: IndexRow, device: str) -> VectorStore:
     where = location(home, row)
     if row.backend == "milvus":
-        from index.milvus_store import MilvusStore, collection_name
+        from latentsight.index.milvus_store import MilvusStore, collection_name
 
         return MilvusStore.open(where, row.collection or collection_name(model.name))
     if row.backend != "faiss":
@@ -255,8 +254,8 @@ def _build_milvus(
     uri: str | None, metric: str, generation: int,
 ) -> tuple[VectorStore, str]:
     """Fill a new collection (one per model and generation) and flush it; nothing is switched."""
-    from index.milvus_store import MilvusStore, collection_name
-    from index.milvus_store import _connect as _milvus_connect
+    from latentsight.index.milvus_store import MilvusStore, collection_name
+    from latentsight.index.milvus_store import _connect as _milvus_connect
 
     uri = uri or str(index_path(home, model, "milvus"))
     if spec == "auto" or spec == "Flat":
@@ -282,7 +281,7 @@ def _drop_replaced(home: Home, model: ModelRow, previous: IndexRow | None, store
     That is the previous build's collection, and any older generation of this
     model's collections left by a rebuild killed between its switch and its drop.
     """
-    from index.milvus_store import collection_name
+    from latentsight.index.milvus_store import collection_name
 
     if previous is None:
         return
@@ -326,8 +325,8 @@ def embed_catalog_images(
     since its ingest cannot hang or kill a build. Returns (vectors (n, d),
     ids (n,)) for the files that decoded.
     """
-    from embedder.images import default_workers
-    from embedder.probe import ProbePool
+    from latentsight.embedder.images import default_workers
+    from latentsight.embedder.probe import ProbePool
 
     workers = default_workers() if workers is None else workers
     want = (encoder.image_size, encoder.channels)
@@ -459,7 +458,7 @@ def _stale_reason(model: ModelRow, row: IndexRow, store: VectorStore) -> str | N
 def _model_embed_dim(model: ModelRow) -> int | None:
     """The embedding size a model's config gives (None when it cannot be told)."""
     try:
-        from embedder.models import create
+        from latentsight.embedder.models import create
 
         return int(create(model.kind, **(model.config or {})).embed_dim)
     except Exception:  # noqa: BLE001 - a model kind this build does not know

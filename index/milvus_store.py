@@ -33,9 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from embedder.errors import StoreError
-from index.store import (
+from latentsight.embedder.errors import StoreError
+from latentsight.index.store import (
     META_DEFAULTS,
     Filter,
     Metadata,

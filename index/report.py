@@ -13,17 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from latentsight.embedder.encoder import Encoder
+from latentsight.embedder.errors import DecodeError
+from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
+from latentsight.embedder.images import decode_file, resize
+from latentsight.embedder.scoring import TileScorer
+from latentsight.index.home import Home
 from PIL import Image
 
-from embedder.encoder import Encoder
-from embedder.errors import DecodeError
-from embedder.fsutil import atomic_write, atomic_write_bytes
-from embedder.images import decode_file, resize
-from embedder.scoring import TileScorer
-from index.home import Home
-
 if TYPE_CHECKING:
-    from index.scan import ScanSummary
+    from latentsight.index.scan import ScanSummary
 
 MAX_SHOWN = 200  # flagged images shown in report.html (all are in scores.csv)
 THUMB = 96  # side of neighbor thumbnails in pixels
@@ -88,7 +87,7 @@ def histogram_svg(scores: list[float], threshold: float, *, bins: int = 40) -> s
 def write_report(home: Home, summary: ScanSummary, directory: Path, *, encoder: Encoder,
                  scorer: TileScorer, neighbors: object) -> Path:
     """Write scores.csv, heatmaps/, neighbors/ and report.html into `directory`."""
-    from index.scan import heatmap_name
+    from latentsight.index.scan import heatmap_name
 
     directory.mkdir(parents=True, exist_ok=True)
     heat_dir, nb_dir = directory / "heatmaps", directory / "neighbors"

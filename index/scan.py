@@ -24,20 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from latentsight.embedder.encoder import Encoder
+from latentsight.embedder.errors import CatalogError, DecodeError, ModelError, StoreError
+from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
+from latentsight.embedder.images import decode_bytes, looks_like_image, read_bytes
+from latentsight.embedder.models import CONFIG_FILE, sha256_file
+from latentsight.embedder.scoring import TileScorer, scorer_from_state
+from latentsight.index.catalog import ModelRow, ScanResultRow, ScanRow, utcnow
+from latentsight.index.home import Home
+from latentsight.index.ingest import iter_files
+from latentsight.index.manager import load_encoder, open_index
+from latentsight.index.paths import to_catalog
 from safetensors.numpy import load_file, save_file
 from sqlalchemy import select
-
-from embedder.encoder import Encoder
-from embedder.errors import CatalogError, DecodeError, ModelError, StoreError
-from embedder.fsutil import atomic_write, atomic_write_bytes
-from embedder.images import decode_bytes, looks_like_image, read_bytes
-from embedder.models import CONFIG_FILE, sha256_file
-from embedder.scoring import TileScorer, scorer_from_state
-from index.catalog import ModelRow, ScanResultRow, ScanRow, utcnow
-from index.home import Home
-from index.ingest import iter_files
-from index.manager import load_encoder, open_index
-from index.paths import to_catalog
 
 SCORER_FILE = "scoring.safetensors"
 COMMIT_EVERY = 8  # images per catalog transaction: a kill loses at most this many
@@ -209,7 +208,7 @@ def scan_paths(
         bar.close()
     _finish(home, scan.id, summary)
     if report_dir:
-        from index.report import write_report
+        from latentsight.index.report import write_report
 
         write_report(home, summary, Path(report_dir), encoder=encoder, scorer=scorer,
                      neighbors=neighbors)
@@ -258,7 +257,7 @@ def _score_one(path: str, encoder: Encoder, scorer: TileScorer, thr: float,
     item = ScanItem(path=shown, sha256=sha, score=float(score), anomalous=flagged,
                     nearest_ids=neighbors(img.pixels))
     if flagged and heat_dir is not None:
-        from index.report import write_overlay
+        from latentsight.index.report import write_overlay
 
         write_overlay(img.pixels, amap, thr, heat_dir / heatmap_name(shown, sha))
     return item

@@ -7,15 +7,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from embedder.errors import CatalogError, StoreError
-from embedder.images import decode_bytes
-from index.catalog import IndexRow, ModelRow
-from index.home import Home
-from index.locks import writer_active
-from index.manager import BACKEND, load_encoder, open_index
-from index.paths import from_catalog
-from index.store import Filter
+from latentsight.embedder.errors import CatalogError, StoreError
+from latentsight.embedder.images import decode_bytes
+from latentsight.index.catalog import IndexRow, ModelRow
+from latentsight.index.home import Home
+from latentsight.index.locks import writer_active
+from latentsight.index.manager import BACKEND, load_encoder, open_index
+from latentsight.index.paths import from_catalog
+from latentsight.index.store import Filter
 
 
 @dataclass

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from embedder.errors import StoreError
-from embedder.fsutil import atomic_write
+from latentsight.embedder.errors import StoreError
+from latentsight.embedder.fsutil import atomic_write
 
 METRICS = ("cosine", "ip", "l2")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from embedder.errors import CatalogError
-from index.home import Home
-from index.ingest import ingest_paths
-from index.manager import build_index
-from index.search import Searcher
-from training.evaluate import evaluate_retrieval
-from training.train import TrainConfig, train
+from latentsight.embedder.errors import CatalogError
+from latentsight.index.home import Home
+from latentsight.index.ingest import ingest_paths
+from latentsight.index.manager import build_index
+from latentsight.index.search import Searcher
+from latentsight.training.evaluate import evaluate_retrieval
+from latentsight.training.train import TrainConfig, train
 
 DEMO_MODEL = "demo-ae"
 DEMO_GAN = "demo-gan"
@@ -119,10 +119,15 @@ def synthesis_step(home: Home, *, device: str = "auto", keep: int = 15, steps: i
     import torch
     from sklearn.datasets import load_digits
 
-    from training.gan import GANConfig, GANTrainConfig, train_gan
-    from training.gan.study import ClassifierConfig, Condition, run_study, stratified_split
-    from training.gan.synth import synthesize
-    from training.gan.train import load_generator, save_gan, save_grid
+    from latentsight.training.gan import GANConfig, GANTrainConfig, train_gan
+    from latentsight.training.gan.study import (
+        ClassifierConfig,
+        Condition,
+        run_study,
+        stratified_split,
+    )
+    from latentsight.training.gan.synth import synthesize
+    from latentsight.training.gan.train import load_generator, save_gan, save_grid
 
     t0 = time.perf_counter()
     digits = load_digits()
@@ -187,8 +192,8 @@ DEMO_SCANNER = "demo-scan"
 
 def run_scan_demo(home: Home, data: Path, *, epochs: int = 8, device: str = "auto") -> float:
     """Anomaly step: train on digit 0 only, scan the other digits, print AUROC; returns it."""
-    from index.scan import scan_paths
-    from training.anomaly import evaluate_anomaly, train_scorer
+    from latentsight.index.scan import scan_paths
+    from latentsight.training.anomaly import evaluate_anomaly, train_scorer
 
     t0 = time.perf_counter()
     try:

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.home import Home
+from latentsight.index.home import Home
 
 DEFAULT_HOME = "~/.latentsight"
 ENV_HOME = "LATENTSIGHT_HOME"

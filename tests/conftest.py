@@ -24,10 +24,10 @@ def texture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_home(tmp_path_factory: pytest.TempPathFactory, texture_dir: Path):
     """A home with the texture folder ingested, a small AE trained and its index built."""
-    from index.home import Home
-    from index.ingest import ingest_paths
-    from index.manager import build_index
-    from training.train import TrainConfig, train
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.manager import build_index
+    from latentsight.training.train import TrainConfig, train
 
     home = Home(tmp_path_factory.mktemp("home"))
     ingest_paths(home, [texture_dir], labels_from_folders=True, progress=False)
@@ -52,11 +52,12 @@ def anomaly_home(tmp_path_factory: pytest.TempPathFactory):
     Also holds 12 'checker' textures (anomalies for `eval anomaly`). Tiny
     models run fastest single-threaded, so the session switches to 1 thread.
     """
-    from index.home import Home
-    from index.ingest import ingest_paths
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.training.anomaly import train_scorer
+    from latentsight.training.train import TrainConfig
+
     from tests.imagegen import write_folder, write_normal_folder
-    from training.anomaly import train_scorer
-    from training.train import TrainConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("anomaly")

@@ -18,15 +18,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-
-from embedder.errors import CatalogError, DecodeError
-from embedder.images import decode_file
-from embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer
-from index.catalog import ImageRow
-from index.home import Home
-from index.manager import build_index, load_encoder
-from index.scan import load_scorer, save_scorer
-from training.train import TrainConfig, train
+from latentsight.embedder.errors import CatalogError, DecodeError
+from latentsight.embedder.images import decode_file
+from latentsight.embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer
+from latentsight.index.catalog import ImageRow
+from latentsight.index.home import Home
+from latentsight.index.manager import build_index, load_encoder
+from latentsight.index.scan import load_scorer, save_scorer
+from latentsight.training.train import TrainConfig, train
 
 # The default scanning model: 64-pixel tiles, features at 1/8 resolution for the kNN score.
 SCAN_MODEL_CONFIG = {"image_size": 64, "depth": 3, "width": 32, "latent_dim": 128}

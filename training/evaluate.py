@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from embedder.data import FileImages, iter_batches
-from embedder.errors import CatalogError
-from index.home import Home
-from index.manager import embed_catalog_images, load_encoder
-from index.paths import from_catalog
+from latentsight.embedder.data import FileImages, iter_batches
+from latentsight.embedder.errors import CatalogError
+from latentsight.index.home import Home
+from latentsight.index.manager import embed_catalog_images, load_encoder
+from latentsight.index.paths import from_catalog
 
 
 @dataclass

@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from latentsight.embedder.data import FileImages, iter_batches
+from latentsight.embedder.errors import CatalogError, DecodeError
+from latentsight.embedder.images import resize
+from latentsight.embedder.models import create, resolve_device, save_checkpoint
+from latentsight.index.home import Home
+from latentsight.index.paths import from_catalog
 from tqdm import tqdm
-
-from embedder.data import FileImages, iter_batches
-from embedder.errors import CatalogError, DecodeError
-from embedder.images import resize
-from embedder.models import create, resolve_device, save_checkpoint
-from index.home import Home
-from index.paths import from_catalog
 
 
 @dataclass
@@ -182,8 +181,8 @@ class CropImages:
     @classmethod
     def load(cls, home: Home, cfg: TrainConfig, *, size: int, channels: int,
              gen: torch.Generator) -> CropImages:
-        from embedder.images import decode_file
-        from embedder.scoring import to_channels
+        from latentsight.embedder.images import decode_file
+        from latentsight.embedder.scoring import to_channels
 
         rows = home.catalog.images(labels=cfg.labels or None, ids=cfg.image_ids or None)
         if not rows:

@@ -2,8 +2,7 @@
 
 import plotly.graph_objects as go
 import streamlit as st
-
-from dashboard import core, loaders, ui
+from latentsight.dashboard import core, loaders, ui
 
 st.title("Anomalies")
 home = loaders.home()

@@ -2,8 +2,7 @@
 
 import plotly.express as px
 import streamlit as st
-
-from dashboard import core, loaders, ui
+from latentsight.dashboard import core, loaders, ui
 
 st.title("Classes & synthesis")
 home = loaders.home()

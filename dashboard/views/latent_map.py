@@ -4,8 +4,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
-
-from dashboard import core, loaders, ui
+from latentsight.dashboard import core, loaders, ui
 
 st.title("Latent map")
 home = loaders.home()

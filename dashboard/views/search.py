@@ -1,9 +1,8 @@
 """Search: query by upload or by a catalog image; results as a grid; CSV download."""
 
 import streamlit as st
-
-from dashboard import core, loaders, ui
-from embedder.errors import DecodeError, LatentsightError
+from latentsight.dashboard import core, loaders, ui
+from latentsight.embedder.errors import DecodeError, LatentsightError
 
 st.title("Search")
 home = loaders.home()

@@ -2,10 +2,9 @@
 
 import plotly.graph_objects as go
 import streamlit as st
-
-from dashboard import core, loaders
-from embedder.errors import LatentsightError
-from index import manager
+from latentsight.dashboard import core, loaders
+from latentsight.embedder.errors import LatentsightError
+from latentsight.index import manager
 
 st.title("Status")
 home = loaders.home()

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from latentsight.embedder.errors import ModelError
+from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
+from latentsight.embedder.models.ae import AEConfig, AutoEncoder
+from latentsight.embedder.models.vae import VAE, VAEConfig
+from latentsight.embedder.models.vit import MaskedViT, ViTConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
-
-from embedder.errors import ModelError
-from embedder.fsutil import atomic_write, atomic_write_bytes
-from embedder.models.ae import AEConfig, AutoEncoder
-from embedder.models.vae import VAE, VAEConfig
-from embedder.models.vit import MaskedViT, ViTConfig
 
 REGISTRY: dict[str, tuple[type[nn.Module], type]] = {
     "ae": (AutoEncoder, AEConfig),

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from latentsight.embedder.models.ae import check_conv_shape, conv_decoder, conv_encoder
 from torch import nn
-
-from embedder.models.ae import check_conv_shape, conv_decoder, conv_encoder
 
 
 @dataclass

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from latentsight.index.catalog import Base
 from sqlalchemy import create_engine
-
-from index.catalog import Base
 
 config = context.config
 target_metadata = Base.metadata

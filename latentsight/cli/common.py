@@ -11,8 +11,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from embedder.errors import LatentsightError
-from index.home import Home
+from latentsight.embedder.errors import LatentsightError
+from latentsight.index.home import Home
 from latentsight.settings import ENV_DB_URL, ENV_DEVICE, ENV_HOME, Settings
 
 HomeOpt = Annotated[

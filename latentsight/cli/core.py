@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from embedder.images import DECODE_TIMEOUT_S
 from latentsight.cli import app
 from latentsight.cli.common import (
     DbUrlOpt,
@@ -20,6 +19,7 @@ from latentsight.cli.common import (
     open_home,
     table,
 )
+from latentsight.embedder.images import DECODE_TIMEOUT_S
 
 models_app = typer.Typer(help="List trained models and choose the active one.",
                          no_args_is_help=True)
@@ -61,8 +61,8 @@ def ingest(
 
     Example: latentsight ingest data/ --labels-from-folders
     """
-    from embedder.probe import Limits
-    from index.ingest import ingest_paths
+    from latentsight.embedder.probe import Limits
+    from latentsight.index.ingest import ingest_paths
 
     h = open_home(home, db_url)
     rep = ingest_paths(h, [str(p) for p in paths], label=label,
@@ -100,7 +100,7 @@ def search(
 
     Example: latentsight search photo.png --k 5 --label scratches
     """
-    from index.search import search as run_search
+    from latentsight.index.search import search as run_search
 
     h = open_home(home, db_url)
     hits = run_search(h, query, k=k, label=label, model=model, device=device,
@@ -156,7 +156,7 @@ def eval_retrieval(
     db_url: DbUrlOpt = None,
 ) -> None:
     """Leave-one-out precision@k and mAP by label, beside the raw-pixel baseline."""
-    from training.evaluate import evaluate_retrieval
+    from latentsight.training.evaluate import evaluate_retrieval
 
     h = open_home(home, db_url)
     res = evaluate_retrieval(h, model=model, k=k, device=device)

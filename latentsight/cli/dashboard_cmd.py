@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,12 +15,13 @@ from latentsight.cli import app
 from latentsight.cli.common import DbUrlOpt, DeviceOpt, HomeOpt, err, handle_errors
 from latentsight.settings import ENV_DB_URL, ENV_DEVICE, ENV_HOME, Settings
 
-APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+_DASHBOARD = importlib.util.find_spec("latentsight.dashboard")
+APP = Path(_DASHBOARD.submodule_search_locations[0]) / "app.py"
 
 
 def streamlit_command(host: str, port: int) -> list[str]:
     """The `streamlit run` command line: headless, no usage stats, no file watcher."""
-    from dashboard.core import MAX_UPLOAD_MB
+    from latentsight.dashboard.core import MAX_UPLOAD_MB
 
     return [
         sys.executable, "-m", "streamlit", "run", str(APP),

@@ -22,7 +22,7 @@ def delete(
 
     Example: latentsight delete 12 13 40
     """
-    from index.manager import delete_images
+    from latentsight.index.manager import delete_images
 
     h = open_home(home, db_url)
     out = delete_images(h, ids)

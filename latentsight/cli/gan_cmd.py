@@ -67,9 +67,9 @@ def gan_train(
 
     Example: latentsight gan train --steps 2000 --image-size 32
     """
-    from training.gan.diffaug import POLICIES
-    from training.gan.model import GANConfig
-    from training.gan.train import GANTrainConfig, train_gan_on_catalog
+    from latentsight.training.gan.diffaug import POLICIES
+    from latentsight.training.gan.model import GANConfig
+    from latentsight.training.gan.train import GANTrainConfig, train_gan_on_catalog
 
     h = open_home(home, db_url)
     cfg = GANTrainConfig(steps=steps, batch_size=batch_size, loss=loss, lr_g=lr_g, lr_d=lr_d,
@@ -121,8 +121,8 @@ def synth(
 
     Example: latentsight synth --label scratches --n 100
     """
-    from training.gan.synth import synthesize
-    from training.gan.train import load_generator
+    from latentsight.training.gan.synth import synthesize
+    from latentsight.training.gan.train import load_generator
 
     h = open_home(home, db_url)
     model, row = load_generator(h, gan)
@@ -185,7 +185,7 @@ def eval_gan(
     db_url: DbUrlOpt = None,
 ) -> None:
     """FID and k-NN precision/recall per class between real and generated images."""
-    from training.gan.evaluate import evaluate_gan
+    from latentsight.training.gan.evaluate import evaluate_gan
 
     h = open_home(home, db_url)
     res = evaluate_gan(h, gan=gan, n=n, encoder_model=model, inception=inception, k=k,
@@ -216,7 +216,7 @@ def eval_augment(
     db_url: DbUrlOpt = None,
 ) -> None:
     """Small CNN on real vs real + synthetic LABEL images; per-class P/R/F1 on real test images."""
-    from training.gan.evaluate import augment_study_on_catalog
+    from latentsight.training.gan.evaluate import augment_study_on_catalog
 
     h = open_home(home, db_url)
     res = augment_study_on_catalog(h, label, gan=gan, n_synth=n_synth,

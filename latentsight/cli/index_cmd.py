@@ -75,8 +75,8 @@ def build(
     latentsight index build --spec IVF4096,PQ16,RFlat --params nprobe=32,k_factor_rf=16;
     latentsight index build --backend milvus --uri http://localhost:19530 --metric l2
     """
-    from index.manager import build_index
-    from index.store import check_metric
+    from latentsight.index.manager import build_index
+    from latentsight.index.store import check_metric
 
     check_metric(metric)  # before the catalog is opened or any image embedded
     h = open_home(home, db_url)
@@ -113,7 +113,7 @@ def rebuild(
     otherwise. On Milvus a new collection is filled, then switched to, then
     the old one dropped: until the switch the old collection keeps serving.
     """
-    from index.manager import build_index, location
+    from latentsight.index.manager import build_index, location
 
     h = open_home(home, db_url)
     m = h.catalog.model(model)
@@ -160,7 +160,7 @@ def verify(
     home: HomeOpt = None, db_url: DbUrlOpt = None,
 ) -> None:
     """Compare the catalog with the index: missing, extra ids, stale model. Exit 1 on a mismatch."""
-    from index.manager import status
+    from latentsight.index.manager import status
 
     h = open_home(home, db_url)
     st = status(h, h.catalog.model(model), backend)

@@ -60,7 +60,7 @@ def scan(
 
     Example: latentsight scan incoming/ --fpr 0.01 --report scan-report/
     """
-    from index.scan import scan_paths
+    from latentsight.index.scan import scan_paths
 
     h = open_home(home, db_url)
     s = scan_paths(h, [str(p) for p in paths], model=model, fpr=fpr, threshold=threshold,
@@ -106,7 +106,7 @@ def eval_anomaly(
     The model's own training images are left out. Example:
     latentsight eval anomaly --normal-label good
     """
-    from training.anomaly import evaluate_anomaly
+    from latentsight.training.anomaly import evaluate_anomaly
 
     h = open_home(home, db_url)
     res = evaluate_anomaly(h, normal_label=normal_label, model=model, device=device,

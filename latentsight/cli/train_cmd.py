@@ -22,7 +22,7 @@ MODEL_OPTIONS = {
 
 
 def _model_config(kind: str, given: dict[str, Any]) -> dict[str, Any]:
-    from embedder.models import config_class
+    from latentsight.embedder.models import config_class
 
     fields = {f.name for f in dataclasses.fields(config_class(kind))}
     out = {}
@@ -39,7 +39,7 @@ def _model_config(kind: str, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _owners(field: str) -> list[str]:
-    from embedder.models import REGISTRY
+    from latentsight.embedder.models import REGISTRY
 
     return [k for k, (_, c) in sorted(REGISTRY.items())
             if field in {f.name for f in dataclasses.fields(c)}]
@@ -130,8 +130,8 @@ def train(
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
     """
     from latentsight.cli.common import open_home
-    from training.train import TrainConfig
-    from training.train import train as run_train
+    from latentsight.training.train import TrainConfig
+    from latentsight.training.train import train as run_train
 
     defaults = TrainConfig()
     kind = model or defaults.model
@@ -169,8 +169,8 @@ def train(
 
 def _train_scanner(h: Any, cfg: Any, normal_label: str, json_out: bool, *, scorer: str | None,
                    fpr: float, contamination: float | None, threshold: float | None) -> None:
-    from embedder.scoring import DEFAULT_SCORER, SCORERS
-    from training.anomaly import train_scorer
+    from latentsight.embedder.scoring import DEFAULT_SCORER, SCORERS
+    from latentsight.training.anomaly import train_scorer
 
     name = scorer or DEFAULT_SCORER
     if name not in SCORERS:

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from embedder.encoder import prepare
-from embedder.images import decode_file
-from index.catalog import ScanResultRow, ScanRow
-from index.home import Home
-from index.manager import load_encoder
+from latentsight.embedder.encoder import prepare
+from latentsight.embedder.images import decode_file
+from latentsight.index.catalog import ScanResultRow, ScanRow
+from latentsight.index.home import Home
+from latentsight.index.manager import load_encoder
 
 
 def reconstruction_scan(home: Home, paths: list[str], bad: list[str]) -> int:

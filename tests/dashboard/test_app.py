@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from latentsight.index.home import Home
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-
-from index.home import Home
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 PAGES = ["views/search.py", "views/anomalies.py", "views/latent_map.py", "views/classes.py",
@@ -102,7 +101,7 @@ def test_upload_searches_and_a_non_image_gets_a_clear_message(monkeypatch, dash_
 
 
 def test_oversized_upload_is_refused(monkeypatch, dash_home):
-    from dashboard.core import MAX_UPLOAD_MB
+    from latentsight.dashboard.core import MAX_UPLOAD_MB
 
     big = io.BytesIO()
     rng = np.random.default_rng(0)
@@ -154,7 +153,7 @@ def test_status_page_shows_models_curves_and_index_health(monkeypatch, dash_home
 
 
 def test_scan_and_synthesis_say_when_this_build_lacks_them(monkeypatch, dash_home):
-    from dashboard import core
+    from latentsight.dashboard import core
 
     at = open_page(monkeypatch, dash_home, "views/anomalies.py")
     if core.scan_api() is None:
@@ -171,7 +170,8 @@ def test_scan_and_synthesis_say_when_this_build_lacks_them(monkeypatch, dash_hom
 def test_status_page_ingests_a_folder_into_catalog_and_index(monkeypatch, dash_home, tmp_path):
     import shutil
 
-    from index.manager import status
+    from latentsight.index.manager import status
+
     from tests.imagegen import write_folder
 
     dash_home.catalog.engine.dispose()

@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from dashboard import shoot
+from latentsight.dashboard import shoot
 
 pytestmark = pytest.mark.slow
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from latentsight.dashboard import core
+from latentsight.embedder.errors import DecodeError
+from latentsight.index.home import Home
+from latentsight.index.search import Searcher
 
-from dashboard import core
-from embedder.errors import DecodeError
-from index.home import Home
-from index.search import Searcher
 from tests.imagegen import write_folder
 
 
@@ -55,7 +55,7 @@ def test_reflag_counts_move_with_the_threshold(dash_home):
 
 def test_class_table_marks_sparse_classes(tmp_path):
     home = Home(tmp_path / "h")
-    from index.ingest import ingest_paths
+    from latentsight.index.ingest import ingest_paths
 
     write_folder(tmp_path / "a", per_label=6)
     write_folder(tmp_path / "b", per_label=1, seed=1)

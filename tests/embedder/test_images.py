@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from latentsight.embedder.errors import DecodeError
+from latentsight.embedder.images import decode_bytes, decode_file, sniff_format, to_mode
 from PIL import Image
 
-from embedder.errors import DecodeError
-from embedder.images import decode_bytes, decode_file, sniff_format, to_mode
 from tests.badfiles import make_corpus
 
 

@@ -10,10 +10,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from latentsight.embedder.errors import ModelError
+from latentsight.embedder.models import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    create,
+    load_checkpoint,
+    save_checkpoint,
+)
 from typer.testing import CliRunner
 
-from embedder.errors import ModelError
-from embedder.models import CONFIG_FILE, WEIGHTS_FILE, create, load_checkpoint, save_checkpoint
 from latentsight.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]

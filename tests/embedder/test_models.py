@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from embedder.encoder import to_batch
-from embedder.images import decode_file
-from embedder.models import REGISTRY, create, load_checkpoint, save_checkpoint
+from latentsight.embedder.encoder import to_batch
+from latentsight.embedder.images import decode_file
+from latentsight.embedder.models import REGISTRY, create, load_checkpoint, save_checkpoint
 
 # A tiny config per registered model (32x32 inputs). A new model without an entry
 # here fails the contract test below, so it cannot join the registry untested.

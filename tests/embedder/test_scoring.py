@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from latentsight.embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer, scorer_from_state
+from latentsight.index.scan import load_scorer
+from latentsight.training.defects import paste_defect, peak_inside
 from sklearn.metrics import roc_auc_score
 
-from embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer, scorer_from_state
-from index.scan import load_scorer
 from tests.imagegen import normal_textures, texture
-from training.defects import paste_defect, peak_inside
 
 FPR = 0.1
 
@@ -110,7 +110,7 @@ def test_texture_state_saved_before_log_eps_keeps_raw_energies(encoder, referenc
 
 def test_kdtree_bank_search_is_exact(fitted, monkeypatch):
     """`texture`'s 12-number descriptors go to a k-d tree; it must match the brute force."""
-    import embedder.scoring as scoring
+    import latentsight.embedder.scoring as scoring
 
     sc = fitted["texture"]
     assert sc._tree is not None

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PRELOAD = ["torch", "latentsight.cli", "index.ingest", "index.manager", "index.search"]
+PRELOAD = ["torch", "latentsight.cli", "latentsight.index.ingest", "latentsight.index.manager",
+           "latentsight.index.search"]
 _ctx = None
 
 
@@ -95,9 +96,9 @@ def copy_model_home(trained_home, root: Path, seed_folder: Path):
     """A new home at ROOT with the session model copied in, SEED_FOLDER ingested, index built."""
     import shutil
 
-    from index.home import Home
-    from index.ingest import ingest_paths
-    from index.manager import build_index
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.manager import build_index
 
     home = Home(root)
     m = trained_home.catalog.model("test-ae")

@@ -19,9 +19,8 @@ from pathlib import Path
 def search_loop(home_dir: str, queries: list[str], stop: threading.Event | Path,
                 ready: threading.Event | Path | None = None) -> dict:
     import torch
-
-    from index.home import Home
-    from index.search import Searcher
+    from latentsight.index.home import Home
+    from latentsight.index.search import Searcher
 
     torch.set_num_threads(1)
     home = Home(home_dir)

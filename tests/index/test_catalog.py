@@ -3,10 +3,9 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from latentsight.embedder.errors import CatalogError
+from latentsight.index.catalog import Catalog
 from sqlalchemy.exc import IntegrityError
-
-from embedder.errors import CatalogError
-from index.catalog import Catalog
 
 
 def _row(i: int, label: str | None = "a") -> dict:
@@ -79,8 +78,7 @@ def test_filters_by_label_source_and_synthetic(db_url):
 def test_migrations_reach_head_and_adopt_a_pre_migration_catalog(db_url):
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
-
-    from index.catalog import BASELINE, Base, alembic_config, make_engine
+    from latentsight.index.catalog import BASELINE, Base, alembic_config, make_engine
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     # a catalog made by create_all before migrations, without the columns added since

@@ -16,11 +16,11 @@ import threading
 import time
 
 import pytest
+from latentsight.index.home import Home
+from latentsight.index.ingest import ingest_paths
+from latentsight.index.locks import WriteLockedError, write_lock, writer_active
 from typer.testing import CliRunner
 
-from index.home import Home
-from index.ingest import ingest_paths
-from index.locks import WriteLockedError, write_lock, writer_active
 from latentsight.cli import app
 from tests.imagegen import write_folder
 from tests.index.crashkit import ROOT, copy_model_home, run_killed
@@ -28,8 +28,8 @@ from tests.index.search_reader import search_loop
 
 HOLD = """
 import sys, time
-from index.home import Home
-from index.locks import write_lock
+from latentsight.index.home import Home
+from latentsight.index.locks import write_lock
 with write_lock(Home(sys.argv[1]), "holder-test"):
     print("held", flush=True)
     time.sleep(600)

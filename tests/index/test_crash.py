@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from latentsight.index.catalog import ImageRow
+from latentsight.index.home import Home
+from latentsight.index.ingest import ingest_paths
+from latentsight.index.manager import build_index, status
+from latentsight.index.store import FaissStore
 from sqlalchemy import func, select
 
-from index.catalog import ImageRow
-from index.home import Home
-from index.ingest import ingest_paths
-from index.manager import build_index, status
-from index.store import FaissStore
 from tests.imagegen import write_folder
 from tests.index.crashkit import (
     acknowledged_ids,

@@ -13,13 +13,13 @@ import shutil
 
 import numpy as np
 import pytest
+from latentsight.embedder.errors import DecodeError
+from latentsight.embedder.probe import Limits, ProbePool
+from latentsight.index.home import Home
+from latentsight.index.ingest import ingest_paths
+from latentsight.index.paths import from_catalog, to_catalog
 from typer.testing import CliRunner
 
-from embedder.errors import DecodeError
-from embedder.probe import Limits, ProbePool
-from index.home import Home
-from index.ingest import ingest_paths
-from index.paths import from_catalog, to_catalog
 from latentsight.cli import app
 from tests.badfiles import make_corpus
 
@@ -140,7 +140,7 @@ def test_file_deleted_between_listing_and_reading(tmp_path, small_folder, textur
 
 
 def test_search_by_upload_each_corpus_file(trained_home, corpus_dir):
-    from index.search import Searcher
+    from latentsight.index.search import Searcher
 
     _folder, corpus = corpus_dir
     s = Searcher(trained_home, "test-ae", device="cpu")
@@ -171,8 +171,9 @@ def test_cli_search_with_hostile_query_files_exits_2_naming_the_file(trained_hom
 
 def test_build_and_search_read_back_non_utf8_paths(tmp_path, trained_home, texture_dir,
                                                    corpus_dir):
-    from index.manager import build_index
-    from index.search import Searcher
+    from latentsight.index.manager import build_index
+    from latentsight.index.search import Searcher
+
     from tests.index.crashkit import copy_model_home
 
     folder, corpus = corpus_dir
@@ -187,7 +188,7 @@ def test_build_and_search_read_back_non_utf8_paths(tmp_path, trained_home, textu
 
 def test_scan_reports_every_bad_file_and_scores_the_good_ones(anomaly_home, corpus_dir, tmp_path):
     """The hostile corpus through `scan`: per-file reasons, the scan goes on, counts are right."""
-    from index.scan import scan_paths
+    from latentsight.index.scan import scan_paths
 
     folder, corpus = corpus_dir
     summary = scan_paths(anomaly_home, [folder], device="cpu", progress=False)

@@ -4,12 +4,12 @@ import shutil
 
 import numpy as np
 import pytest
+from latentsight.embedder.errors import CatalogError
+from latentsight.embedder.images import decode_file
+from latentsight.index.home import Home
+from latentsight.index.ingest import ingest_paths
+from latentsight.index.paths import to_catalog
 
-from embedder.errors import CatalogError
-from embedder.images import decode_file
-from index.home import Home
-from index.ingest import ingest_paths
-from index.paths import to_catalog
 from tests.badfiles import make_corpus
 
 
@@ -78,7 +78,7 @@ def test_label_options_and_missing_path(tmp_path, texture_dir, db_url):
 def test_ingest_into_existing_index_adds_without_rebuild(
     tmp_path, trained_home, texture_dir, db_url
 ):
-    from index.manager import open_index, status
+    from latentsight.index.manager import open_index, status
 
     home = Home(tmp_path / "h2", db_url)
     # reuse the session model: copy its catalog row + checkpoint into a fresh home
@@ -87,7 +87,7 @@ def test_ingest_into_existing_index_adds_without_rebuild(
                            checkpoint_path=str(trained_home.resolve(m.checkpoint_path)),
                            checkpoint_sha256=m.checkpoint_sha256,
                            metrics=m.metrics)
-    from index.manager import build_index
+    from latentsight.index.manager import build_index
 
     ingest_paths(home, [texture_dir / "checker"], label="checker", progress=False, workers=0)
     build_index(home, home.catalog.model(), device="cpu", progress=False, workers=0)
@@ -98,7 +98,7 @@ def test_ingest_into_existing_index_adds_without_rebuild(
     assert st.ok and st.ntotal == 24 and st.generation == gen0 + 1
     store, _ = open_index(home, home.catalog.model())
     # the vectors added from ingest's already-decoded arrays equal a fresh embedding
-    from index.manager import load_encoder
+    from latentsight.index.manager import load_encoder
 
     enc = load_encoder(home, home.catalog.model(), "cpu")
     row = home.catalog.images(labels=["blobs"])[0]

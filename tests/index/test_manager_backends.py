@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from latentsight.embedder.errors import StoreError
+from latentsight.index.home import Home
+from latentsight.index.ingest import ingest_paths
+from latentsight.index.manager import build_index, delete_images, open_index, status
+from latentsight.index.store import FaissStore, Filter, choose_spec
 from typer.testing import CliRunner
-
-from embedder.errors import StoreError
-from index.home import Home
-from index.ingest import ingest_paths
-from index.manager import build_index, delete_images, open_index, status
-from index.store import FaissStore, Filter, choose_spec
 
 runner = CliRunner()
 
@@ -153,8 +152,7 @@ def test_ivf_with_too_many_lists_names_the_fix():
 
 def test_gpu_device_falls_back_to_cpu_without_a_faiss_gpu():
     import faiss
-
-    from index.store import gpu_device
+    from latentsight.index.store import gpu_device
 
     assert gpu_device("cpu") is None
     if faiss.get_num_gpus() == 0:
@@ -197,7 +195,7 @@ def test_cli_rejects_an_unknown_metric_before_embedding(home):
 
 
 def _collections(uri: str) -> list[str]:
-    from index.milvus_store import _connect
+    from latentsight.index.milvus_store import _connect
 
     client = _connect(uri, None)
     try:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from latentsight.training.defects import paste_defect
 from PIL import Image
 from typer.testing import CliRunner
 
 from latentsight.cli import app
 from tests.badfiles import make_corpus
 from tests.imagegen import normal_textures
-from training.defects import paste_defect
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]

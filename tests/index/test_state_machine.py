@@ -23,13 +23,13 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from latentsight.index.catalog import ImageRow
+from latentsight.index.home import Home
+from latentsight.index.ingest import ingest_paths
+from latentsight.index.manager import build_index, delete_images, status
+from latentsight.index.search import Searcher
 from sqlalchemy import func, select
 
-from index.catalog import ImageRow
-from index.home import Home
-from index.ingest import ingest_paths
-from index.manager import build_index, delete_images, status
-from index.search import Searcher
 from tests.imagegen import write_folder
 from tests.index.crashkit import copy_model_home
 

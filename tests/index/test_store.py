@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from embedder.errors import StoreError
-from index.store import FaissStore
+from latentsight.embedder.errors import StoreError
+from latentsight.index.store import FaissStore
 
 
 @pytest.fixture()

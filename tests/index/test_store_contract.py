@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from embedder.errors import StoreError
-from index.catalog import Catalog
-from index.manager import catalog_resolver
-from index.store import Filter, VectorStore
+from latentsight.embedder.errors import StoreError
+from latentsight.index.catalog import Catalog
+from latentsight.index.manager import catalog_resolver
+from latentsight.index.store import Filter, VectorStore
 
 DIM = 16
 N = 90
@@ -38,13 +37,13 @@ class Backend:
 
 def _faiss(spec: str, params: str | None = None, metric: str = "cosine"):
     def make(tmp: Path, catalog: Catalog) -> VectorStore:
-        from index.store import FaissStore
+        from latentsight.index.store import FaissStore
 
         return FaissStore(DIM, spec, params=params, metric=metric,
                           resolver=catalog_resolver(catalog))
 
     def reopen(store: VectorStore, tmp: Path, catalog: Catalog) -> VectorStore:
-        from index.store import FaissStore
+        from latentsight.index.store import FaissStore
 
         store.save(tmp / "i.faiss")
         # the manager passes the catalog's metric (ip and cosine files look alike)
@@ -56,13 +55,13 @@ def _faiss(spec: str, params: str | None = None, metric: str = "cosine"):
 
 def _milvus(spec: str, metric: str = "cosine"):
     def make(tmp: Path, catalog: Catalog) -> VectorStore:
-        from index.milvus_store import MilvusStore
+        from latentsight.index.milvus_store import MilvusStore
 
         return MilvusStore(DIM, uri=str(tmp / "m.db"), collection="contract", spec=spec,
                            metric=metric)
 
     def reopen(store: VectorStore, tmp: Path, catalog: Catalog) -> VectorStore:
-        from index.milvus_store import MilvusStore
+        from latentsight.index.milvus_store import MilvusStore
 
         store.save()
         store.close()

@@ -94,7 +94,7 @@ def test_stale_index_names_the_fix(tmp_path, cli_home, texture_dir):
 
     home = tmp_path / "stale"
     shutil.copytree(cli_home, home)
-    from index.home import Home
+    from latentsight.index.home import Home
 
     h = Home(home)
     h.catalog.add_images([{"sha256": "f" * 64, "path": str(texture_dir / "blobs" / "000.png"),

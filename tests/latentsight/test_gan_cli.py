@@ -41,7 +41,7 @@ def test_synth_ingests_marked_images_and_search_leaves_them_out(gan_home):
     rep = json.loads(run("synth", "--label", "blobs", "--n", "5", "--min-distance", "0",
                          "--json", "--device", "cpu", "--home", str(gan_home)))
     assert rep["accepted"] == len(rep["ids"]) > 0 and rep["indexed"] == rep["accepted"]
-    from index.home import Home
+    from latentsight.index.home import Home
 
     h = Home(gan_home)
     rows = h.catalog.images(ids=rep["ids"])

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from training.evaluate import retrieval_scores
-from training.train import get_lr
+from latentsight.training.evaluate import retrieval_scores
+from latentsight.training.train import get_lr
 
 
 def test_perfectly_separated_labels_score_one():

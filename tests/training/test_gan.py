@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from training.gan import GANConfig, GANTrainConfig, load_gan, save_gan, train_gan
-from training.gan.diffaug import diff_augment
-from training.gan.metrics import fid, precision_recall
-from training.gan.model import ConditionalGAN, Discriminator, Generator
-from training.gan.study import ClassifierConfig, Condition, run_study, stratified_split
-from training.gan.synth import MemorizationGate
-from training.gan.train import diagnose
+from latentsight.training.gan import GANConfig, GANTrainConfig, load_gan, save_gan, train_gan
+from latentsight.training.gan.diffaug import diff_augment
+from latentsight.training.gan.metrics import fid, precision_recall
+from latentsight.training.gan.model import ConditionalGAN, Discriminator, Generator
+from latentsight.training.gan.study import ClassifierConfig, Condition, run_study, stratified_split
+from latentsight.training.gan.synth import MemorizationGate
+from latentsight.training.gan.train import diagnose
 
 CLASSES = ["a", "b", "c"]
 
@@ -174,11 +173,10 @@ def test_augmentation_study_reports_every_class_and_condition():
 
 
 def test_local_inception_checkpoint_is_loaded_from_safetensors(tmp_path):
+    from latentsight.embedder.errors import ModelError
+    from latentsight.training.gan.metrics import inception_features
     from safetensors.torch import save_file
     from torchvision.models import inception_v3
-
-    from embedder.errors import ModelError
-    from training.gan.metrics import inception_features
 
     torch.manual_seed(0)
     net = inception_v3(weights=None, aux_logits=True, init_weights=False)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from training.train import (
+from latentsight.training.train import (
     TrainConfig,
     crop_rotate,
     info_nce,
@@ -48,7 +47,7 @@ def test_info_nce_rewards_matching_views():
 @pytest.mark.parametrize("field,value", [("aux", "simclr"), ("crop_scale", 1.5),
                                          ("rotate_deg", 90.0)])
 def test_bad_train_options_are_rejected(tmp_path, field, value):
-    from index.home import Home
+    from latentsight.index.home import Home
 
     with pytest.raises(ValueError, match=field):
         train(Home(tmp_path), TrainConfig(**{field: value}), progress=False)
@@ -60,9 +59,9 @@ def test_bad_train_options_are_rejected(tmp_path, field, value):
              "decoder_dim": 16}),
 ])
 def test_every_kind_trains_with_augmentations_and_aux(tmp_path, texture_dir, kind, model_config):
-    from embedder.encoder import Encoder
-    from index.home import Home
-    from index.ingest import ingest_paths
+    from latentsight.embedder.encoder import Encoder
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
 
     home = Home(tmp_path)
     ingest_paths(home, [texture_dir], labels_from_folders=True, progress=False, workers=0)

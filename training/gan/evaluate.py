@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from embedder.errors import CatalogError
-from index.home import Home
-from index.manager import load_encoder
-from training.gan.metrics import compare_sets, encoder_features, inception_features
-from training.gan.study import ClassifierConfig, Condition, run_study, stratified_split
-from training.gan.train import gan_meta, load_generator, load_real_images
+from latentsight.embedder.errors import CatalogError
+from latentsight.index.home import Home
+from latentsight.index.manager import load_encoder
+from latentsight.training.gan.metrics import compare_sets, encoder_features, inception_features
+from latentsight.training.gan.study import ClassifierConfig, Condition, run_study, stratified_split
+from latentsight.training.gan.train import gan_meta, load_generator, load_real_images
 
 
 def evaluate_gan(

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from embedder.encoder import Encoder
-from embedder.errors import ModelError
+from latentsight.embedder.encoder import Encoder
+from latentsight.embedder.errors import ModelError
 
 
 @dataclass

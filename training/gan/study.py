@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from latentsight.training.train import augment as flips_and_turns
 from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
-
-from training.train import augment as flips_and_turns
 
 
 @dataclass

@@ -26,15 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from latentsight.embedder.data import FileImages, iter_batches
+from latentsight.embedder.encoder import Encoder, prepare
+from latentsight.embedder.errors import CatalogError, LatentsightError
+from latentsight.index.home import Home
+from latentsight.index.manager import IndexMissingError, load_encoder, open_index, sync_index
+from latentsight.training.gan.metrics import match_input
+from latentsight.training.gan.model import ConditionalGAN
 from PIL import Image
-
-from embedder.data import FileImages, iter_batches
-from embedder.encoder import Encoder, prepare
-from embedder.errors import CatalogError, LatentsightError
-from index.home import Home
-from index.manager import IndexMissingError, load_encoder, open_index, sync_index
-from training.gan.metrics import match_input
-from training.gan.model import ConditionalGAN
 
 # images (B, C, S, S) float in [0, 1] -> bool (B,), True where the sample is implausible
 PlausibilityGate = Callable[[torch.Tensor], np.ndarray]
@@ -95,7 +94,7 @@ def find_plausibility_gate(home: Home) -> tuple[PlausibilityGate | None, str]:
     A scanning model (`latentsight train --normal-label L`) stores its fitted
     scorer; a generated sample it flags (`predict == 1`, PyOD's sign) is rejected.
     """
-    from index.scan import load_scorer
+    from latentsight.index.scan import load_scorer
 
     scanners = [m for m in home.catalog.models()
                 if m.role == "encoder" and (m.metrics or {}).get("scoring")]

@@ -23,15 +23,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from latentsight.embedder.data import FileImages, iter_batches
+from latentsight.embedder.errors import CatalogError, ModelError
+from latentsight.embedder.models import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    resolve_device,
+    save_checkpoint,
+    sha256_file,
+)
+from latentsight.index.home import Home
+from latentsight.training.gan.diffaug import POLICIES, diff_augment
+from latentsight.training.gan.model import ConditionalGAN, GANConfig, to_signed
 from safetensors.torch import load_file
 from tqdm import tqdm
-
-from embedder.data import FileImages, iter_batches
-from embedder.errors import CatalogError, ModelError
-from embedder.models import CONFIG_FILE, WEIGHTS_FILE, resolve_device, save_checkpoint, sha256_file
-from index.home import Home
-from training.gan.diffaug import POLICIES, diff_augment
-from training.gan.model import ConditionalGAN, GANConfig, to_signed
 
 LOSSES = ("ns", "hinge", "wgan-gp")
 # The discriminator loss when D cannot tell real from fake (logits 0): the reference
@@ -415,7 +420,7 @@ def train_gan_on_catalog(
     With `holdout` > 0, that fraction of every class (seeded) is kept out of training
     and recorded, so `latentsight eval augment` can test on images the GAN never saw.
     """
-    from training.gan.study import stratified_split
+    from latentsight.training.gan.study import stratified_split
 
     if not 0.0 <= holdout < 1.0:
         msg = f"The 'holdout' fraction must be in [0, 1). Got {holdout} instead."

@@ -1,0 +1,1 @@
+"""index: the catalog, the vector stores, ingest, search and scans (`latentsight.index`)."""

@@ -1,0 +1,1 @@
+"""training: trains the encoders and the GAN and measures them (`latentsight.training`)."""
