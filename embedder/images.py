@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a 64 MiB image file is already unusual
 MAX_PIXELS = 40_000_000  # 40 MP: a 6000x6000 photo passes, a bomb does not
 DECODE_TIMEOUT_S = 30.0  # per file, in a worker process (embedder/probe.py); ms is typical
+MAX_DECODE_MEMORY = 2 * 1024**3  # bytes a decoding worker may grow by (a 40 MP RGB needs <1 GiB)
 
 # Magic numbers of the allowed formats: files are recognized by content, not by name.
 _MAGIC = (
@@ -67,15 +69,41 @@ def looks_like_image(path: str | os.PathLike[str]) -> bool:
     """True when the file's content or its name says it is an image.
 
     A text file named `.jpg` counts (so that ingest reports it as broken);
-    a PNG with no suffix counts too (recognized by content).
+    a PNG with no suffix counts too (recognized by content). Never blocks:
+    the file is opened non-blocking and only a regular file is read, so a
+    FIFO or a device without a suffix is not an image here (`read_bytes`
+    then refuses it with the reason, "not a regular file (a FIFO)").
     """
     if Path(path).suffix.lower() in IMAGE_SUFFIXES:
         return True
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(path, "rb") as f:
-            return sniff_format(f.read(16)) is not None
+        fd = os.open(path, flags)
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return sniff_format(os.read(fd, 16)) is not None
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def non_regular_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` is not a regular file ("not a regular file (a FIFO)"), or None when it is.
+
+    Follows symbolic links; a missing file or a broken link gives None (the
+    reader reports those itself).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return f"not a regular file ({_file_kind(st.st_mode)})"
 
 
 def read_bytes(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
@@ -166,10 +194,10 @@ def decode_bytes(
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
-        except DecodeError:
+        except (DecodeError, MemoryError):
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DecodeError(path, f"decompression bomb refused: {e}") from e
+            raise DecodeError(path, _bomb_reason(e, max_pixels)) from e
         except UnidentifiedImageError as e:
             raise DecodeError(path, f"unreadable {fmt} data") from e
         except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -179,6 +207,8 @@ def decode_bytes(
     source_mode = img.mode
     try:
         pixels = to_mode(img, mode)
+    except MemoryError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise DecodeError(path, f"cannot convert mode {source_mode}: {e}") from e
     return DecodedImage(
@@ -207,7 +237,7 @@ def to_mode(img: Image.Image, mode: str) -> np.ndarray:
     """Convert any Pillow image to a uint8 array of mode "L" (H, W) or "RGB" (H, W, 3)."""
     m = img.mode
     if m in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)  # float32: a 40 MP 16-bit image needs 160 MB
         if m.startswith("I;16"):
             arr = arr / 65535.0
         elif m == "I" and arr.min() >= 0 and arr.max() <= 65535:
@@ -215,7 +245,8 @@ def to_mode(img: Image.Image, mode: str) -> np.ndarray:
         else:
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        gray = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+        arr *= 255.0
+        gray = np.clip(np.rint(arr, out=arr), 0, 255, out=arr).astype(np.uint8)
         img = Image.fromarray(gray, mode="L")
     elif m == "1":
         img = img.convert("L")
@@ -265,6 +296,13 @@ def prepare(pixels: np.ndarray, image_size: int, channels: int) -> np.ndarray:
 
 def _shrinks(pixels: np.ndarray, w: int, h: int) -> bool:
     return pixels.shape[1] >= w and pixels.shape[0] >= h
+
+
+def _bomb_reason(e: Exception, max_pixels: int) -> str:
+    """Pillow's own bomb check fired first: say so with our documented limit, not Pillow's."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    size = f"{m.group(1)} pixels, " if m else ""
+    return f"{size}over the {max_pixels}-pixel limit (a decompression bomb; refused unread)"
 
 
 def _hint(data: bytes) -> str:

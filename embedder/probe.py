@@ -5,7 +5,13 @@ bad one. `ProbePool` runs it in spawned worker processes so that a hostile
 file cannot hang or kill the run:
 
 - a file that takes longer than `timeout_s` is reported ("decoding took over
-  30s; stopped") and its worker is killed and replaced;
+  30s; stopped") and its worker is killed and replaced. A file's clock starts
+  when a worker starts on it (the worker says so through a pipe), not when it
+  is queued, so files waiting behind a slow one are never blamed for it;
+- a worker's address space may grow by at most `max_memory` bytes over what it
+  used when it started (RLIMIT_AS), so a file that needs more is reported
+  ("out of memory while decoding") instead of swapping the machine; like a
+  crash, an out-of-memory file is retried alone in a fresh worker first;
 - a file that kills its worker (a decoder crash, the OOM killer) breaks the
   pool; every file in flight is then retried alone in a fresh worker, so the
   one that kills it again is reported and the others are processed;
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -28,12 +35,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
+from typing import Any
 
 import numpy as np
 from latentsight.embedder import faults
 from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.images import (
     DECODE_TIMEOUT_S,
+    MAX_DECODE_MEMORY,
     MAX_FILE_BYTES,
     MAX_PIXELS,
     decode_bytes,
@@ -56,7 +65,7 @@ class Probe:
     height: int = 0
     mode: str = ""
     format: str = ""
-    pixels: np.ndarray | None = None  # preprocessed (C, S, S) uint8 when asked for
+    pixels: np.ndarray | None = None  # (C, S, S) uint8 when asked for; (H, W[, 3]) if S = 0
     error: str | None = None
     error_class: str | None = None
     skipped: bool = False  # not an image by name or content
@@ -66,14 +75,29 @@ class Probe:
 class Limits:
     max_bytes: int = MAX_FILE_BYTES
     max_pixels: int = MAX_PIXELS
-    timeout_s: float = DECODE_TIMEOUT_S
+    timeout_s: float = DECODE_TIMEOUT_S  # from the moment a worker starts on the file
+    max_memory: int = MAX_DECODE_MEMORY  # bytes a worker may grow by (RLIMIT_AS); 0 = no limit
 
 
-def probe_file(path: str, want: tuple[int, int] | None, limits: Limits = Limits()) -> Probe:
+@dataclass(frozen=True)
+class Upload:
+    """Image bytes that are not a file (an upload): probed like a file, under `name`."""
+
+    name: str
+    data: bytes
+
+
+def probe_file(
+    path: str | Upload, want: tuple[int, int] | None, limits: Limits = Limits()
+) -> Probe:
     """Read, hash and fully decode one file; `want` = (image_size, channels) to preprocess.
 
-    Never raises for a bad file: the reason is in `Probe.error`.
+    `image_size` 0 keeps the native resolution: `pixels` is then the decoded
+    (H, W) or (H, W, 3) array (what a tiled anomaly scan needs). Never raises
+    for a bad file: the reason is in `Probe.error`.
     """
+    if isinstance(path, Upload):
+        return _probe_upload(path, want, limits)
     try:
         faults.on_probe(path)
         if not os.path.lexists(path):
@@ -83,25 +107,89 @@ def probe_file(path: str, want: tuple[int, int] | None, limits: Limits = Limits(
         if not looks_like_image(path) and os.path.isfile(path):
             return Probe(path=path, skipped=True)
         data = read_bytes(path, max_bytes=limits.max_bytes)
-        mode = "L" if (want is None or want[1] == 1) else "RGB"
-        img = decode_bytes(data, path=path, mode=mode, max_pixels=limits.max_pixels,
-                           max_bytes=limits.max_bytes)
-        pixels = prepare(img.pixels, want[0], want[1]) if want else None
-        return Probe(
-            path=path, sha256=hashlib.sha256(data).hexdigest(), byte_size=len(data),
-            width=img.width, height=img.height, mode=img.source_mode, format=img.format,
-            pixels=pixels,
-        )
+        return _decode(path, data, want, limits)
     except DecodeError as e:
         return Probe(path=path, error=e.reason, error_class="DecodeError")
     except MemoryError:
-        return Probe(path=path, error="out of memory while decoding", error_class="MemoryError")
+        return Probe(path=path, error=_OOM, error_class="MemoryError")
     except Exception as e:  # noqa: BLE001 - a hostile file must not end the batch
         return Probe(path=path, error=f"{type(e).__name__}: {e}", error_class=type(e).__name__)
 
 
+_OOM = "out of memory while decoding (over the decoder's memory limit)"
+
+
+def _decode(path: str, data: bytes, want: tuple[int, int] | None, limits: Limits) -> Probe:
+    mode = "L" if (want is None or want[1] == 1) else "RGB"
+    img = decode_bytes(data, path=path, mode=mode, max_pixels=limits.max_pixels,
+                       max_bytes=limits.max_bytes)
+    if want is None:
+        pixels = None
+    elif want[0] == 0:
+        pixels = img.pixels  # native resolution, (H, W) or (H, W, 3)
+    else:
+        pixels = prepare(img.pixels, want[0], want[1])  # (C, S, S)
+    return Probe(
+        path=path, sha256=hashlib.sha256(data).hexdigest(), byte_size=len(data),
+        width=img.width, height=img.height, mode=img.source_mode, format=img.format,
+        pixels=pixels,
+    )
+
+
+def _probe_upload(up: Upload, want: tuple[int, int] | None, limits: Limits) -> Probe:
+    try:
+        return _decode(up.name, up.data, want, limits)
+    except DecodeError as e:
+        return Probe(path=up.name, error=e.reason, error_class="DecodeError")
+    except MemoryError:
+        return Probe(path=up.name, error=_OOM, error_class="MemoryError")
+    except Exception as e:  # noqa: BLE001 - a hostile upload must not end the server
+        return Probe(path=up.name, error=f"{type(e).__name__}: {e}",
+                     error_class=type(e).__name__)
+
+
+_STARTED: Any = None  # in a worker: the pipe on which it says "starting file N"
+
+
+def _run_task(token: int, path: str | Upload, want: tuple[int, int] | None,
+              limits: Limits) -> Probe:
+    """A worker's task: say that this file's decoding starts now, then probe it."""
+    if _STARTED is not None:
+        _STARTED.put((token, time.monotonic()))  # written synchronously, before any decoding
+    return probe_file(path, want, limits)
+
+
+def _init_worker(parent_pid: int, started: Any, max_memory: int) -> None:
+    """Worker initializer: the start pipe, the memory limit, and the parent watch."""
+    global _STARTED
+    _STARTED = started
+    _watch_parent(parent_pid)  # first: a thread's stack and malloc arena are address space too
+    import PIL.Image
+
+    PIL.Image.init()  # the format plugins, loaded before the limit is measured
+    if max_memory > 0:
+        _limit_memory(max_memory)
+
+
+def _limit_memory(extra: int) -> None:
+    """Let this process's address space grow by at most `extra` bytes from now on."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        want = vm + extra
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        if soft == resource.RLIM_INFINITY or want < soft:
+            resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    except (ImportError, OSError, ValueError):
+        pass  # not Linux: no memory limit (the pixel limit still holds)
+
+
 def _watch_parent(parent_pid: int) -> None:
-    """Worker initializer: exit when the parent dies (even by SIGKILL), leaving no orphan.
+    """Exit when the parent dies (even by SIGKILL), leaving no orphan.
 
     A pool worker holds both ends of its task pipe, so it would never see EOF
     and would wait forever for work from a dead parent.
@@ -143,6 +231,8 @@ class ProbePool:
         self.workers = workers
         self.limits = limits
         self._pool: ProcessPoolExecutor | None = None
+        self._started: Any = None  # the current pool's start pipe (a new one per pool)
+        self._tokens = itertools.count()
         self.restarts = 0  # pools replaced after a hang or a dead worker
 
     def __enter__(self) -> ProbePool:
@@ -167,12 +257,25 @@ class ProbePool:
     def _executor(self) -> ProcessPoolExecutor:
         """The current pool, started and warmed up (so that start-up time is not decode time)."""
         if self._pool is None:
-            pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
-                                       initializer=_watch_parent, initargs=(os.getpid(),))
+            ctx = get_context("spawn")
+            # A fresh pipe per pool: a worker killed while writing to it cannot block the next.
+            self._started = ctx.SimpleQueue()
+            pool = ProcessPoolExecutor(
+                self.workers, mp_context=ctx, initializer=_init_worker,
+                initargs=(os.getpid(), self._started, self.limits.max_memory))
             warm = [pool.submit(_ready, 0.05) for _ in range(self.workers)]
             wait(warm, timeout=STARTUP_GRACE_S)
             self._pool = pool
         return self._pool
+
+    def _start_times(self) -> dict[int, float]:
+        """Drain the start pipe: token -> when a worker started on that file."""
+        out: dict[int, float] = {}
+        q = self._started
+        while q is not None and not q.empty():
+            token, t = q.get()
+            out[token] = t
+        return out
 
     def _kill(self) -> None:
         """Kill every worker of the current pool (a hung decoder ignores anything gentler)."""
@@ -186,6 +289,10 @@ class ProbePool:
         for p in procs:
             p.join(timeout=5)
         self.restarts += 1
+
+    def probe_one(self, item: str | Upload, want: tuple[int, int] | None) -> Probe:
+        """Probe one file or upload (search by upload goes through here)."""
+        return next(self.imap([item], want))
 
     def probe(self, paths: list[str], want: tuple[int, int] | None) -> list[Probe]:
         """Probe every path; one Probe per path, in order."""
@@ -207,7 +314,7 @@ class ProbePool:
         results: dict[int, Probe] = {}
         pending: deque[int] = deque(range(len(paths)))
         suspects: deque[int] = deque()  # in flight when a worker died: retried one at a time
-        inflight: dict[Future, list] = {}  # future -> [index, started_at | None]
+        inflight: dict[Future, list] = {}  # future -> [index, token, started_at | None]
         nxt = 0
         while nxt < len(paths):
             while nxt in results:
@@ -224,25 +331,34 @@ class ProbePool:
         source = suspects if solo else pending
         while source and len(inflight) < limit:
             i = source.popleft()
-            f = self._executor().submit(probe_file, paths[i], want, self.limits)
-            inflight[f] = [i, None]
+            token = next(self._tokens)
+            f = self._executor().submit(_run_task, token, paths[i], want, self.limits)
+            inflight[f] = [i, token, None]
         done, _ = wait(list(inflight), timeout=0.05, return_when=FIRST_COMPLETED)
+        started = self._start_times()
         now = time.monotonic()
-        broken = False
+        broken = recycle = False
         for f in done:
-            i, _ = inflight.pop(f)
+            i = inflight.pop(f)[0]
             try:
-                results[i] = f.result()
+                pr = f.result()
+                if pr.error_class == "MemoryError" and not solo:
+                    # the worker may have been left short by an earlier file: retry this one
+                    # alone in a fresh worker, as after a crash
+                    suspects.append(i)
+                    recycle = True
+                else:
+                    results[i] = pr
             except BrokenProcessPool:
                 broken = True
                 if solo:
-                    results[i] = Probe(path=paths[i], error_class="WorkerDied", error=(
+                    results[i] = Probe(path=_shown(paths[i]), error_class="WorkerDied", error=(
                         "the decoder process died while reading this file "
                         "(crashed or killed); the file was skipped"))
                 else:
                     suspects.append(i)
         if broken:
-            for f, (i, _) in inflight.items():
+            for f, (i, _tok, _t) in inflight.items():
                 f.cancel()
                 suspects.append(i)
             inflight.clear()
@@ -250,19 +366,26 @@ class ProbePool:
             return
         expired = []
         for f, slot in inflight.items():
-            if slot[1] is None and f.running():
-                slot[1] = now
-            if slot[1] is not None and now - slot[1] > self.limits.timeout_s:
+            if slot[2] is None and slot[1] in started:
+                slot[2] = started[slot[1]]  # when the worker began this very file
+            if slot[2] is not None and now - slot[2] > self.limits.timeout_s:
                 expired.append(f)
-        if expired:
+        if expired or recycle:
             for f in expired:
-                i, _ = inflight.pop(f)
-                results[i] = Probe(path=paths[i], error_class="Timeout", error=(
+                i = inflight.pop(f)[0]
+                results[i] = Probe(path=_shown(paths[i]), error_class="Timeout", error=(
                     f"decoding took over {self.limits.timeout_s:g}s; stopped"))
-            requeue = sorted(i for i, _ in inflight.values())
+            requeue = sorted(slot[0] for slot in inflight.values())
             inflight.clear()
             self._kill()
-            (suspects if solo else pending).extendleft(reversed(requeue))
+            if recycle and not solo:
+                suspects.extend(requeue)
+            else:
+                (suspects if solo else pending).extendleft(reversed(requeue))
 
 
-__all__ = ["Limits", "Probe", "ProbePool", "probe_file"]
+def _shown(item: str | Upload) -> str:
+    return item.name if isinstance(item, Upload) else item
+
+
+__all__ = ["Limits", "Probe", "ProbePool", "Upload", "probe_file"]
