@@ -13,7 +13,6 @@ and `resume=True` continues the last unfinished scan over the same paths.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -25,10 +24,11 @@ from typing import Any
 
 import numpy as np
 from latentsight.embedder.encoder import Encoder
-from latentsight.embedder.errors import CatalogError, DecodeError, ModelError, StoreError
+from latentsight.embedder.errors import CatalogError, ModelError, StoreError
 from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
-from latentsight.embedder.images import decode_bytes, looks_like_image, read_bytes
+from latentsight.embedder.images import default_workers, looks_like_image, non_regular_reason
 from latentsight.embedder.models import CONFIG_FILE, sha256_file
+from latentsight.embedder.probe import Limits, Probe, ProbePool
 from latentsight.embedder.scoring import TileScorer, scorer_from_state
 from latentsight.index.catalog import ModelRow, ScanResultRow, ScanRow, utcnow
 from latentsight.index.home import Home
@@ -40,6 +40,10 @@ from sqlalchemy import select
 
 SCORER_FILE = "scoring.safetensors"
 COMMIT_EVERY = 8  # images per catalog transaction: a kill loses at most this many
+# Tiles are scored at native resolution, so time grows with pixels: 36 MP took 546 s. Larger
+# images are refused from their header, before any pixel is decoded or tiled.
+SCAN_MAX_PIXELS = 4_000_000
+SCAN_LIMITS = Limits(max_pixels=SCAN_MAX_PIXELS)
 
 
 # ---- the fitted scorer, stored with its model ------------------------------------------------
@@ -155,9 +159,14 @@ def scan_paths(
     include_synthetic: bool = False,
     device: str = "auto",
     progress: bool = True,
+    limits: Limits = SCAN_LIMITS,
+    workers: int | None = None,
 ) -> ScanSummary:
     """Score every image under `paths`; record the scan; optionally write a report.
 
+    Files are decoded in `workers` spawned processes (embedder/probe.py, the
+    decoding path of ingest) under `limits`: a per-file time and memory limit
+    and a pixel limit (SCAN_MAX_PIXELS by default) checked before tiling.
     Bad files become results with an `error` and the scan goes on. Raises
     CatalogError when a path does not exist, ModelError when the model has
     no calibrated scorer.
@@ -186,23 +195,30 @@ def scan_paths(
         if to_catalog(f) in done:  # paths are kept in the catalog's text form (index/paths.py)
             summary.results.append(done[to_catalog(f)])
             summary.resumed += 1
-        elif looks_like_image(f) or not os.path.exists(f):
-            todo.append(f)
+        elif looks_like_image(f) or not os.path.exists(f) or non_regular_reason(f):
+            todo.append(f)  # a FIFO or a device is reported by the decoder, never opened blocking
         else:
             summary.skipped += 1
     bar = tqdm(total=len(todo), desc=f"scan {row.name}", unit="img", file=sys.stderr,
                disable=not progress or None)
     pending: list[ScanItem] = []
+    workers = max(1, default_workers()) if workers is None else workers
     try:
-        for f in todo:
-            item = _score_one(f, encoder, scorer, thr, neighbors, heat_dir)
-            summary.results.append(item)
-            pending.append(item)
-            if len(pending) >= COMMIT_EVERY:
-                _commit(home, scan.id, pending)
-                pending = []
-            bar.update(1)
-            bar.set_postfix(flagged=summary.n_flagged, failed=len(summary.failed))
+        with ProbePool(workers, limits) as pool:
+            probes = pool.imap(todo, (0, encoder.channels))  # native resolution
+            for f, pr in zip(todo, probes, strict=True):
+                if pr.skipped:
+                    summary.skipped += 1
+                    bar.update(1)
+                    continue
+                item = _score_one(f, pr, scorer, thr, neighbors, heat_dir)
+                summary.results.append(item)
+                pending.append(item)
+                if len(pending) >= COMMIT_EVERY:
+                    _commit(home, scan.id, pending)
+                    pending = []
+                bar.update(1)
+                bar.set_postfix(flagged=summary.n_flagged, failed=len(summary.failed))
         _commit(home, scan.id, pending)
     finally:
         bar.close()
@@ -241,25 +257,24 @@ class _Neighbors:
         return [int(i) for i in ids[0] if i >= 0]
 
 
-def _score_one(path: str, encoder: Encoder, scorer: TileScorer, thr: float,
+def _score_one(path: str, pr: Probe, scorer: TileScorer, thr: float,
                neighbors: _Neighbors, heat_dir: Path | None) -> ScanItem:
+    """Score one decoded file (`pr`, from the decoding workers) and write its heatmap."""
     shown = to_catalog(path)  # valid Unicode for the catalog, reports and JSON
+    if pr.error is not None:
+        return ScanItem(path=shown, error=pr.error)
+    sha, pixels = pr.sha256, pr.pixels
     try:
-        data = read_bytes(path)
-        sha = hashlib.sha256(data).hexdigest()
-        img = decode_bytes(data, path=shown, mode=encoder.mode)
-        score, amap = scorer.score_and_map(img.pixels)
-    except DecodeError as e:
-        return ScanItem(path=shown, error=e.reason)
+        score, amap = scorer.score_and_map(pixels)
     except Exception as e:  # noqa: BLE001 - one hostile file must not end the scan
         return ScanItem(path=shown, error=f"{type(e).__name__}: {e}")
     flagged = bool(score > thr)
     item = ScanItem(path=shown, sha256=sha, score=float(score), anomalous=flagged,
-                    nearest_ids=neighbors(img.pixels))
+                    nearest_ids=neighbors(pixels))
     if flagged and heat_dir is not None:
         from latentsight.index.report import write_overlay
 
-        write_overlay(img.pixels, amap, thr, heat_dir / heatmap_name(shown, sha))
+        write_overlay(pixels, amap, thr, heat_dir / heatmap_name(shown, sha))
     return item
 
 

@@ -205,3 +205,44 @@ def test_scan_reports_every_bad_file_and_scores_the_good_ones(anomaly_home, corp
     res = runner.invoke(app, ["scan", str(folder), "--json", "--home", str(anomaly_home.root),
                               "--device", "cpu"])
     assert res.exit_code in (0, 1), res.output  # 1 = something flagged; never 2 for bad files
+
+
+def _within(seconds, fn):
+    """Run fn in a daemon thread; fail instead of hanging the suite when it does not return."""
+    import threading
+
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"did not finish in {seconds}s"
+    return out["v"]
+
+
+def test_scan_refuses_a_36_mp_image_before_tiling_and_skips_a_fifo(anomaly_home, tmp_path):
+    """A 36 MP flat PNG (a few KB) took 546 s to tile; a suffix-less FIFO hung the scan."""
+    from PIL import Image
+    from latentsight.index.scan import scan_paths
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    Image.new("L", (6000, 6000), 128).save(folder / "huge.png")
+    Image.new("L", (32, 32), 128).save(folder / "small.png")
+    os.mkfifo(folder / "pipe")
+    summary = _within(120, lambda: scan_paths(anomaly_home, [folder], device="cpu",
+                                              progress=False, workers=1))
+    by_name = {os.path.basename(r.path): r for r in summary.results}
+    assert "over the 4000000-pixel limit" in by_name["huge.png"].error
+    assert by_name["pipe"].error == "not a regular file (a FIFO)"
+    assert by_name["small.png"].error is None and np.isfinite(by_name["small.png"].score)
+
+
+def test_ingest_without_workers_skips_a_suffixless_fifo_with_a_reason(tmp_path, texture_dir):
+    folder = tmp_path / "in"
+    shutil.copytree(texture_dir / "blobs", folder)
+    os.mkfifo(folder / "pipe")
+    rep = _within(60, lambda: ingest_paths(Home(tmp_path / "h"), [folder], progress=False,
+                                           workers=0))
+    assert [(os.path.basename(f.path), f.error) for f in rep.failed] == [
+        ("pipe", "not a regular file (a FIFO)")]
+    assert rep.added == 12
