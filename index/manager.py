@@ -4,9 +4,12 @@ Each index belongs to one model (embedding spaces are never mixed); the
 catalog records its spec, path, size and generation. The catalog is the
 source of truth: `sync_index` adds what the index lacks and drops what the
 catalog no longer has, so a killed ingest is repaired by the next one; an
-index that fails to load is moved aside and rebuilt from the catalog, never
-replaced by an empty one; `delete_images` removes images from the catalog and
-their vectors from every index.
+index that fails to load is moved aside and rebuilt from the catalog by the
+writers (ingest, sync, delete), never replaced by an empty one. Readers
+(search, verify, scans, the dashboard) never write: they get an
+`IndexDamagedError` that names `latentsight index rebuild`.
+`delete_images` removes images from the catalog and their vectors from every
+index.
 
 Backends: "faiss" (a file per model, HOME/indexes/NAME.faiss) and "milvus"
 (a collection per model at a URI: a Milvus Lite file by default,
@@ -102,19 +105,30 @@ class IndexMissingError(StoreError):
     pass
 
 
+class IndexDamagedError(StoreError):
+    """The catalog records an index that cannot be loaded; a reader reports it, never repairs."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        self.model, self.reason = model, reason
+        super().__init__(f"The index of model {model!r} cannot be loaded: {reason}. If it is "
+                         f"damaged, run: latentsight index rebuild --model {model}")
+
+
 def open_index(
     home: Home,
     model: ModelRow,
     backend: str | None = None,
     *,
     device: str = "cpu",
-    repair: bool = True,
+    repair: bool = False,
 ) -> tuple[VectorStore, IndexRow]:
     """Load the index of `model` (its latest, or the one of `backend`).
 
     A clear error naming the fix when there is none. An index the catalog
     knows but that fails to load (a damaged or deleted file, a dropped
-    collection) is moved aside and rebuilt from the catalog when `repair`.
+    collection, a Milvus Lite file another process holds) raises
+    IndexDamagedError; only a writer holding the write lock passes `repair`,
+    which moves it aside and rebuilds it from the catalog.
     """
     row = home.catalog.index_for(model.id, backend)
     if row is None:
@@ -127,7 +141,7 @@ def open_index(
         return _load_store(home, model, row, device), row
     except StoreError as e:
         if not repair:
-            raise
+            raise IndexDamagedError(model.name, str(e)) from e
         say(f"warning: {e}")
         aside = _move_aside(home, row)
         say(f"the index of {model.name!r} could not be loaded{aside}; rebuilding it from the "
@@ -384,7 +398,7 @@ def _sync_locked(
     ready: dict[int, np.ndarray] | None, progress: bool, force_save: bool,
 ) -> int:
     if store is None:
-        store, _row = open_index(home, model)
+        store, _row = open_index(home, model, repair=True)
     encoder = encoder or load_encoder(home, model)
     keeps_meta = store.backend != "faiss"  # FAISS resolves filters through the catalog
     catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
@@ -486,7 +500,7 @@ def _delete_locked(home: Home, ids: Sequence[int]) -> dict[str, int]:
         model = models.get(row.model_id)
         if model is None:
             continue
-        store, row = open_index(home, model, row.backend)
+        store, row = open_index(home, model, row.backend, repair=True)
         try:
             out["vectors_removed"] += store.remove(ids)
         except StoreError as e:

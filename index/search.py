@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from latentsight.embedder.errors import CatalogError, StoreError
-from latentsight.embedder.images import decode_bytes
+from latentsight.embedder.errors import CatalogError, DecodeError, StoreError
+from latentsight.embedder.probe import Limits, ProbePool, Upload
 from latentsight.index.catalog import IndexRow, ModelRow
 from latentsight.index.home import Home
 from latentsight.index.locks import writer_active
@@ -31,10 +32,20 @@ class Hit:
 
 
 class Searcher:
-    """A model, its encoder and its index held in memory for repeated queries."""
+    """A model, its encoder and its index held in memory for repeated queries.
 
-    def __init__(self, home: Home, model: str | None = None, *, device: str = "auto") -> None:
+    A reader: it never repairs, rebuilds or locks anything (a damaged index
+    raises IndexDamagedError naming `latentsight index rebuild`). Query files
+    and uploads are decoded in a spawned worker (embedder/probe.py) under
+    `limits`, the path ingest and scans use: a hostile query cannot hang or
+    exhaust the process that searches (the dashboard's server).
+    """
+
+    def __init__(self, home: Home, model: str | None = None, *, device: str = "auto",
+                 limits: Limits = Limits()) -> None:
         self.home = home
+        self.limits = limits
+        self._pool: ProbePool | None = None
         self.model: ModelRow = home.catalog.model(model)
         self.store, self.index_row = open_index(home, self.model, device=device)
         _check_fresh(home, self.model, self.index_row)
@@ -64,11 +75,24 @@ class Searcher:
         """
         if isinstance(query, np.ndarray):
             return self.encoder.embed_pixels([query])
-        if isinstance(query, bytes):
-            img = decode_bytes(query, path=name, mode=self.encoder.mode)
-            return self.encoder.embed_pixels([img.pixels])
-        path = resolve_query(self.home, query)
-        return self.encoder.embed_files([path])
+        item = Upload(name, query) if isinstance(query, bytes) else resolve_query(self.home, query)
+        pr = self.decoder().probe_one(item, (self.encoder.image_size, self.encoder.channels))
+        if pr.error is not None:
+            raise DecodeError(pr.path, pr.error)
+        return self.encoder.embed_uint8(pr.pixels[None])  # (1, C, S, S) -> (1, D)
+
+    def decoder(self) -> ProbePool:
+        """The decoding worker of this searcher (started on first use, kept for the next)."""
+        if self._pool is None:
+            self._pool = ProbePool(1, self.limits)
+            weakref.finalize(self, self._pool.close)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the decoding worker and close the index."""
+        if self._pool is not None:
+            self._pool.close()
+        self.store.close()
 
     def search(
         self,

@@ -159,11 +159,24 @@ def verify(
     model: ModelOpt = None, backend: BackendOpt = None, json_out: JsonOpt = False,
     home: HomeOpt = None, db_url: DbUrlOpt = None,
 ) -> None:
-    """Compare the catalog with the index: missing, extra ids, stale model. Exit 1 on a mismatch."""
-    from latentsight.index.manager import status
+    """Compare the catalog with the index: missing, extra ids, stale model. Exit 1 on a mismatch.
+
+    A damaged index (a truncated file, a dropped collection) is reported and
+    exits 1 too; verify only reads, it never repairs (that is `index rebuild`).
+    """
+    from latentsight.index.manager import IndexDamagedError, status
 
     h = open_home(home, db_url)
-    st = status(h, h.catalog.model(model), backend)
+    m = h.catalog.model(model)
+    try:
+        st = status(h, m, backend)
+    except IndexDamagedError as e:
+        if json_out:
+            echo_json({"model": m.name, "ok": False, "damaged": e.reason,
+                       "fix": f"latentsight index rebuild --model {m.name}"})
+        else:
+            typer.echo(f"DAMAGED: {e}")
+        raise typer.Exit(EXIT_FOUND) from None
     if json_out:
         echo_json({**st.__dict__, "ok": st.ok})
     else:

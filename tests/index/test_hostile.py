@@ -221,8 +221,8 @@ def _within(seconds, fn):
 
 def test_scan_refuses_a_36_mp_image_before_tiling_and_skips_a_fifo(anomaly_home, tmp_path):
     """A 36 MP flat PNG (a few KB) took 546 s to tile; a suffix-less FIFO hung the scan."""
-    from PIL import Image
     from latentsight.index.scan import scan_paths
+    from PIL import Image
 
     folder = tmp_path / "incoming"
     folder.mkdir()

@@ -79,10 +79,30 @@ def test_a_broken_index_is_moved_aside_and_rebuilt_not_emptied(home):
         f.write(b"\0" * 64)
     with pytest.raises(StoreError, match="cannot read"):
         open_index(home, m, repair=False)
-    store, row2 = open_index(home, m)
+    store, row2 = open_index(home, m, repair=True)  # a writer's repair
     assert store.ntotal == 48 and row2.generation == row.generation + 1
     aside = list(home.indexes_dir.glob("*.broken-*"))
     assert len(aside) == 1 and aside[0].read_bytes()[:64] == b"\0" * 64
+
+
+def test_readers_report_a_truncated_index_and_never_rewrite_it(home):
+    """verify exits 1 naming `index rebuild`; search exits 2 the same way; the file is kept."""
+    m = home.catalog.model()
+    build_index(home, m, device="cpu", progress=False, workers=0)
+    row = home.catalog.index_for(m.id)
+    path = home.resolve(row.path)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    before = (path.read_bytes(), sorted(p.name for p in home.indexes_dir.iterdir()))
+    base = ["--home", str(home.root)]
+    out = _cli("index", "verify", *base, code=1)
+    assert "DAMAGED" in out and "latentsight index rebuild --model test-ae" in out
+    assert json.loads(_cli("index", "verify", "--json", *base, code=1))["ok"] is False
+    res = runner.invoke(__import__("latentsight.cli", fromlist=["app"]).app,
+                        ["search", "1", *base, "--device", "cpu"])
+    assert res.exit_code == 2 and "latentsight index rebuild" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert (path.read_bytes(), sorted(p.name for p in home.indexes_dir.iterdir())) == before
+    assert home.catalog.index_for(m.id).generation == row.generation  # nothing rebuilt
 
 
 def test_verify_reports_a_stale_model_and_exits_1(home):

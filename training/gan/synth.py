@@ -253,7 +253,7 @@ def _ingest_synthetic(home: Home, images: torch.Tensor, *, label: str, gan_row: 
     ids = home.catalog.add_images([r for r, _ in fresh])
     report.ids, report.paths, report.accepted = ids, [r["path"] for r, _ in fresh], len(ids)
     try:
-        store, _ = open_index(home, enc_row)
+        store, _ = open_index(home, enc_row, repair=True)
     except IndexMissingError:
         return
     ready = {}
