@@ -451,7 +451,8 @@ def status(home: Home, model: ModelRow, backend: str | None = None) -> IndexStat
             ntotal=store.ntotal, catalog_images=len(catalog_ids),
             missing=int(np.setdiff1d(catalog_ids, present).size),
             extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,
-            stale_model=_stale_reason(model, row, store), metric=row.metric or "cosine",
+            stale_model=_stale_reason(model, row, store) or _checkpoint_problem(home, model),
+            metric=row.metric or "cosine",
         )
     finally:
         store.close()
@@ -466,6 +467,20 @@ def _stale_reason(model: ModelRow, row: IndexRow, store: VectorStore) -> str | N
     if built_with and built_with != model.checkpoint_sha256:
         return (f"built with checkpoint {built_with[:12]}, the model's checkpoint is now "
                 f"{model.checkpoint_sha256[:12]}")
+    return None
+
+
+def _checkpoint_problem(home: Home, model: ModelRow) -> str | None:
+    """Why the model's checkpoint files are not the ones the catalog recorded (None if they are)."""
+    from latentsight.embedder.errors import ModelError
+    from latentsight.embedder.models import CONFIG_FILE, read_config, verify_integrity
+
+    directory = home.resolve(model.checkpoint_path)
+    try:
+        verify_integrity(directory, read_config(directory / CONFIG_FILE),
+                         model.checkpoint_sha256)
+    except (ModelError, OSError) as e:
+        return f"checkpoint: {e}"
     return None
 
 

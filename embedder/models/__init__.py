@@ -14,6 +14,17 @@ Each model class also has `kind` (its registry name), `config` (its dataclass)
 and `embed_dim`.
 
 Inputs are float tensors (B, C, H, W) in [0, 1].
+
+Integrity: the digest a checkpoint is known by (the catalog's
+`checkpoint_sha256`, returned by `save_checkpoint`) covers the weights *and*
+the model config (`checkpoint_digest`), so a changed `config.json` is refused
+as surely as changed weights. Before any tensor is allocated, a config is
+parsed with a size and nesting limit, its numbers are bounded, and the model
+it describes is built on torch's "meta" device (no memory) and compared,
+tensor by tensor, with the shapes in the weights file's header.
+Checkpoints saved before the digest covered the config (the catalog holds
+the weights' sha256 alone) still load, with a warning that says how to
+re-save them.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +43,11 @@ from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
 from latentsight.embedder.models.ae import AEConfig, AutoEncoder
 from latentsight.embedder.models.vae import VAE, VAEConfig
 from latentsight.embedder.models.vit import MaskedViT, ViTConfig
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 REGISTRY: dict[str, tuple[type[nn.Module], type]] = {
     "ae": (AutoEncoder, AEConfig),
@@ -43,6 +59,9 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes; refuse anything huge
+MAX_CONFIG_INT = 65_536  # no config count or size is anywhere near this (widths are 8-512)
+MAX_PARAMS = 500_000_000  # parameters a checkpoint may describe (the largest here has ~10 M)
+DIGEST_TAG = b"latentsight-checkpoint-v2\n"
 
 
 def register(kind: str, model_cls: type[nn.Module], config_cls: type) -> None:
@@ -77,15 +96,115 @@ def save_checkpoint(model: nn.Module, directory: str | Path, meta: dict[str, Any
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, {"kind": kind}))
     sha = sha256_file(directory / WEIGHTS_FILE)
+    config = dataclasses.asdict(model.config)
+    digest = checkpoint_digest(kind, config, sha)
     doc = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
-        "config": dataclasses.asdict(model.config),
+        "config": config,
         "weights_sha256": sha,
+        "checkpoint_sha256": digest,  # informative; the catalog's copy is the one trusted
         **meta,
     }
     atomic_write_bytes(directory / CONFIG_FILE, json.dumps(doc, indent=2).encode())
-    return sha
+    return digest
+
+
+def checkpoint_digest(kind: str, config: dict[str, Any], weights_sha256: str) -> str:
+    """The sha256 a checkpoint is known by: its weights' sha256, kind and config together."""
+    canon = json.dumps({"kind": kind, "config": config}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(DIGEST_TAG + weights_sha256.encode() + b"\n" + canon.encode()).hexdigest()
+
+
+def read_config(cfg_path: Path) -> dict[str, Any]:
+    """Parse a checkpoint's config.json with a size and nesting limit; a ModelError otherwise."""
+    size = cfg_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        msg = f"{cfg_path}: {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit for a config"
+        raise ModelError(msg)
+    try:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except RecursionError as e:
+        raise ModelError(f"{cfg_path}: invalid JSON: nested too deeply") from e
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{cfg_path}: invalid JSON: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise ModelError(f"{cfg_path}: expected an object with a 'config' object")
+    return doc
+
+
+def verify_integrity(directory: Path, doc: dict[str, Any], expected: str | None) -> None:
+    """Refuse a checkpoint whose weights or config differ from what the catalog recorded."""
+    if expected is None:
+        return
+    w_path, cfg_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    weights = sha256_file(w_path)
+    if weights == expected:  # saved before the digest covered the config
+        log.warning("%s: this checkpoint's integrity hash covers its weights only, not "
+                    "config.json; re-save it to cover both (train it again, or "
+                    "`latentsight.embedder.models.resave_checkpoint(directory)` and record "
+                    "the digest it returns)", directory)
+        return
+    if checkpoint_digest(str(doc.get("kind")), doc["config"], weights) == expected:
+        return
+    if doc.get("weights_sha256") == weights:
+        msg = (f"{cfg_path}: the model config differs from the one the catalog recorded "
+               "(config.json was changed); refusing to load it")
+    else:
+        msg = (f"{w_path}: sha256 {weights[:12]}... differs from the catalog's record; the "
+               "file was changed or replaced, refusing to load it")
+    raise ModelError(msg)
+
+
+def resave_checkpoint(directory: str | Path) -> str:
+    """Record a pre-digest checkpoint's digest in its config.json; returns it (for the catalog)."""
+    directory = Path(directory)
+    doc = read_config(directory / CONFIG_FILE)
+    weights = sha256_file(directory / WEIGHTS_FILE)
+    doc["weights_sha256"] = weights
+    doc["checkpoint_sha256"] = checkpoint_digest(str(doc.get("kind")), doc["config"], weights)
+    atomic_write_bytes(directory / CONFIG_FILE, json.dumps(doc, indent=2).encode())
+    return doc["checkpoint_sha256"]
+
+
+def check_bounds(cfg: dict[str, Any], where: str) -> None:
+    """Every number in a config is finite and within [0, MAX_CONFIG_INT] for integers."""
+    for name, value in cfg.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not 0 <= value <= MAX_CONFIG_INT:
+            msg = (f"{where}: field {name!r} must be in [0, {MAX_CONFIG_INT}]. "
+                   f"Got {value} instead.")
+            raise ModelError(msg)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ModelError(f"{where}: field {name!r} must be finite. Got {value} instead.")
+
+
+def check_fits_weights(model_cls: type[nn.Module], config: Any, w_path: Path, cfg_path: Path,
+                       kind: str) -> None:
+    """Build the model on the meta device (no memory) and compare its shapes with the file's."""
+    where = f"{cfg_path}: {kind} config"
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in model_cls(config=config).state_dict().items()}
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{cfg_path}: invalid {kind} config: {e}") from e
+    n = sum(math.prod(s) for s in shapes.values())
+    if n > MAX_PARAMS:
+        raise ModelError(f"{where}: describes {n} parameters, over the {MAX_PARAMS} limit")
+    try:
+        with safe_open(str(w_path), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad files
+        raise ModelError(f"{w_path}: not a readable safetensors file: {e}") from e
+    if set(stored) != set(shapes):
+        diff = sorted(set(stored) ^ set(shapes))[:3]
+        raise ModelError(f"{where}: does not match the weights file (tensors {diff} differ)")
+    for k, shape in shapes.items():
+        if stored[k] != shape:
+            msg = (f"{where}: does not match the weights file: {k} is {list(stored[k])} in "
+                   f"the weights, {list(shape)} for this config")
+            raise ModelError(msg)
 
 
 def load_checkpoint(
@@ -105,28 +224,12 @@ def load_checkpoint(
     if not cfg_path.is_file() or not w_path.is_file():
         msg = f"{directory}: not a checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
         raise ModelError(msg)
-    size = cfg_path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        msg = f"{cfg_path}: {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit for a config"
-        raise ModelError(msg)
-    try:
-        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{cfg_path}: invalid JSON: {e}") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise ModelError(f"{cfg_path}: expected an object with a 'config' object")
+    doc = read_config(cfg_path)
     kind = doc.get("kind")
-    if kind not in REGISTRY:
+    if not isinstance(kind, str) or kind not in REGISTRY:
         msg = f"{cfg_path}: unknown model kind {kind!r}; known: {sorted(REGISTRY)}"
         raise ModelError(msg)
-    if expected_sha256 is not None:
-        actual = sha256_file(w_path)
-        if actual != expected_sha256:
-            msg = (
-                f"{w_path}: sha256 {actual[:12]}... differs from the catalog's "
-                f"{expected_sha256[:12]}...; the file was changed or replaced, refusing to load it"
-            )
-            raise ModelError(msg)
+    verify_integrity(directory, doc, expected_sha256)
     model_cls, config_cls = REGISTRY[kind]
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     cfg = doc["config"]
@@ -134,8 +237,14 @@ def load_checkpoint(
     if bad:
         raise ModelError(f"{cfg_path}: unknown {kind} config field(s) {bad}")
     _check_types(cfg, fields, f"{cfg_path}: {kind} config")
+    check_bounds(cfg, f"{cfg_path}: {kind} config")
     try:
-        model = model_cls(config=config_cls(**cfg))
+        config = config_cls(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{cfg_path}: invalid {kind} config: {e}") from e
+    check_fits_weights(model_cls, config, w_path, cfg_path, kind)
+    try:
+        model = model_cls(config=config)
     except (TypeError, ValueError) as e:
         raise ModelError(f"{cfg_path}: invalid {kind} config: {e}") from e
     try:

@@ -121,3 +121,59 @@ def test_changed_weights_are_refused_through_the_cli(tmp_path, trained_home, tex
         assert res.exit_code == 2, (args, res.output)
         assert "differs from the catalog's" in res.output and "refusing to load" in res.output
         assert WEIGHTS_FILE in res.output
+
+
+def _edit_config(directory: Path, **fields) -> None:
+    doc = json.loads((directory / CONFIG_FILE).read_text())
+    doc["config"].update(fields)
+    (directory / CONFIG_FILE).write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"pooled_embedding": False}, "config.json was changed"),  # same shapes: only the hash
+    ({"width": 1024}, "config.json was changed"),
+    ({"width": 100000}, "config.json was changed"),
+])
+def test_a_tampered_config_is_refused_by_the_integrity_hash(checkpoint, fields, message):
+    from latentsight.embedder.models import sha256_file
+
+    digest = json.loads((checkpoint / CONFIG_FILE).read_text())["checkpoint_sha256"]
+    load_checkpoint(checkpoint, expected_sha256=digest)
+    _edit_config(checkpoint, **fields)
+    with pytest.raises(ModelError, match=message):
+        load_checkpoint(checkpoint, expected_sha256=digest)
+    # an older catalog that recorded the weights' sha256 alone still loads (with a warning)
+    _edit_config(checkpoint, pooled_embedding=True, width=4)
+    load_checkpoint(checkpoint, expected_sha256=sha256_file(checkpoint / WEIGHTS_FILE))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"width": 1024}, "does not match the weights file"),  # refused before 9 GB are allocated
+    ({"width": 100000}, r"must be in \[0, 65536\]"),
+    ({"latent_dim": -1}, r"must be in \[0, 65536\]"),
+    ({"latent_dim": 16}, "does not match the weights file"),
+])
+def test_configs_are_bounded_and_checked_against_the_weights_before_allocating(
+        checkpoint, fields, message):
+    _edit_config(checkpoint, **fields)
+    with pytest.raises(ModelError, match=message):
+        load_checkpoint(checkpoint)  # no hash given: the bounds and the shape check hold alone
+
+
+def test_a_deeply_nested_config_is_a_clear_error(checkpoint):
+    (checkpoint / CONFIG_FILE).write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ModelError, match="nested too deeply"):
+        load_checkpoint(checkpoint)
+
+
+def test_search_and_verify_refuse_a_changed_config(tmp_path, trained_home):
+    """pooled_embedding: false made search crash with AssertionError while verify said ok."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_home.root, home)
+    _edit_config(home / "models" / "test-ae", pooled_embedding=False)
+    runner = CliRunner()
+    res = runner.invoke(app, ["search", "1", "--home", str(home), "--device", "cpu"])
+    assert res.exit_code == 2 and "config.json was changed" in res.output, res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["index", "verify", "--home", str(home)])
+    assert res.exit_code == 1 and "config.json was changed" in res.output, res.output

@@ -28,9 +28,10 @@ from latentsight.embedder.errors import CatalogError, ModelError
 from latentsight.embedder.models import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    read_config,
     resolve_device,
     save_checkpoint,
-    sha256_file,
+    verify_integrity,
 )
 from latentsight.index.home import Home
 from latentsight.training.gan.diffaug import POLICIES, diff_augment
@@ -341,7 +342,7 @@ def write_loss_curves(history: list[dict[str, float]], path: str | Path) -> Path
 
 
 def save_gan(model: ConditionalGAN, directory: str | Path, meta: dict[str, Any]) -> str:
-    """safetensors (generator, EMA, discriminator) + config.json; returns the weights' sha256."""
+    """safetensors (generator, EMA, discriminator) + config.json; returns the checkpoint digest."""
     return save_checkpoint(model, directory, meta)
 
 
@@ -352,17 +353,12 @@ def load_gan(directory: str | Path, *, expected_sha256: str | None = None) -> Co
     if not cfg_path.is_file() or not w_path.is_file():
         msg = f"{directory}: not a GAN checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
         raise ModelError(msg)
-    try:
-        doc = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{cfg_path}: invalid JSON: {e}") from e
-    if not isinstance(doc, dict) or doc.get("kind") != ConditionalGAN.kind:
+    doc = read_config(cfg_path)  # size and nesting limits
+    if doc.get("kind") != ConditionalGAN.kind:
         msg = f"{cfg_path}: kind {doc.get('kind') if isinstance(doc, dict) else None!r}, " \
               f"expected {ConditionalGAN.kind!r}"
         raise ModelError(msg)
-    if expected_sha256 is not None and sha256_file(w_path) != expected_sha256:
-        msg = f"{w_path}: sha256 differs from the catalog's; refusing to load it"
-        raise ModelError(msg)
+    verify_integrity(directory, doc, expected_sha256)  # weights and config
     names = {f.name for f in dataclasses.fields(GANConfig)}
     cfg = doc.get("config") or {}
     bad = sorted(set(cfg) - names)
