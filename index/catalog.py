@@ -9,6 +9,7 @@ The catalog is the source of truth: vector indexes are rebuilt from it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -34,12 +35,48 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_TEXT_CHARS = 255  # labels and sources, on every database and vector store (docs/reliability.md)
+
+
+def check_text(value: str | None, what: str) -> None:
+    """Refuse a label or source over MAX_TEXT_CHARS characters (SQLite and PostgreSQL alike)."""
+    if value is not None and len(value) > MAX_TEXT_CHARS:
+        msg = (f"The {what} must be at most {MAX_TEXT_CHARS} characters. Got {len(value)} "
+               f"characters instead: {value[:40]!r}...")
+        raise CatalogError(msg)
+
+
+def check_model_name(name: str) -> None:
+    """A model name becomes a folder and file names in the home: one plain path component."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        msg = (f"The model name must be 1-100 letters, digits, '.', '_' or '-', starting with a "
+               f"letter or digit (no '/', no '..'). Got {name!r} instead.")
+        raise CatalogError(msg)
+
+
+def _db_failure(e: Exception, url: str) -> CatalogError:
+    """One line for a database error a user can cause (a full disk, a too-long value).
+
+    Only the driver's first line is kept: SQLAlchemy's own text lists every
+    row's parameters (paths included).
+    """
+    orig = getattr(e, "orig", None) or e
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    hint = ""
+    if "too long" in first or "StringDataRightTruncation" in type(orig).__name__:
+        hint = f" (labels and sources are limited to {MAX_TEXT_CHARS} characters)"
+    elif "full" in first.lower():
+        hint = " (free some space and run the command again; committed work is kept)"
+    return CatalogError(f"Cannot write the catalog at {_safe_url(url)}: {first}{hint}")
 
 
 def _safe_url(url: str) -> str:
@@ -243,9 +280,16 @@ class Catalog:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A transaction: committed on success, rolled back on any error."""
-        with self._sessions() as s, s.begin():
-            yield s
+        """A transaction: committed on success, rolled back on any error.
+
+        A full disk, a failing device or a value the database refuses becomes
+        a one-line CatalogError (no parameters dumped).
+        """
+        try:
+            with self._sessions() as s, s.begin():
+                yield s
+        except (DataError, OperationalError) as e:
+            raise _db_failure(e, self.url) from e
 
     def close(self) -> None:
         self.engine.dispose()
@@ -278,6 +322,9 @@ class Catalog:
 
     def add_images(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Insert image rows in one transaction; returns their ids in order."""
+        for r in rows:
+            check_text(r.get("label"), "label")
+            check_text(r.get("source"), "source")
         with self.session() as s:
             objs = [ImageRow(**r) for r in rows]
             s.add_all(objs)
@@ -381,6 +428,7 @@ class Catalog:
         activate: bool = True,
         role: str = "encoder",
     ) -> ModelRow:
+        check_model_name(name)
         with self.session() as s:
             if s.scalar(select(ModelRow).where(ModelRow.name == name)) is not None:
                 raise CatalogError(f"A model named {name!r} exists already; pick another --name.")

@@ -22,7 +22,7 @@ from latentsight.embedder.encoder import Encoder
 from latentsight.embedder.errors import CatalogError
 from latentsight.embedder.images import default_workers
 from latentsight.embedder.probe import Limits, Probe, ProbePool, probe_file
-from latentsight.index.catalog import ModelRow
+from latentsight.index.catalog import MAX_TEXT_CHARS, ModelRow, check_text
 from latentsight.index.home import Home
 from latentsight.index.locks import write_lock
 from latentsight.index.manager import IndexMissingError, load_encoder, open_index, sync_index
@@ -112,6 +112,8 @@ def ingest_paths(
     """
     if label is not None and labels_from_folders:
         raise CatalogError("Give either --label or --labels-from-folders, not both.")
+    check_text(label, "label")
+    check_text(source, "source")
     for p in paths:
         if not os.path.lexists(p):
             raise CatalogError(f"{to_catalog(p)}: no such file or folder")
@@ -148,13 +150,18 @@ def _ingest_locked(
                 if pr.skipped:
                     report.skipped += 1
                 elif pr.error is not None:
-                    failures.append(Failure(to_catalog(pr.path), pr.error,
+                    failures.append(Failure(to_catalog(_abs(pr.path)), pr.error,
                                             pr.error_class or "DecodeError"))
                 elif pr.sha256 in known or pr.sha256 in seen:
                     report.duplicates += 1
                 else:
-                    seen.add(pr.sha256)
                     row_label = _folder_label(f, root) if labels_from_folders else label
+                    if row_label is not None and len(row_label) > MAX_TEXT_CHARS:
+                        failures.append(Failure(to_catalog(_abs(pr.path)), (
+                            f"the folder name gives a {len(row_label)}-character label, over "
+                            f"the {MAX_TEXT_CHARS}-character limit"), "LabelError"))
+                        continue
+                    seen.add(pr.sha256)
                     rows.append((pr, row_label))
             faults.point("ingest.before_commit")
             ids = catalog.add_images([

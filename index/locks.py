@@ -113,8 +113,11 @@ def write_lock(home: Home, command: str) -> Iterator[None]:
             _held[key], _owner[key] = 1, threading.current_thread()
         info = {"pid": os.getpid(), "command": command,
                 "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:  # who holds the lock, for messages only: a full disk must not fail here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:
+            pass
         _sweep_temp_files(home)
         try:
             yield

@@ -486,7 +486,13 @@ class FaissStore(VectorStore):
         """Write the CPU index atomically (a GPU build is saved as its CPU copy)."""
         import faiss
 
-        atomic_write(path, lambda tmp: faiss.write_index(self.index, tmp))
+        try:
+            atomic_write(path, lambda tmp: faiss.write_index(self.index, tmp))
+        except (RuntimeError, OSError) as e:  # faiss says "write error" on a full disk
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            msg = (f"{path}: cannot write the index ({reason}); is the disk full? The previous "
+                   "index file, if any, is unchanged")
+            raise StoreError(msg) from e
 
     @classmethod
     def load(

@@ -31,6 +31,7 @@ from latentsight.embedder.data import FileImages, iter_batches
 from latentsight.embedder.errors import CatalogError, DecodeError
 from latentsight.embedder.images import resize
 from latentsight.embedder.models import create, resolve_device, save_checkpoint
+from latentsight.index.catalog import check_model_name
 from latentsight.index.home import Home
 from latentsight.index.paths import from_catalog
 from tqdm import tqdm
@@ -305,6 +306,7 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     name = cfg.name or f"{cfg.model}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    check_model_name(name)  # before anything is written under models/NAME
     if any(m.name == name for m in home.catalog.models()):
         raise CatalogError(f"A model named {name!r} exists already; pick another --name.")
     metrics = {

@@ -51,22 +51,53 @@ def echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def safe_text(text: object) -> str:
+    """`text` with every unprintable character escaped as repr() would (\\n, \\x1b, \\udcff).
+
+    A file name holding a newline or an escape sequence then prints as one
+    inert line: it can neither forge a "failed:" line nor drive the terminal.
+    """
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def err(msg: str) -> None:
-    typer.echo(msg, err=True)
+    typer.echo(safe_text(msg), err=True)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's text as one terminal-safe line (never the parameters SQLAlchemy lists)."""
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else e).strip()
+    return safe_text((text.splitlines() or [type(e).__name__])[0])
 
 
 def handle_errors(fn: F) -> F:
-    """Turn latentsight errors into one clear line on stderr and exit status 2."""
+    """Turn every error a user can cause into one clear line on stderr and exit status 2.
+
+    latentsight's own errors, bad values, and what the system refuses (a full
+    disk, a read-only folder, a database that cannot be written): no traceback.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except LatentsightError as e:
-            err(f"error: {e}")
+            err(f"error: {_one_line(e)}")
             raise typer.Exit(EXIT_ERROR) from None
-        except (ValueError, FileNotFoundError, PermissionError) as e:
-            err(f"error: {e}")
+        except ValueError as e:
+            err(f"error: {_one_line(e)}")
+            raise typer.Exit(EXIT_ERROR) from None
+        except OSError as e:  # ENOSPC, EACCES, EROFS, EIO, ...: name the file and the reason
+            where = f"{e.filename}: " if e.filename else ""
+            err(f"error: {where}{e.strerror or _one_line(e)}")
+            raise typer.Exit(EXIT_ERROR) from None
+        except SQLAlchemyError as e:
+            err(f"error: the catalog database refused the operation: {_one_line(e)}")
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             err("interrupted; everything committed so far is kept (re-run to continue)")
@@ -90,7 +121,7 @@ def _fmt(v: Any) -> str:
         return "-"
     if isinstance(v, float):
         return f"{v:.4f}"
-    return str(v)
+    return safe_text(v)
 
 
 def stderr_is_tty() -> bool:

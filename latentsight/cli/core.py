@@ -17,6 +17,7 @@ from latentsight.cli.common import (
     echo_json,
     handle_errors,
     open_home,
+    safe_text,
     table,
 )
 from latentsight.embedder.images import DECODE_TIMEOUT_S
@@ -77,7 +78,7 @@ def ingest(
         typer.echo(f"added {rep.added}, duplicates {rep.duplicates}, failed {len(rep.failed)}, "
                    f"skipped (not images) {rep.skipped}, added to index {rep.indexed}")
         for f in rep.failed:
-            typer.echo(f"  failed: {f.path}: {f.error}")
+            typer.echo(f"  failed: {safe_text(f.path)}: {safe_text(f.error)}")
 
 
 @app.command()

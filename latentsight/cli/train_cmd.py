@@ -130,7 +130,11 @@ def train(
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
     """
     from latentsight.cli.common import open_home
+    from latentsight.index.catalog import check_model_name
     from latentsight.training.train import TrainConfig
+
+    if name is not None:
+        check_model_name(name)  # refused before any training
     from latentsight.training.train import train as run_train
 
     defaults = TrainConfig()

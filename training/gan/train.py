@@ -33,6 +33,7 @@ from latentsight.embedder.models import (
     save_checkpoint,
     verify_integrity,
 )
+from latentsight.index.catalog import check_model_name
 from latentsight.index.home import Home
 from latentsight.training.gan.diffaug import POLICIES, diff_augment
 from latentsight.training.gan.model import ConditionalGAN, GANConfig, to_signed
@@ -423,6 +424,7 @@ def train_gan_on_catalog(
         raise ValueError(msg)
     gcfg = gan or GANConfig()
     name = name or f"gan-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    check_model_name(name)  # before anything is written under models/NAME
     if any(m.name == name for m in home.catalog.models()):
         raise CatalogError(f"A model named {name!r} exists already; pick another --name.")
     x, y, classes, ids = load_real_images(home, labels=labels, image_size=gcfg.image_size,
