@@ -13,9 +13,10 @@ if (_ROOT / "latentsight" / "__init__.py").is_file():
     sys.path.insert(0, str(_ROOT))
 
 import streamlit as st  # noqa: E402
-from latentsight.dashboard import loaders  # noqa: E402
+from latentsight.dashboard import access, loaders  # noqa: E402
 
 st.set_page_config(page_title="latentsight", page_icon=":material/image_search:", layout="wide")
+access.gate()  # LATENTSIGHT_DASHBOARD_TOKEN, before any page renders (dashboard/access.py)
 
 pages = [
     st.Page("views/search.py", title="Search", icon=":material/search:", url_path="search",

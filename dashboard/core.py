@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 from latentsight.embedder.errors import CatalogError, DecodeError, LatentsightError
-from latentsight.embedder.images import decode_bytes, decode_file
+from latentsight.embedder.images import decode_file
 from latentsight.index.catalog import ImageRow, ModelRow, ScanResultRow, ScanRow
 from latentsight.index.home import Home
+from latentsight.index.paths import from_catalog
 from latentsight.index.search import Hit, Searcher
 from PIL import Image
 from sqlalchemy import select
@@ -117,7 +118,7 @@ def thumbnail(home: Home, image_id: int) -> Path | None:
         return path
     try:
         row = home.catalog.image(int(image_id))
-        img = decode_file(row.path, mode="RGB")
+        img = decode_file(from_catalog(row.path), mode="RGB")  # stored form -> path (paths.py)
     except LatentsightError:
         return None
     except OSError:
@@ -135,7 +136,7 @@ def scan_thumbnail(home: Home, result_id: int) -> Path | None:
     if row is None:
         return None
     try:
-        img = decode_file(row.path, mode="RGB")
+        img = decode_file(from_catalog(row.path), mode="RGB")
     except (LatentsightError, OSError):
         return None
     _write_png(make_thumbnail(img.pixels), path)
@@ -150,7 +151,18 @@ def decode_upload(data: bytes, name: str, *, max_mb: int = MAX_UPLOAD_MB) -> np.
     if len(data) > max_mb * 1024 * 1024:
         mb = len(data) / 1024 / 1024
         raise DecodeError(name, f"upload of {mb:.1f} MB is over the {max_mb} MB limit")
-    return decode_bytes(data, path=name, mode="RGB").pixels
+    from latentsight.embedder.probe import ProbePool, Upload
+
+    global _upload_pool
+    if _upload_pool is None:  # one worker for the server's uploads, with the decoding limits
+        _upload_pool = ProbePool(1)
+    pr = _upload_pool.probe_one(Upload(name, data), (0, 3))  # native size, RGB
+    if pr.error is not None:
+        raise DecodeError(name, pr.error)
+    return pr.pixels
+
+
+_upload_pool: Any = None
 
 
 def search(
@@ -290,7 +302,7 @@ def heatmap_overlay(encoder: Any, path: str, *, size: int = THUMB_SIZE) -> Image
     if not hasattr(encoder, "reconstruct_tensor"):
         return None
     try:
-        px = decode_file(path, mode=encoder.mode).pixels
+        px = decode_file(from_catalog(path), mode=encoder.mode).pixels
         x = torch.from_numpy(prepare(px, encoder.image_size, encoder.channels))[None].float() / 255
         rec = encoder.reconstruct_tensor(x)  # (1, C, S, S)
     except (LatentsightError, OSError, NotImplementedError, AttributeError):
@@ -426,27 +438,25 @@ def ingest_folder(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Ingest a folder in chunks of files, reporting (done, total) after each chunk."""
+    from latentsight.dashboard.access import check_folder
     from latentsight.index.ingest import ingest_paths
 
-    folder = Path(folder).expanduser()
+    folder = check_folder(home, folder)  # under LATENTSIGHT_DATA_ROOTS (dashboard/access.py)
     if not folder.is_dir():
         raise CatalogError(f"{folder}: not a folder")
     files = list_images(folder)
     total = {"added": 0, "duplicates": 0, "skipped": 0, "indexed": 0, "failed": []}
     for start in range(0, len(files), chunk):
-        part = files[start : start + chunk]
-        if labels_from_folders:  # like `ingest --labels-from-folders`: the parent's name
-            groups: dict[str | None, list[str]] = {}
-            for f in part:
-                groups.setdefault(f.parent.name or None, []).append(str(f))
-        else:
-            groups = {label: [str(f) for f in part]}
-        for lab, paths in groups.items():
-            rep = ingest_paths(home, paths, label=lab, source=source, workers=0, progress=False)
-            d = rep.as_dict()
-            for key in ("added", "duplicates", "skipped", "indexed"):
-                total[key] += d[key]
-            total["failed"].extend(d["failed"])
+        part = [str(f) for f in files[start : start + chunk]]
+        # decoded in a worker process with the per-file limits, as by the CLI; folder labels
+        # as `ingest --labels-from-folders` gives them (a non-UTF-8 name becomes \xNN text)
+        rep = ingest_paths(home, part, label=None if labels_from_folders else label,
+                           labels_from_folders=labels_from_folders, source=source, workers=1,
+                           progress=False)
+        d = rep.as_dict()
+        for key in ("added", "duplicates", "skipped", "indexed"):
+            total[key] += d[key]
+        total["failed"].extend(d["failed"])
         if on_progress is not None:
             on_progress(min(start + chunk, len(files)), len(files))
     if on_progress is not None and not files:
@@ -509,12 +519,13 @@ def start_scan(
     """
     import threading
 
+    from latentsight.dashboard.access import check_folder
     from latentsight.embedder.images import looks_like_image
 
     api = scan_api()
     if api is None:
         raise CatalogError("Scanning is not available in this build (no index/scan.py).")
-    folder = Path(folder).expanduser()
+    folder = check_folder(home, folder)  # under LATENTSIGHT_DATA_ROOTS (dashboard/access.py)
     if not folder.is_dir():
         raise CatalogError(f"{folder}: not a folder")
     total = sum(1 for f in list_images(folder) if looks_like_image(f))
@@ -546,7 +557,7 @@ def anomaly_overlay(encoder: Any, scorer: Any, path: str, *,
                     size: int = THUMB_SIZE) -> Image.Image | None:
     """The scan API scorer's per-pixel anomaly map over the image, or None when unavailable."""
     try:
-        px = decode_file(path, mode=encoder.mode).pixels
+        px = decode_file(from_catalog(path), mode=encoder.mode).pixels
         m = np.asarray(scorer.anomaly_map([px])[0], dtype=np.float32)  # (H, W)
     except (LatentsightError, OSError, ValueError, TypeError, AttributeError):
         return None

@@ -24,6 +24,7 @@ from latentsight.embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer
 from latentsight.index.catalog import ImageRow
 from latentsight.index.home import Home
 from latentsight.index.manager import build_index, load_encoder
+from latentsight.index.paths import from_catalog
 from latentsight.index.scan import load_scorer, save_scorer
 from latentsight.training.train import TrainConfig, train
 
@@ -76,7 +77,7 @@ def decode_rows(rows: list[ImageRow], mode: str) -> list[np.ndarray]:
     out = []
     for r in rows:
         try:
-            out.append(decode_file(r.path, mode=mode).pixels)
+            out.append(decode_file(from_catalog(r.path), mode=mode).pixels)
         except DecodeError as e:
             print(f"skipped: {e}", file=sys.stderr)
     return out
@@ -219,7 +220,7 @@ def evaluate_anomaly(
     for i, r in enumerate(tqdm(rows, desc="eval anomaly", unit="img", file=sys.stderr,
                                disable=not progress or None)):
         try:
-            px = decode_file(r.path, mode=encoder.mode).pixels
+            px = decode_file(from_catalog(r.path), mode=encoder.mode).pixels
         except DecodeError:
             continue
         scores.append(sc.decision_function([px])[0])

@@ -192,7 +192,7 @@ class CropImages:
         images = []
         for r in rows:
             try:
-                px = decode_file(r.path, mode=mode).pixels
+                px = decode_file(from_catalog(r.path), mode=mode).pixels
             except DecodeError as e:
                 print(f"skipped: {e}", file=sys.stderr)
                 continue

@@ -43,10 +43,19 @@ def dashboard(
 ) -> None:
     """Open the dashboard: search, anomaly review, latent map, classes, status.
 
+    Listens on 127.0.0.1 unless told otherwise; any other address needs
+    LATENTSIGHT_DASHBOARD_TOKEN (asked for before any page renders). Visitors
+    may ingest and scan only under LATENTSIGHT_DATA_ROOTS (default: HOME/data).
     Runs until interrupted (Ctrl-C). Example: latentsight dashboard --home demo-home
     """
+    from latentsight.dashboard.access import TOKEN_ENV, needs_token
+
     if not 1 <= port <= 65535:
         msg = f"The 'port' option must be in 1..65535. Got {port} instead."
+        raise ValueError(msg)
+    if needs_token(host):
+        msg = (f"--host {host!r} is reachable from other machines; set {TOKEN_ENV} to a secret "
+               "the dashboard asks for, or listen on 127.0.0.1.")
         raise ValueError(msg)
     if not APP.is_file():
         msg = f"The dashboard app is missing at {APP}; reinstall latentsight."

@@ -179,6 +179,7 @@ def test_status_page_ingests_a_folder_into_catalog_and_index(monkeypatch, dash_h
     before = home.catalog.count_images()
     folder = write_folder(tmp_path / "new", per_label=2, seed=7)
     (folder / "blobs" / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    monkeypatch.setenv("LATENTSIGHT_DATA_ROOTS", str(tmp_path / "new"))
     at = open_page(monkeypatch, home, "views/status.py")
     at.text_input(key="ingest_folder").set_value(str(folder))
     at.button[0].click().run()

@@ -66,7 +66,8 @@ def test_class_table_marks_sparse_classes(tmp_path):
     assert not any(r["sparse"] for lab, r in table.items() if lab != "rare")
 
 
-def test_ingest_folder_reports_progress_and_labels(tmp_path):
+def test_ingest_folder_reports_progress_and_labels(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSIGHT_DATA_ROOTS", str(tmp_path / "imgs"))
     home = Home(tmp_path / "h")
     write_folder(tmp_path / "imgs", per_label=3)
     (tmp_path / "imgs" / "checker" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
