@@ -38,3 +38,33 @@ def test_every_page_loads_and_an_upload_finds_results(browser_ready, dash_home, 
     picked = re.search(r"id\s+(\d+)", seen["map point"]["tooltip"])
     assert picked, seen["map point"]["tooltip"]
     assert f"1. #{picked[1]}" in seen["map point"]["search"]  # the clicked point is the query
+
+
+def test_a_token_is_asked_for_before_any_page_renders(browser_ready, empty_home, tmp_path,
+                                                      monkeypatch):
+    """With LATENTSIGHT_DASHBOARD_TOKEN set, the browser sees only the token field until given."""
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    monkeypatch.setenv("LATENTSIGHT_DASHBOARD_TOKEN", "browser-s3cret")
+    with shoot.serve(empty_home.root, log=tmp_path / "dashboard.log") as url, \
+            shoot.chromium() as driver:
+        driver.get(url)
+        field = shoot.wait_for(driver, 'input[type="password"]')[0]
+        shoot.settle(driver)
+        assert "latentsight ingest" not in shoot.page_text(driver)
+        field.send_keys("wrong", Keys.ENTER)
+        shoot.settle(driver)
+        deadline = time.monotonic() + 60
+        while "Wrong token" not in shoot.page_text(driver) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "Wrong token" in shoot.page_text(driver)
+        field = driver.find_element(By.CSS_SELECTOR, 'input[type="password"]')
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys("browser-s3cret", Keys.ENTER)
+        deadline = time.monotonic() + 90
+        while "latentsight ingest" not in shoot.page_text(driver) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "latentsight ingest" in shoot.page_text(driver)
