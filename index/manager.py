@@ -109,8 +109,8 @@ class IndexDamagedError(StoreError):
     """The catalog records an index that cannot be loaded; a reader reports it, never repairs."""
 
     def __init__(self, model: str, reason: str) -> None:
-        self.model, self.reason = model, reason
-        super().__init__(f"The index of model {model!r} cannot be loaded: {reason}. If it is "
+        self.model, self.reason = model, reason.rstrip(". ")
+        super().__init__(f"The index of model {model!r} cannot be loaded: {self.reason}. If it is "
                          f"damaged, run: latentsight index rebuild --model {model}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,12 @@ ModelOpt = Annotated[
 ]
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+
+# Milvus Lite logs each failure to start with its traceback (through Python's last-resort
+# handler); the StoreError that follows says the same in one line.
+_milvus_lite_log = logging.getLogger("milvus_lite")
+_milvus_lite_log.addHandler(logging.NullHandler())
+_milvus_lite_log.propagate = False
 
 F = TypeVar("F", bound=Callable[..., Any])
 

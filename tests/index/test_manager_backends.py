@@ -262,3 +262,36 @@ def test_milvus_rebuild_killed_anywhere_leaves_a_whole_collection(home, tmp_path
     assert last.collection != row.collection and last.generation == row.generation + 1
     assert _collections(uri) == [last.collection]
     assert status(home, m, "milvus").ok
+
+
+def test_search_while_another_process_holds_the_milvus_lite_file(home, tmp_path):
+    """A reader neither takes the write lock nor re-embeds: one line naming the fix, exit 2."""
+    import subprocess
+    import sys
+
+    from tests.index.crashkit import ROOT, run_killed, run_python_m
+
+    m = home.catalog.model()
+    args = ["--home", str(home.root), "--device", "cpu"]
+    code, log = run_killed(["index", "build", "--backend", "milvus", *args, "--workers", "0"],
+                           log_path=tmp_path / "build.log")
+    assert code == 0, log
+    row = home.catalog.index_for(m.id, "milvus")
+    uri = str(home.resolve(row.path))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pymilvus import MilvusClient\n"
+         f"c = MilvusClient({uri!r}); c.list_collections(); print('ready', flush=True)\n"
+         "sys.stdin.read()"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        res = run_python_m(["search", "1", *args], timeout=240)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "latentsight index rebuild" in out and "Traceback" not in out
+    assert "rebuilding" not in out and "embedding" not in out  # nothing re-embedded
+    after = home.catalog.index_for(m.id, "milvus")
+    assert (after.generation, after.collection) == (row.generation, row.collection)
