@@ -280,6 +280,7 @@ class ProbePool:
     def _kill(self) -> None:
         """Kill every worker of the current pool (a hung decoder ignores anything gentler)."""
         pool, self._pool = self._pool, None
+        self._started = None  # the next pool gets a fresh start pipe
         if pool is None:
             return
         procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API
