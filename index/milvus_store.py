@@ -435,7 +435,9 @@ def _connect_error(uri: str, e: Exception, token: str | None = None, waited: flo
                 "single-process: if another latentsight process (ingest, dashboard) has it open, "
                 "stop it, or run a Milvus server and pass --uri http://HOST:19530.")
     why = _diagnose(uri, waited, timeout)
+    if why.startswith("the server at"):  # it answered: what it said is worth reading
+        why = f"{why}: {reason}"
     token_state = "set" if (token or os.environ.get(ENV_TOKEN)) else "not set"
-    return (f"Cannot connect to Milvus at {uri}: {why} ({reason}). Check that the server is up "
+    return (f"Cannot connect to Milvus at {uri}: {why}. Check that the server is up "
             f"and reachable from here (docker compose up milvus), and the token in {ENV_TOKEN} "
             f"({token_state}).")
