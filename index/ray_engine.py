@@ -24,6 +24,7 @@ node, and the same latentsight installed in every node's Python.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -89,6 +90,19 @@ def _pool(ray: Any, workers: int | None) -> tuple[int, float]:
         msg = f"The 'workers' option must be >= 1 with --engine ray. Got {n} instead."
         raise ValueError(msg)
     return n, (1.0 if gpus else 0.0)
+
+
+def _batches(ds: Any):
+    """The dataset's output batches as they complete. Ray prints the cluster's worker
+    errors ("(raylet) A worker died ...") on stdout, where --json output goes: they are
+    sent to stderr while the job runs."""
+    it = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    while True:
+        with contextlib.redirect_stdout(sys.stderr):
+            batch = next(it, None)
+        if batch is None:
+            return
+        yield batch
 
 
 def _items(paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -227,7 +241,7 @@ def scan_paths_ray(
                    file=sys.stderr, disable=not progress or None)
         new: dict[int, local.ScanItem] = {}
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in _batches(ds):
                 items = []
                 for j in range(len(batch["i"])):
                     i = int(batch["i"][j])
@@ -334,7 +348,7 @@ def ray_embedder(home: Home, model: Any, *, address: str | None = None,
         bar = tqdm(total=len(ids), desc=f"embedding (ray x{n})", unit="img", file=sys.stderr,
                    disable=not progress or None)
         try:
-            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for out in _batches(ds):
                 for j, i in enumerate(out["i"].tolist()):
                     if out["error"][j]:
                         failed.append((files[i], str(out["error_class"][j]), str(out["error"][j])))
