@@ -8,7 +8,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends curl libgomp1 \
 WORKDIR /app
 COPY . .
 # milvus-lite pulls faiss-cpu into the same `faiss` folder: reinstall faiss-gpu last (see Makefile)
-RUN pip install . \
+# EXTRAS="[ray]" builds the image the compose file's Ray head and worker run
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS}" \
     && if [ "$(uname -m)" = x86_64 ]; then pip install --force-reinstall --no-deps "faiss-gpu>=1.14"; fi \
     && useradd --create-home --uid 1000 latentsight \
     && mkdir -p /var/lib/latentsight && chown latentsight /var/lib/latentsight

@@ -203,6 +203,7 @@ def build_index(
     batch_size: int = 128,
     workers: int | None = None,
     progress: bool = True,
+    embed=None,
 ) -> IndexStatus:
     """Embed every catalog image with `model` and write its index.
 
@@ -212,26 +213,28 @@ def build_index(
     vectors, HNSW above); a new collection at `uri` (default: a Milvus Lite file
     in the home) is filled and flushed, recorded, and then the previous one is
     dropped. `metric`: cosine (default), ip or l2. Holds the home's write lock;
-    readers keep the previous index until the new one is in place.
+    readers keep the previous index until the new one is in place. `embed`: what
+    embeds the images (default `embed_catalog_images`; `ray_engine.ray_embedder` on Ray).
     """
     _check_backend(backend)
     check_metric(metric)
     with write_lock(home, "index build"):
         return _build_locked(home, model, spec=spec, backend=backend, uri=uri, params=params,
                              metric=metric, device=device, batch_size=batch_size,
-                             workers=workers, progress=progress)
+                             workers=workers, progress=progress, embed=embed)
 
 
 def _build_locked(
     home: Home, model: ModelRow, *, spec: str, backend: str, uri: str | None,
     params: str | None, metric: str, device: str, batch_size: int, workers: int | None,
-    progress: bool,
+    progress: bool, embed=None,
 ) -> IndexStatus:
     encoder = load_encoder(home, model, device)
     rows = home.catalog.images()
     ids = [r.id for r in rows]
-    vecs, kept = embed_catalog_images(encoder, ids, [r.path for r in rows], batch_size=batch_size,
-                                      workers=workers, progress=progress, home=home)
+    embed = embed or embed_catalog_images
+    vecs, kept = embed(encoder, ids, [r.path for r in rows], batch_size=batch_size,
+                       workers=workers, progress=progress, home=home)
     previous = home.catalog.index_for(model.id, backend)
     if backend == "milvus":
         generation = (previous.generation if previous else 0) + 1

@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from latentsight.embedder.errors import StoreError
@@ -47,7 +50,11 @@ from latentsight.index.store import (
 ENV_TOKEN = "LATENTSIGHT_MILVUS_TOKEN"
 SEARCH_KEYS = {"nprobe", "ef", "search_list", "radius", "range_filter"}
 MILVUS_METRIC = {"cosine": "IP", "ip": "IP", "l2": "L2"}  # cosine: IP on normalized vectors
-MAX_VARCHAR = 512
+# Labels and sources are stored whole (never cut: a cut label would match its neighbours'
+# filters). The catalog allows 255 characters; Milvus counts VARCHAR length in UTF-8 bytes,
+# and 65535 is the most a 2.3 server takes, so any label the catalog holds fits.
+MAX_VARCHAR = 65535
+ENV_TIMEOUT = "LATENTSIGHT_MILVUS_TIMEOUT"  # seconds to wait for a server to answer (default 10)
 SPEC_MARK = ", spec "  # the collection description ends with the spec it was built with
 METRIC_MARK = re.compile(r", metric (\w+)")  # ... and names the metric before it
 _BATCH = 2000  # rows per insert request (a gRPC message stays well under its limit)
@@ -118,6 +125,7 @@ class MilvusStore(VectorStore):
         if is_lite(uri):
             Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.client = client if client is not None else _connect(uri, token)
+        self.max_text = MAX_VARCHAR
         if not self.client.has_collection(collection):
             if not create:
                 msg = f"Milvus at {uri} has no collection {collection!r}; build the index first."
@@ -125,7 +133,7 @@ class MilvusStore(VectorStore):
             self._create()
         else:
             self._check_dim()
-        self.client.load_collection(collection)
+        self._call("load", self.client.load_collection, collection)
 
     @classmethod
     def open(cls, uri: str, collection: str, *, token: str | None = None) -> MilvusStore:
@@ -169,8 +177,23 @@ class MilvusStore(VectorStore):
             msg = f"Milvus could not create {self.collection!r} with spec {self.spec!r}: {e}"
             raise StoreError(msg) from e
 
+    def _call(self, what: str, fn, *args, **kwargs):
+        """One client call; a server that fails or is gone becomes a one-line StoreError."""
+        try:
+            return fn(*args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pymilvus raises several unrelated types
+            msg = (f"Milvus {what} of {self.collection!r} at {self.uri} failed: {_reason(e)}"
+                   f"{_server_hint(self.uri)}")
+            raise StoreError(msg) from e
+
     def _check_dim(self) -> None:
-        desc = self.client.describe_collection(self.collection)
+        desc = self._call("describe", self.client.describe_collection, self.collection)
+        # collections built before labels were stored whole hold 512 bytes at most
+        self.max_text = min((int(f["params"].get("max_length", MAX_VARCHAR))
+                             for f in desc["fields"] if f["name"] in ("label", "source")),
+                            default=MAX_VARCHAR)
         dim = next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector")
         if dim != self.dim:
             msg = (f"Milvus collection {self.collection!r} holds dimension {dim}; this model "
@@ -224,18 +247,26 @@ class MilvusStore(VectorStore):
                 meta = {**META_DEFAULTS, **(metadata[j] if metadata is not None else {})}
                 rows.append({
                     "id": int(ids[j]), "vector": v[j].tolist(),
-                    "label": _text(meta["label"]), "source": _text(meta["source"]),
+                    "label": self._text(meta["label"], "label", ids[j]),
+                    "source": self._text(meta["source"], "source", ids[j]),
                     "synthetic": bool(meta["synthetic"]),
                 })
-            try:
-                res = call(self.collection, rows)
-            except Exception as e:  # noqa: BLE001
-                raise StoreError(f"Milvus {op} into {self.collection!r} failed: {e}") from e
+            res = self._call(op, call, self.collection, rows)
             count = int(res.get(f"{op}_count", -1))
             if count != len(rows):
                 msg = (f"Milvus {op} into {self.collection!r} stored {count} of {len(rows)} "
                        "rows; the batch is not committed.")
                 raise StoreError(msg)
+
+    def _text(self, value: object, field: str, image_id: object) -> str:
+        text = "" if value is None else str(value)
+        if len(text.encode("utf-8", "surrogatepass")) > self.max_text:
+            msg = (f"Image {int(image_id)}: its {field} is {len(text)} characters, more than the "
+                   f"{self.max_text} bytes collection {self.collection!r} stores (built before "
+                   "labels were kept whole). Rebuild it: latentsight index rebuild --backend "
+                   "milvus")
+            raise StoreError(msg)
+        return text
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -244,10 +275,7 @@ class MilvusStore(VectorStore):
         present = self._existing(ids)
         if present.size == 0:
             return 0
-        try:
-            self.client.delete(self.collection, ids=[int(i) for i in present])
-        except Exception as e:  # noqa: BLE001
-            raise StoreError(f"Milvus delete from {self.collection!r} failed: {e}") from e
+        self._call("delete", self.client.delete, self.collection, ids=[int(i) for i in present])
         left = self._existing(present)
         if left.size:
             msg = f"Milvus kept {left.size} of {present.size} ids asked to be deleted."
@@ -255,10 +283,7 @@ class MilvusStore(VectorStore):
         return int(present.size)
 
     def flush(self) -> None:
-        try:
-            self.client.flush(self.collection)
-        except Exception as e:  # noqa: BLE001
-            raise StoreError(f"Milvus flush of {self.collection!r} failed: {e}") from e
+        self._call("flush", self.client.flush, self.collection)
 
     def save(self, path: str | Path | None = None) -> None:
         """Milvus persists on its own; saving is flushing (`path` is ignored)."""
@@ -273,18 +298,18 @@ class MilvusStore(VectorStore):
         found: list[int] = []
         for s in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[s : s + 1000]]
-            rows = self.client.query(self.collection, filter=f"id in {chunk}",
-                                     output_fields=["id"], limit=len(chunk))
+            rows = self._call("query", self.client.query, self.collection,
+                              filter=f"id in {chunk}", output_fields=["id"], limit=len(chunk))
             found.extend(int(r["id"]) for r in rows)
         return np.asarray(sorted(found), dtype=np.int64)
 
     def ids(self) -> np.ndarray:
-        it = self.client.query_iterator(self.collection, batch_size=5000, filter="id >= 0",
-                                        output_fields=["id"])
+        it = self._call("query", self.client.query_iterator, self.collection, batch_size=5000,
+                        filter="id >= 0", output_fields=["id"])
         out: list[int] = []
         try:
             while True:
-                page = it.next()
+                page = self._call("query", it.next)
                 if not page:
                     break
                 out.extend(int(r["id"]) for r in page)
@@ -294,7 +319,8 @@ class MilvusStore(VectorStore):
 
     @property
     def ntotal(self) -> int:
-        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        rows = self._call("count", self.client.query, self.collection, filter="",
+                          output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
     def search(
@@ -323,11 +349,9 @@ class MilvusStore(VectorStore):
             parts.append(f"id in {allowed}")
         expr = " and ".join(f"({p})" for p in parts)
         params = {"metric_type": MILVUS_METRIC[self.metric], "params": dict(self.search_params)}
-        try:
-            res = self.client.search(self.collection, data=[row.tolist() for row in q], limit=k,
-                                     filter=expr, output_fields=["id"], search_params=params)
-        except Exception as e:  # noqa: BLE001
-            raise StoreError(f"Milvus search in {self.collection!r} failed: {e}") from e
+        res = self._call("search", self.client.search, self.collection,
+                         data=[row.tolist() for row in q], limit=k, filter=expr,
+                         output_fields=["id"], search_params=params)
         sign = -1.0 if self.metric == "l2" else 1.0
         for r, hits in enumerate(res):
             for j, hit in enumerate(hits[:k]):
@@ -336,24 +360,84 @@ class MilvusStore(VectorStore):
         return scores, out
 
 
+def connect_timeout() -> float:
+    """Seconds to wait for a Milvus server (LATENTSIGHT_MILVUS_TIMEOUT, default 10)."""
+    raw = os.environ.get(ENV_TIMEOUT, "10")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        msg = f"{ENV_TIMEOUT} must be a number of seconds > 0. Got {raw!r} instead."
+        raise StoreError(msg)
+    return value
+
+
 def _connect(uri: str, token: str | None) -> object:
     from pymilvus import MilvusClient
 
     token = token if token is not None else os.environ.get(ENV_TOKEN, "")
+    timeout = connect_timeout()
+    start = time.monotonic()
     try:
-        return MilvusClient(uri=uri, token=token)
+        if is_lite(uri):
+            return MilvusClient(uri=uri, token=token)
+        client = MilvusClient(uri=uri, token=token, timeout=timeout)
+        client.list_collections(timeout=timeout)  # a refused token or a mute server fails here
+        return client
     except Exception as e:  # noqa: BLE001 - pymilvus raises several unrelated types
-        raise StoreError(_connect_error(uri, e)) from e
+        waited = time.monotonic() - start
+        raise StoreError(_connect_error(uri, e, token, waited, timeout)) from e
 
 
-def _text(value: object) -> str:
-    return "" if value is None else str(value)[:MAX_VARCHAR]
+def _reason(e: Exception, token: str | None = None) -> str:
+    """pymilvus's message on one line, without the token should it appear in it."""
+    text = str(getattr(e, "message", "") or e) or type(e).__name__
+    for secret in filter(None, {token, os.environ.get(ENV_TOKEN)}):
+        text = text.replace(secret, "***")
+        if ":" in secret:  # user:password -> the password alone must not show either
+            text = text.replace(secret.split(":", 1)[1], "***")
+    return " ".join(text.split())
 
 
-def _connect_error(uri: str, e: Exception) -> str:
+def _server_hint(uri: str) -> str:
     if is_lite(uri):
-        return (f"Cannot open the Milvus Lite file {uri}: {e}. Milvus Lite is single-process: "
-                "if another latentsight process (ingest, dashboard) has it open, stop it, or "
-                "run a Milvus server and pass --uri http://HOST:19530.")
-    return (f"Cannot connect to Milvus at {uri}: {e}. Is the server up (docker compose up "
-            f"milvus)? A token, if needed, goes in {ENV_TOKEN}.")
+        return ""
+    return (f". Check that the Milvus server at {uri} is up and reachable from here, and "
+            f"its token in {ENV_TOKEN} ({'set' if os.environ.get(ENV_TOKEN) else 'not set'}).")
+
+
+def _diagnose(uri: str, waited: float, timeout: float) -> str:
+    """Why a server URI did not answer: nothing listening, no answer, or a refusal."""
+    parsed = urlsplit(uri)
+    host, port = parsed.hostname or "localhost", parsed.port or 19530
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
+            pass
+    except ConnectionRefusedError:
+        return f"connection refused: nothing listens on {host}:{port}"
+    except TimeoutError:
+        return f"{host}:{port} did not accept a connection within {min(timeout, 5.0):g}s"
+    except OSError as e:
+        return f"cannot reach {host}:{port} ({e.strerror or e})"
+    if waited >= 0.8 * timeout:
+        return (f"{host}:{port} accepts connections but did not answer within {timeout:g}s "
+                f"(slow or not a Milvus server; {ENV_TIMEOUT} sets the wait)")
+    return (f"the server at {host}:{port} answered but refused the connection (most often a "
+            "missing or wrong token)")
+
+
+def _connect_error(uri: str, e: Exception, token: str | None = None, waited: float = 0.0,
+                   timeout: float = 10.0) -> str:
+    reason = _reason(e, token)
+    if is_lite(uri):
+        return (f"Cannot open the Milvus Lite file {uri}: {reason}. Milvus Lite is "
+                "single-process: if another latentsight process (ingest, dashboard) has it open, "
+                "stop it, or run a Milvus server and pass --uri http://HOST:19530.")
+    why = _diagnose(uri, waited, timeout)
+    if why.startswith("the server at"):  # it answered: what it said is worth reading
+        why = f"{why}: {reason}"
+    token_state = "set" if (token or os.environ.get(ENV_TOKEN)) else "not set"
+    return (f"Cannot connect to Milvus at {uri}: {why}. Check that the server is up "
+            f"and reachable from here (docker compose up milvus), and the token in {ENV_TOKEN} "
+            f"({token_state}).")

@@ -111,12 +111,19 @@ class Filter:
         return " and ".join(parts)
 
 
+# What a double-quoted string literal of Milvus's expression grammar cannot hold raw. Only
+# these four escapes mean the same to a 2.3 server (Go's strconv.Unquote) and to Milvus Lite
+# (its own parser, which rejects \u and \x); every other character is taken as it is.
+_MILVUS_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+
+
+def milvus_string(value: object) -> str:
+    """`value` as a double-quoted Milvus string literal that matches it exactly."""
+    return '"' + str(value).translate(_MILVUS_ESCAPES) + '"'
+
+
 def _milvus_list(values: Sequence[str]) -> str:
-    quoted = []
-    for v in values:
-        text = str(v).replace("\\", "\\\\").replace('"', '\\"')
-        quoted.append(f'"{text}"')
-    return "[" + ", ".join(quoted) + "]"
+    return "[" + ", ".join(milvus_string(v) for v in values) + "]"
 
 
 # A function from a Filter to the catalog ids it allows (FAISS keeps no metadata itself).

@@ -20,6 +20,7 @@ from latentsight.cli.common import (
     open_home,
     table,
 )
+from latentsight.cli.scan_cmd import EngineOpt, RayAddressOpt, check_engine
 
 index_app = typer.Typer(help="Build and check the vector index of a model.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -66,6 +67,8 @@ def build(
     json_out: JsonOpt = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
@@ -79,11 +82,17 @@ def build(
     from latentsight.index.store import check_metric
 
     check_metric(metric)  # before the catalog is opened or any image embedded
+    check_engine(engine)
     h = open_home(home, db_url)
     m = h.catalog.model(model)
     be, uri = _backend(backend, uri)
+    embed = None
+    if engine == "ray":  # imported only when asked for: Ray is an optional extra
+        from latentsight.index.ray_engine import ray_embedder
+
+        embed = ray_embedder(h, m, address=ray_address, workers=workers)
     st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, metric=metric,
-                     device=device, workers=workers)
+                     device=device, workers=workers, embed=embed)
     if json_out:
         echo_json(st.__dict__)
     else:

@@ -24,6 +24,20 @@ from latentsight.cli.common import (
 )
 from latentsight.cli.core import eval_app
 
+ENGINES = ("local", "ray")
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="local (this process) or ray (decode, embed and score on a Ray cluster; "
+    "pip install 'latentsight[ray]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="Ray head to join (HOST:PORT); default RAY_ADDRESS, else a Ray "
+    "started in this process. Only with --engine ray.", show_default=False)]
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        msg = f"The 'engine' option must be one of {', '.join(ENGINES)}. Got {engine!r} instead."
+        raise ValueError(msg)
+
 
 @app.command()
 @handle_errors
@@ -50,6 +64,8 @@ def scan(
     = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
@@ -62,10 +78,15 @@ def scan(
     """
     from latentsight.index.scan import scan_paths
 
+    check_engine(engine)
+    if engine == "ray":  # imported only when asked for: Ray is an optional extra
+        from latentsight.index.ray_engine import scan_paths_ray as scan_paths  # noqa: F811
+
     h = open_home(home, db_url)
+    extra = {"address": ray_address} if engine == "ray" else {}
     s = scan_paths(h, [str(p) for p in paths], model=model, fpr=fpr, threshold=threshold,
                    report_dir=report, resume=resume, k_neighbors=neighbors,
-                   include_synthetic=include_synthetic, device=device)
+                   include_synthetic=include_synthetic, device=device, **extra)
     for f in s.failed:
         err(f"failed: {f.path}: {f.error}")
     if json_out:

@@ -30,6 +30,20 @@ def home(tmp_path, trained_home, texture_dir):
     h.close()
 
 
+@pytest.fixture(params=["lite", "server"])
+def milvus_uri(request, home):
+    """Where a Milvus index goes: None (a Milvus Lite file in the home) or the test server."""
+    if request.param == "lite":
+        yield None
+        return
+    from tests.milvus_server import clean, server_uri
+
+    uri = server_uri()
+    clean(uri)
+    yield uri
+    clean(uri)
+
+
 def _cli(*args: str, code: int = 0) -> str:
     res = runner.invoke(__import__("latentsight.cli", fromlist=["app"]).app, list(args),
                         catch_exceptions=False)
@@ -37,11 +51,19 @@ def _cli(*args: str, code: int = 0) -> str:
     return res.stdout
 
 
-@pytest.mark.parametrize("backend,spec", [("faiss", "Flat"), ("milvus", "FLAT")])
-def test_build_verify_filter_and_delete(home, backend, spec):
+@pytest.mark.parametrize("backend,spec,server", [("faiss", "Flat", False),
+                                                ("milvus", "FLAT", False),
+                                                ("milvus", "FLAT", True)],
+                         ids=["faiss", "milvus-lite", "milvus-server"])
+def test_build_verify_filter_and_delete(home, backend, spec, server):
     m = home.catalog.model()
+    if server:
+        from tests.milvus_server import clean, server_uri
+
+        uri = server_uri()
+        clean(uri)
     st = build_index(home, m, backend=backend, spec=spec, device="cpu", progress=False,
-                     workers=0)
+                     workers=0, uri=uri if server else None)
     assert st.ok and st.backend == backend and st.ntotal == 48
     store, row = open_index(home, m)
     assert row.backend == backend and row.model_sha256 == m.checkpoint_sha256
@@ -226,19 +248,22 @@ def _collections(uri: str) -> list[str]:
 
 @pytest.mark.parametrize("point", ["milvus.after_batch", "milvus.before_switch",
                                    "milvus.after_switch"])
-def test_milvus_rebuild_killed_anywhere_leaves_a_whole_collection(home, tmp_path, point):
+def test_milvus_rebuild_killed_anywhere_leaves_a_whole_collection(home, tmp_path, point,
+                                                                milvus_uri):
     """A rebuild SIGKILLed while filling its new collection (or just before switching to
     it) leaves the catalog on the old collection, whole and searchable; killed after the
-    switch, on the new one. The next rebuild switches again and drops every leftover."""
+    switch, on the new one. The next rebuild switches again and drops every leftover.
+    On Milvus Lite and on a Milvus server."""
     from tests.index.crashkit import run_killed
 
     m = home.catalog.model()
     args = ["index", "build", "--backend", "milvus", "--home", str(home.root), "--device", "cpu",
-            "--workers", "0"]
+            "--workers", "0", *(["--uri", milvus_uri] if milvus_uri else [])]
     code, log = run_killed(args, log_path=tmp_path / "build.log")  # in a child: Lite is
     assert code == 0, log  # single-process, so the parent opens the file only afterwards
     first = home.catalog.index_for(m.id, "milvus")
-    uri = str(home.resolve(first.path))
+    uri = milvus_uri or str(home.resolve(first.path))
+    assert first.path == (milvus_uri or first.path)
 
     code, log = run_killed(["index", "rebuild", *args[2:]], faults=f"kill:{point}",
                            log_path=tmp_path / "rebuild.log")

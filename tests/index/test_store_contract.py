@@ -3,7 +3,9 @@
 Each case builds a real catalog (SQLite) holding the images' label, source
 and synthetic flag, and a store whose vectors carry the same metadata:
 FAISS resolves filters through the catalog, Milvus Lite through its own
-scalar fields; both must return the same kind of answers.
+scalar fields; both must return the same kind of answers. The Milvus cases run on
+Milvus Lite and on a real Milvus 2.3 server (LATENTSIGHT_TEST_MILVUS_URI, started by
+.ci/start-milvus.sh; skipped when unset outside CI).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Backend:
     exact: bool = True  # returns the exact top-k (Flat-like) rather than an approximation
     removes: bool = True
     metric: str = "cosine"
+    server: bool = False  # a shared Milvus server: its collection is dropped afterwards
 
 
 def _faiss(spec: str, params: str | None = None, metric: str = "cosine"):
@@ -70,6 +73,28 @@ def _milvus(spec: str, metric: str = "cosine"):
     return make, reopen
 
 
+def _milvus_server(spec: str, metric: str = "cosine"):
+    import uuid
+
+    name = f"t_contract_{uuid.uuid4().hex[:10]}"
+
+    def make(tmp: Path, catalog: Catalog) -> VectorStore:
+        from latentsight.index.milvus_store import MilvusStore
+
+        from tests.milvus_server import server_uri
+
+        return MilvusStore(DIM, uri=server_uri(), collection=name, spec=spec, metric=metric)
+
+    def reopen(store: VectorStore, tmp: Path, catalog: Catalog) -> VectorStore:
+        from latentsight.index.milvus_store import MilvusStore
+
+        store.save()
+        store.close()
+        return MilvusStore.open(store.uri, name)
+
+    return make, reopen
+
+
 BACKENDS = [
     Backend("faiss-flat", *_faiss("Flat")),
     Backend("faiss-ivf", *_faiss("IVF4,Flat", "nprobe=4")),  # all lists probed: exact
@@ -84,6 +109,10 @@ BACKENDS = [
     Backend("faiss-ivf-ip", *_faiss("IVF4,Flat", "nprobe=4", metric="ip"), metric="ip"),
     Backend("milvus-lite", *_milvus("FLAT")),
     Backend("milvus-lite-l2", *_milvus("FLAT", metric="l2"), metric="l2"),
+    Backend("milvus-server", *_milvus_server("FLAT"), server=True),
+    Backend("milvus-server-hnsw-l2", *_milvus_server("HNSW:M=16,efConstruction=64,ef=128",
+                                                     metric="l2"),
+            exact=False, metric="l2", server=True),
 ]
 
 
@@ -112,6 +141,10 @@ def case(request, tmp_path, data):
     yield b, store, ids, catalog
     store.close()
     catalog.close()
+    if b.server:
+        from tests.milvus_server import clean
+
+        clean(store.uri, (store.collection,))
 
 
 def _exact(x: np.ndarray, q: np.ndarray, ids: np.ndarray, k: int,
@@ -254,3 +287,70 @@ def test_milvus_expression_quotes_values():
     f = Filter.of(labels=['a"b'], sources="s", synthetic=False)
     assert f.to_milvus_expr() == 'label in ["a\\"b"] and source in ["s"] and synthetic == false'
     assert Filter().empty and Filter().to_milvus_expr() == ""
+
+
+# Labels that broke Milvus filters: longer than the old 512-character cut (and two that
+# share their first 512 characters), multi-line, quotes, backslashes, control characters,
+# and a value that would widen the expression were it not quoted.
+HOSTILE_LABELS = [
+    "x" * 600, "x" * 512 + "y" * 88, "two\nlines", "cr\rlf\r\n", 'quote"d', "it's",
+    "back\\slash", "back\\nslash-n", "tab\there", "\x1b[31mred", "\x00nul", "ünï cödé 缺陷 😀",
+    '" or id >= 0 or label == "', "\u2028sep", "",
+]
+
+
+@pytest.fixture(params=["lite", "server"])
+def milvus_uri(request, tmp_path):
+    if request.param == "lite":
+        yield str(tmp_path / "hostile.db")
+        return
+    from tests.milvus_server import clean, server_uri
+
+    uri = server_uri()
+    yield uri
+    clean(uri, ("t_hostile",))
+
+
+def test_milvus_filters_match_hostile_labels_exactly(milvus_uri):
+    """Every label is stored whole and its filter finds that image alone, on Lite and on a
+    server (a cut or an unescaped newline used to merge labels or fail the search)."""
+    from latentsight.index.milvus_store import MilvusStore
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(len(HOSTILE_LABELS), DIM)).astype(np.float32)
+    ids = np.arange(100, 100 + len(x))
+    meta = [{"label": lab, "source": f"src {lab}", "synthetic": False} for lab in HOSTILE_LABELS]
+    store = MilvusStore(DIM, uri=milvus_uri, collection="t_hostile", spec="FLAT")
+    try:
+        store.add(ids, x, meta)
+        store.flush()
+        for i, lab in enumerate(HOSTILE_LABELS):
+            for filt in (Filter.of(labels=lab), Filter.of(sources=f"src {lab}")):
+                _, found = store.search(x[:1], 3, filter=filt)
+                assert found[0].tolist() == [ids[i], -1, -1], (lab, filt)
+        _, found = store.search(x[:1], len(x), filter=Filter.of(labels=HOSTILE_LABELS))
+        assert sorted(found[0].tolist()) == ids.tolist()
+    finally:
+        store.close()
+
+
+def test_milvus_refuses_to_cut_a_label_an_old_collection_cannot_hold(tmp_path):
+    """A collection built with the old 512-byte fields names the rebuild, never truncates."""
+    from latentsight.index import milvus_store
+    from latentsight.index.milvus_store import MilvusStore
+
+    uri = str(tmp_path / "old.db")
+    old, milvus_store.MAX_VARCHAR = milvus_store.MAX_VARCHAR, 512
+    try:
+        MilvusStore(DIM, uri=uri, collection="t_old").close()
+    finally:
+        milvus_store.MAX_VARCHAR = old
+    store = MilvusStore.open(uri, "t_old")
+    try:
+        assert store.max_text == 512
+        with pytest.raises(StoreError, match="Image 1: its label is 300 characters") as e:
+            store.add([1], np.ones((1, DIM), np.float32), [{"label": "é" * 300}])  # 600 bytes
+        assert "latentsight index rebuild --backend milvus" in str(e.value)
+        assert store.ntotal == 0
+    finally:
+        store.close()

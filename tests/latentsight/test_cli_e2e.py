@@ -109,3 +109,121 @@ def test_console_script_help_teaches():
                          text=True, check=True).stdout
     for cmd in ("ingest", "train", "search", "index", "models", "eval", "demo"):
         assert cmd in out
+
+
+# ---- the same path on a Milvus server, with the catalog on PostgreSQL where CI has one ---------
+
+
+@pytest.fixture(scope="module")
+def server_home(tmp_path_factory, texture_dir):
+    """ingest -> train -> index build on a Milvus 2.3 server; the catalog on PostgreSQL when
+    LATENTSIGHT_TEST_PG_URL is set (CI), else SQLite. Yields (home, db_url, uri)."""
+    import os
+    import shutil
+    import uuid
+
+    from tests.milvus_server import clean, server_uri
+
+    uri = server_uri()
+    clean(uri)
+    root = tmp_path_factory.mktemp("serverhome")
+    data = root / "data"
+    shutil.copytree(texture_dir, data / "textures")
+    odd = data / "odd"  # a multi-line, quoted label the filters must match exactly
+    odd.mkdir()
+    from PIL import Image
+
+    for n, f in enumerate(sorted((texture_dir / "blobs").glob("*.png"))[:3]):
+        img = Image.open(f)
+        img.putpixel((0, 0), (img.getpixel((0, 0)) + 97 + n) % 256)  # new bytes: not a duplicate
+        img.save(odd / f"odd-{f.name}")
+    admin, name = os.environ.get("LATENTSIGHT_TEST_PG_URL"), None
+    if admin:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        name = f"lt_e2e_{uuid.uuid4().hex[:10]}"
+        with create_engine(admin, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        db = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    else:
+        db = f"sqlite:///{root / 'catalog.db'}"
+    base = ["--home", str(root / "home"), "--db-url", db]
+    run("ingest", str(data / "textures"), "--labels-from-folders", *base)
+    run("train", "--epochs", "2", "--image-size", "32", "--latent-dim", "32", "--batch-size",
+        "16", "--name", "srv-ae", "--device", "cpu", *base)
+    out = run("index", "build", "--backend", "milvus", "--uri", uri, "--device", "cpu", *base)
+    assert "48 vectors" in out, out
+    run("ingest", str(odd), "--label", ODD_LABEL, *base)  # synced into the server's collection
+    yield root / "home", db, uri
+    clean(uri)
+    if name:
+        from sqlalchemy import create_engine, text
+
+        with create_engine(admin, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+ODD_LABEL = 'line one\nline "two"\\ ' + "x" * 520
+
+
+def test_server_index_verify_search_and_filter(server_home, texture_dir):
+    home, db, uri = server_home
+    base = ["--home", str(home), "--db-url", db]
+    ver = json.loads(run("index", "verify", "--json", *base))
+    assert ver["ok"] and ver["ntotal"] == 51 and ver["backend"] == "milvus" and ver["path"] == uri
+    q = sorted((texture_dir / "stripes_h").glob("*.png"))[0]
+    hits = json.loads(run("search", str(q), "--k", "6", "--json", "--device", "cpu", *base))
+    assert Path(hits[0]["path"]).name == q.name and hits[0]["score"] == pytest.approx(1, abs=1e-4)
+    hits = json.loads(run("search", str(q), "--k", "5", "--label", "blobs", "--json", *base))
+    assert len(hits) == 5 and {h["label"] for h in hits} == {"blobs"}
+    hits = json.loads(run("search", str(q), "--k", "5", "--label", ODD_LABEL, "--json", *base))
+    assert len(hits) == 3 and {h["label"] for h in hits} == {ODD_LABEL}
+
+
+def test_server_delete_rebuild_and_verify_across_catalog_and_server(server_home):
+    home, db, uri = server_home
+    base = ["--home", str(home), "--db-url", db]
+    out = json.loads(run("delete", "1", "2", "--json", *base))
+    assert out["deleted"] == 2 and out["vectors_removed"] == 2
+    before = json.loads(run("index", "verify", "--json", *base))
+    assert before["ok"] and before["ntotal"] == 49
+    out = run("index", "rebuild", *base)
+    assert "rebuilt milvus index" in out and f"generation {before['generation'] + 1}" in out
+    ver = json.loads(run("index", "verify", "--json", *base))
+    assert ver["ok"] and ver["ntotal"] == 49 and ver["generation"] == before["generation"] + 1
+
+
+def test_server_down_or_refusing_is_one_line_and_exit_2(server_home, monkeypatch):
+    """A closed port, a wrong token, a mute server: one line naming the URI, the reason and
+    what to check; never a traceback, never the token."""
+    import socket
+
+    home, db, uri = server_home
+    base = ["--home", str(home), "--db-url", db]
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(1)  # accepts, never answers
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    monkeypatch.setenv("LATENTSIGHT_MILVUS_TIMEOUT", "3")
+    try:
+        cases = [
+            (f"http://127.0.0.1:{closed.getsockname()[1]}", None, "connection refused"),
+            (f"http://127.0.0.1:{mute.getsockname()[1]}", None, "did not answer within 3s"),
+            (uri, "root:WrongSecret42", "refused the connection"),
+        ]
+        for where, token, reason in cases:
+            if token:
+                monkeypatch.setenv("LATENTSIGHT_MILVUS_TOKEN", token)
+            res = runner.invoke(app, ["index", "build", "--backend", "milvus", "--uri", where,
+                                      "--device", "cpu", *base])
+            text = res.output  # stdout and stderr
+            lines = [ln for ln in text.splitlines() if ln.startswith("error:")]
+            assert res.exit_code == 2 and len(lines) == 1, text
+            assert where in lines[0] and reason in lines[0], lines[0]
+            assert "LATENTSIGHT_MILVUS_TOKEN" in lines[0] and "Traceback" not in text
+            assert "WrongSecret42" not in text
+    finally:
+        mute.close()
+        closed.close()

@@ -85,3 +85,29 @@ def test_dockerfile_runs_the_dashboard_on_the_settings_port():
     assert re.search(r"^FROM \S+:\d[\w.\-]*$", text, re.M)
     assert f'"--port", "{settings.DASHBOARD_PORT}"' in text
     assert f"EXPOSE {settings.DASHBOARD_PORT}" in text
+
+
+def test_ray_head_and_worker_serve_the_apps_with_the_same_mounts(compose):
+    """A head and one worker, from the image with the ray extra; the worker joins the head
+    the apps' RAY_ADDRESS names; every Ray node sees the home and data where the apps do."""
+    services = compose["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["build"]["args"]["EXTRAS"] == "[ray]" and head["image"] == worker["image"]
+    assert "--head" in head["command"] and "--port=6379" in head["command"]
+    assert "--address=ray-head:6379" in worker["command"]
+    assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert "ray" in " ".join(head["healthcheck"]["test"])
+    assert all(str(p).startswith("127.0.0.1:") for p in head.get("ports", []))  # runs jobs
+    for name, svc in _app_services(compose).items():
+        assert svc["environment"]["RAY_ADDRESS"] == "ray-head:6379", name
+    scan = services["scan"]
+    assert scan["image"] == head["image"] and "--engine" in scan["command"]
+    assert scan["command"][scan["command"].index("--engine") + 1] == "ray"
+    assert scan["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    for node in (head, worker):
+        assert set(scan["volumes"]) <= set(node["volumes"])  # same paths on every node
+        assert node["shm_size"]
+    text = (ROOT / "Dockerfile").read_text()
+    assert 'ARG EXTRAS=""' in text and 'pip install ".${EXTRAS}"' in text
+    extras = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^ray = \[\s*"ray\[data\]', extras, re.M)
