@@ -10,7 +10,7 @@ Protocol:
    queries/s at batch 1 (20 single queries: the dashboard's and the CLI's case) and at
    batch 64 (192 queries), and one filtered search (a third of the vectors match).
    recall@10 against FAISS Flat (all three are exact: it should read 1.000).
-2. Ray: one folder of `--images` 64x64 textures scanned with the same calibrated model by
+2. Ray: one folder of `--images` 32x32 textures scanned with the same calibrated model by
    the local engine, then by the Ray engine with 1 and 2 actors (each node of the local
    cluster has 1 CPU). Wall time of the whole scan call, actor start-up included.
 With --write the tables replace the "Measured here" section of docs/scaling.md.
@@ -186,7 +186,7 @@ def main() -> None:
             parts.append(f"Vector stores, {args.n:,} x {args.dim} vectors, FLAT, cosine, k=10:\n\n"
                          + table(stores(args.n, args.dim, tmp)))
         if not args.skip_ray:
-            parts.append(f"Anomaly scan of {args.images} 64x64 images (16 px model), local "
+            parts.append(f"Anomaly scan of {args.images} 32x32 images (16 px model), local "
                          "Ray cluster of 2 one-CPU nodes on loopback:\n\n"
                          + table(ray_scans(args.images, tmp)))
         text = "\n\n".join(parts)

@@ -219,3 +219,42 @@ def test_an_unknown_engine_is_one_line_exit_2(ray_home, folder):
     base = ["--home", str(ray_home.root), "--model", "scan-test", "--device", "cpu"]
     code, out, err = _cli("scan", str(folder), "--engine", "spark", *base)
     assert code == 2 and "'engine' option must be one of local, ray" in err
+
+
+def test_a_killed_ray_driver_resumes_without_redoing_work(ray_address, ray_home, tmp_path):
+    """SIGKILL the driver of a Ray scan once some batches are committed; `--resume` on Ray
+    continues the same scan, scores only the rest, and records each image once."""
+    import re
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i, img in enumerate(normal_textures(96, seed=92)):
+        Image.fromarray(img).save(many / f"{i:03d}.png")
+    db = ray_home.root / "catalog.db"
+    before = {(_last_scan(db) or (None,))[0]}
+    args = ["scan", str(many), "--engine", "ray", "--ray-address", ray_address, "--home",
+            str(ray_home.root), "--model", "scan-test", "--device", "cpu", "--neighbors", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "latentsight", *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            last = _last_scan(db)
+            if last and last[0] not in before:
+                done = len(_results(db, last[0]))
+                if done >= 8:
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and 8 <= done < 96, done
+    code, out, err = _cli(*args, "--resume", "--json")
+    assert code in (0, 1), err
+    m = re.search(r"resuming scan (\d+): (\d+) image\(s\) already done", err)
+    assert m and int(m.group(2)) >= done, err
+    rows = _results(db, int(m.group(1)))
+    assert len(rows) == 96 and len(json.loads(out)) == 96
+    assert _last_scan(db) == (int(m.group(1)), "done")

@@ -164,7 +164,7 @@ def server_home(tmp_path_factory, texture_dir):
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-ODD_LABEL = 'line one\nline "two"\\ ' + "x" * 520
+ODD_LABEL = 'line one\nline "two"\\ ' + "x" * 230  # within the catalog's 255 characters
 
 
 def test_server_index_verify_search_and_filter(server_home, texture_dir):
