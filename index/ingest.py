@@ -194,7 +194,7 @@ def _index_target(home: Home) -> tuple[ModelRow | None, Encoder | None, object |
     except CatalogError:
         return None, None, None
     try:
-        store, _row = open_index(home, model)
+        store, _row = open_index(home, model, lazy=True)  # adds go to the delta file
     except IndexMissingError:
         return None, None, None
     return model, load_encoder(home, model), store

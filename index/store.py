@@ -437,6 +437,7 @@ class FaissStore(VectorStore):
 
     # Adds to a store that mirrors a file go to the delta while it holds at most this
     # fraction of the main index; past it, the next save merges and rewrites the main file.
+    # LATENTSIGHT_DELTA_FRACTION overrides it (0 = always write the main file whole).
     delta_fraction = 0.05
 
     @property
@@ -764,7 +765,8 @@ class FaissStore(VectorStore):
         delta is merged and the main file rewritten (`compact`).
         """
         path = Path(path)
-        small = len(self._delta_ids) <= self.delta_fraction * len(self.main_ids())
+        fraction = float(os.environ.get("LATENTSIGHT_DELTA_FRACTION", self.delta_fraction))
+        small = len(self._delta_ids) <= fraction * len(self.main_ids())
         if (self._base is not None and not self._main_dirty and small
                 and self._base.same_file(path) and self._saved_to == path):
             faults.point("delta.before_write")
