@@ -652,6 +652,8 @@ class FaissStore(VectorStore):
         if flat is not None:  # exact search through torch's BLAS, same answers as faiss Flat
             mask = None
             id_map = flat[2]
+            if len(id_map) == 0:
+                return _empty(len(q), k)
             if allowed is not None:
                 mask = np.isin(id_map, allowed)
             s, pos = exact_search(flat[0], q, k, metric=self.metric, xnorm=flat[1], mask=mask)
