@@ -108,7 +108,10 @@ def main() -> int:
 
     from benchmarks.limits import decode_rates, sha256_rate
 
+    cores = len(os.sched_getaffinity(0))
     settings = {f"{default_workers()} worker(s) (default)": None, "0 workers (in process)": 0}
+    if cores != default_workers():
+        settings[f"{cores} workers (one per core)"] = cores
     runs: dict[str, list[float]] = {k: [] for k in settings}
     model = rest = None
     for r in range(args.repeats):  # the settings alternate, so load changes hit both alike
@@ -123,7 +126,6 @@ def main() -> int:
     dec = decode_rates(blobs)
     sha_ips = sha256_rate() * 1e9 / dec["mean_file_bytes"]
     limit_1core = 1 / (1 / dec["jpeg_full_ips"] + 1 / sha_ips)
-    cores = len(os.sched_getaffinity(0))
     med = {k: float(statistics.median(v)) for k, v in runs.items()}
     best = max(med.values())
     res = {

@@ -138,3 +138,15 @@ def test_exact_search_blocks_merge():
     want = np.sort(full, axis=1)[:, ::-1][:, :5]
     np.testing.assert_allclose(s, want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.take_along_axis(full, p, 1), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_empty_flat_and_everything_removed(metric):
+    store = FaissStore(DIM, "Flat", metric=metric)
+    q = _data(n=10)[1]
+    s, i = store.search(q, 4)
+    assert (i == -1).all() and np.isneginf(s).all()
+    store.add([1, 2], q[:2])
+    store.remove([1, 2])
+    s, i = store.search(q, 4, allowed_ids=[1])
+    assert (i == -1).all() and np.isneginf(s).all()
