@@ -500,6 +500,7 @@ def exact_rows(jobs: list[tuple[int, int]], seconds: float) -> dict:
     rows = []
     for n, dim in jobs:
         rows += exact_job(n, dim, seconds, lim)
+    lim["load"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     return {"rows": rows, "limits": lim}
 
 
@@ -606,7 +607,8 @@ def render_exact(res: dict) -> str:
         "`python benchmarks/index.py --exact` — exact (Flat) search, k=10, on normalized",
         "Gaussian-mixture vectors, every method timed in rotation with the others (medians",
         "per call; the machine is shared by other jobs, so absolute figures move between",
-        "runs, ratios much less). Bounds measured in the same run: memory read",
+        f"runs, ratios much less; load average at the end {lim.get('load', '?')} on 2 cores).",
+        "Bounds measured in the same run: memory read",
         f"{lim['memory']['read_GBps']:.1f} GB/s (batch 1 reads N*d*4 bytes per query), GEMM",
         f"{lim['gemm']['GFLOPs']:.0f} GFLOP/s (batch 64: 2*N*d flops per query).",
         "`FaissStore Flat` is the store (torch's BLAS over a no-copy view of faiss's rows);",
@@ -627,8 +629,9 @@ def render_delta(res: dict) -> str:
     rows = res["rows"]
     lines = [
         f"`python benchmarks/index.py --delta` — adding {rows[0]['adds']} vectors (dim "
-        f"{rows[0]['dim']}) to a saved Flat index of N, the store part of an ingest: open as",
-        "ingest does (lazily: the sorted id list and the delta, not the main file), add, save",
+        f"{rows[0]['dim']}) to a saved",
+        "Flat index of N, the store part of an ingest: open as ingest does (lazily: the",
+        "sorted id list and the delta, not the main file), add, save",
         "(the delta file: temp + fsync + rename). Beside it, the whole-file path every ingest",
         "took before (read the index, add, write it whole + fsync). Medians of the repeats",
         "shown; synthetic vectors; page cache warm (the index was just written).",

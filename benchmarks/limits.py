@@ -177,6 +177,7 @@ def measure(data: Path = DEFAULT_DATA) -> dict[str, object]:
         "memory": memory_bandwidth(), "gemm": gemm_flops(), "blas": blas_kernels(),
         "decode": {**decode_rates(blobs), "images": where},
         "sha256_GBps": sha256_rate(),
+        "load": " / ".join(f"{v:.1f}" for v in os.getloadavg()),
     }
     dec = res["decode"]
     res["sha256_ips"] = res["sha256_GBps"] * 1e9 / dec["mean_file_bytes"]
@@ -209,7 +210,8 @@ def write_section(res: dict) -> None:
     blas = "; ".join(f"{b['lib']}: {b['kernel']}" for b in res["blas"] if b["api"] != "openmp")
     body = (
         "`python benchmarks/limits.py` — what this machine can do, measured in one process\n"
-        f"({res['cores']} cores, shared with other jobs: medians of 5 repeats). Every other\n"
+        f"({res['cores']} cores, shared with other jobs, load average {res.get('load', '?')}:\n"
+        "medians of 5 repeats). Every other\n"
         "speed section states the limit that bounds it, measured again in its own run.\n\n"
         "| limit | value |\n|---|---|\n"
         f"| memory read (256 MiB sum, best of numpy/torch) | {m['read_GBps']:.1f} GB/s |\n"
