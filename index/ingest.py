@@ -201,7 +201,8 @@ def _index_target(home: Home) -> tuple[ModelRow | None, Encoder | None, object |
     except CatalogError:
         return None, None, None
     try:
-        store, _row = open_index(home, model, repair=True)  # a writer: holds the write lock
+        # a writer (holds the write lock); adds go to the delta file
+        store, _row = open_index(home, model, repair=True, lazy=True)
     except IndexMissingError:
         return None, None, None
     return model, load_encoder(home, model), store

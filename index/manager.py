@@ -95,6 +95,7 @@ class IndexStatus:
     generation: int
     stale_model: str | None = None  # why the vectors do not come from the model's checkpoint
     metric: str = "cosine"
+    delta: int = 0  # faiss: vectors in the delta file, not yet merged (`index compact`)
 
     @property
     def ok(self) -> bool:
@@ -121,6 +122,7 @@ def open_index(
     *,
     device: str = "cpu",
     repair: bool = False,
+    lazy: bool = False,
 ) -> tuple[VectorStore, IndexRow]:
     """Load the index of `model` (its latest, or the one of `backend`).
 
@@ -128,7 +130,9 @@ def open_index(
     knows but that fails to load (a damaged or deleted file, a dropped
     collection, a Milvus Lite file another process holds) raises
     IndexDamagedError; only a writer holding the write lock passes `repair`,
-    which moves it aside and rebuilds it from the catalog.
+    which moves it aside and rebuilds it from the catalog. `lazy` (writers
+    under the write lock): a faiss main file is read only when a search or
+    removal needs it; adds go to its delta file.
     """
     row = home.catalog.index_for(model.id, backend)
     if row is None:
@@ -138,7 +142,7 @@ def open_index(
         )
         raise IndexMissingError(msg)
     try:
-        return _load_store(home, model, row, device), row
+        return _load_store(home, model, row, device, lazy=lazy), row
     except StoreError as e:
         if not repair:
             raise IndexDamagedError(model.name, str(e)) from e
@@ -165,7 +169,9 @@ def _stored(home: Home, where: str | Path) -> str:
     return str(where) if "://" in str(where) else home.rel(where)
 
 
-def _load_store(home: Home, model: ModelRow, row: IndexRow, device: str) -> VectorStore:
+def _load_store(
+    home: Home, model: ModelRow, row: IndexRow, device: str, *, lazy: bool = False
+) -> VectorStore:
     where = location(home, row)
     if row.backend == "milvus":
         from latentsight.index.milvus_store import MilvusStore, collection_name
@@ -177,7 +183,7 @@ def _load_store(home: Home, model: ModelRow, row: IndexRow, device: str) -> Vect
     if not Path(where).is_file():
         raise StoreError(f"{where}: the index file of model {model.name!r} is missing")
     return FaissStore.load(where, spec=row.spec, metric=row.metric or "cosine", device=device,
-                           resolver=catalog_resolver(home.catalog))
+                           resolver=catalog_resolver(home.catalog), lazy=lazy)
 
 
 def _move_aside(home: Home, row: IndexRow) -> str:
@@ -401,7 +407,7 @@ def _sync_locked(
     ready: dict[int, np.ndarray] | None, progress: bool, force_save: bool,
 ) -> int:
     if store is None:
-        store, _row = open_index(home, model, repair=True)
+        store, _row = open_index(home, model, repair=True, lazy=True)
     encoder = encoder or load_encoder(home, model)
     keeps_meta = store.backend != "faiss"  # FAISS resolves filters through the catalog
     catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
@@ -443,6 +449,31 @@ def _sync_locked(
     return added
 
 
+def compact_index(home: Home, model: ModelRow) -> IndexStatus:
+    """Merge the delta file of a model's faiss index into its main file (under the write lock).
+
+    Search results do not change: the delta is searched exactly beside the
+    main index until then. Milvus compacts its own segments; nothing to do.
+    """
+    with write_lock(home, "index compact"):
+        row = home.catalog.index_for(model.id, "faiss")
+        if row is None:
+            raise IndexMissingError(f"Model {model.name!r} has no faiss index to compact.")
+        store, row = open_index(home, model, "faiss")
+        try:
+            merged = store.delta_size
+            faults.point("compact.before")
+            store.compact(location(home, row))
+            if merged:
+                home.catalog.record_index(model_id=model.id, backend="faiss", spec=row.spec,
+                                          path=row.path, ntotal=store.ntotal,
+                                          model_sha256=getattr(row, "model_sha256", None))
+        finally:
+            store.close()
+    say(f"compacted the index of {model.name!r}: {merged} delta vectors merged")
+    return status(home, model, "faiss")
+
+
 def status(home: Home, model: ModelRow, backend: str | None = None) -> IndexStatus:
     """Compare the catalog with the index of `model`: missing and extra ids, stale model."""
     store, row = open_index(home, model, backend)
@@ -455,7 +486,7 @@ def status(home: Home, model: ModelRow, backend: str | None = None) -> IndexStat
             missing=int(np.setdiff1d(catalog_ids, present).size),
             extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,
             stale_model=_stale_reason(model, row, store) or _checkpoint_problem(home, model),
-            metric=row.metric or "cosine",
+            metric=row.metric or "cosine", delta=int(getattr(store, "delta_size", 0)),
         )
     finally:
         store.close()

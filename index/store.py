@@ -11,6 +11,7 @@ vectors on the way in and scores by inner product, i.e. cosine similarity;
 from __future__ import annotations
 
 import abc
+import logging
 import math
 import os
 import sys
@@ -19,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from latentsight.embedder import faults
 from latentsight.embedder.errors import StoreError
 from latentsight.embedder.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip", "l2")
 
@@ -124,6 +128,166 @@ def milvus_string(value: object) -> str:
 
 def _milvus_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(milvus_string(v) for v in values) + "]"
+
+
+def _write_error(path: str | Path, e: BaseException) -> StoreError:
+    """One line for a failed index write (a full disk, most often); the old file stays."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    msg = (f"{path}: cannot write the index ({reason}); is the disk full? The previous "
+           "index file, if any, is unchanged")
+    return StoreError(msg)
+
+
+def exact_search(
+    xb: object, q: np.ndarray, k: int, *, metric: str, xnorm: object | None = None,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of queries `q` over the rows of `xb` through torch's CPU BLAS.
+
+    `xb` is a torch float32 (n, d) tensor (a view of faiss's own rows, or the
+    delta's), `q` float32 (nq, d) already prepared as the store prepares
+    vectors. Scores are the store's (higher is closer): the inner product for
+    ip and cosine, minus the squared L2 distance for l2 (`xnorm` the rows'
+    squared norms, computed as faiss does: |q|^2 + |x|^2 - 2 q.x, clamped at
+    0). `mask` (n,) bool limits the candidates. Returns (scores, positions),
+    (nq, k), best first, -inf / -1 in missing slots.
+
+    faiss's own Flat search runs 3-10x slower on the development machine
+    (docs/benchmarks.md, "Limits"); the same product through torch runs near
+    the GEMM / memory-bandwidth limit.
+    """
+    import torch
+
+    n, nq = int(xb.shape[0]), len(q)
+    out_s = np.full((nq, k), -np.inf, np.float32)
+    out_p = np.full((nq, k), -1, np.int64)
+    if n == 0 or nq == 0:
+        return out_s, out_p
+    if mask is not None:
+        pos = np.flatnonzero(mask)
+        if len(pos) == 0:
+            return out_s, out_p
+        if len(pos) * 4 < n:  # few candidates: score only those rows (a copy of them)
+            sub = xb[torch.from_numpy(pos)]
+            sn = None if xnorm is None else xnorm[torch.from_numpy(pos)]
+            s, p = exact_search(sub, q, k, metric=metric, xnorm=sn)
+            return s, np.where(p >= 0, pos[np.clip(p, 0, None)], -1)
+        blocked = torch.from_numpy(~mask)
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    kk = min(k, n)
+    rows = max(8192, (1 << 24) // nq)  # one (nq, rows) score block: <= 64 MiB
+    best_s = best_p = None
+    with torch.no_grad():
+        for b0 in range(0, n, rows):
+            blk = xb[b0 : b0 + rows]
+            s = qt @ blk.T  # (nq, B)
+            if metric == "l2":
+                s.mul_(2).sub_(xnorm[b0 : b0 + rows])  # 2 q.x - |x|^2: larger is nearer
+            if mask is not None:
+                s.masked_fill_(blocked[b0 : b0 + rows], -np.inf)
+            v, i = torch.topk(s, min(kk, s.shape[1]), dim=1)  # (nq, kk), sorted
+            i += b0
+            if best_s is None:
+                best_s, best_p = v, i
+            else:
+                v = torch.cat([best_s, v], 1)
+                i = torch.cat([best_p, i], 1)
+                best_s, j = torch.topk(v, kk, dim=1)
+                best_p = torch.gather(i, 1, j)
+        scores, pos = best_s.numpy(), best_p.numpy().astype(np.int64)
+        if metric == "l2":  # -(|q|^2 + |x|^2 - 2 q.x), clamped like faiss's distances
+            qn = (qt * qt).sum(1, keepdim=True).numpy()
+            scores = -np.maximum(qn - scores, 0, dtype=np.float32)
+    missing = ~np.isfinite(scores) if mask is not None else None
+    out_s[:, :kk] = scores
+    out_p[:, :kk] = pos
+    if missing is not None and missing.any():
+        out_s[:, :kk][missing] = -np.inf
+        out_p[:, :kk][missing] = -1
+    return out_s, out_p
+
+
+def merge_topk(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of two (scores, ids) answers per row; missing slots (-1) stay last."""
+    s = np.concatenate([a[0], b[0]], 1)
+    i = np.concatenate([a[1], b[1]], 1)
+    s = np.where(i < 0, -np.inf, s).astype(np.float32)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+
+
+@dataclass(frozen=True)
+class FileToken:
+    """Which version of the main index file a delta or id list belongs to.
+
+    The stat fields say it cheaply (every save is a rename to a new inode); a
+    home copied elsewhere changes them, so the main file's ntotal and the
+    SHA-256 of its ids are kept too and checked when the stat differs.
+    """
+
+    ino: int
+    size: int
+    mtime_ns: int
+    ntotal: int
+    ids_sha256: str
+
+    @classmethod
+    def of(cls, path: str | Path, ids: np.ndarray) -> FileToken:
+        st = os.stat(path)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, len(ids), ids_digest(ids))
+
+    def same_file(self, path: str | Path) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_ino, st.st_size, st.st_mtime_ns) == (self.ino, self.size, self.mtime_ns)
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.ino, self.size, self.mtime_ns, self.ntotal], np.int64)
+
+    @classmethod
+    def from_arrays(cls, stat: np.ndarray, digest: np.ndarray) -> FileToken:
+        ino, size, mtime_ns, ntotal = (int(x) for x in stat)
+        return cls(ino, size, mtime_ns, ntotal, str(digest))
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    """SHA-256 of a set of ids (sorted int64 bytes)."""
+    import hashlib
+
+    return hashlib.sha256(np.sort(np.asarray(ids, np.int64)).tobytes()).hexdigest()
+
+
+def delta_path(path: str | Path) -> Path:
+    """The delta file beside a main index file: vectors added since its last full write."""
+    return Path(f"{path}.delta")
+
+
+def ids_path(path: str | Path) -> Path:
+    """The sorted id list beside a main index file (lets writers open without reading it)."""
+    return Path(f"{path}.ids")
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an npz file; None when there is none (a damaged one raises StoreError)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, ValueError, OSError, ...
+        raise StoreError(f"{path}: cannot read: {e}") from e
 
 
 # A function from a Filter to the catalog ids it allows (FAISS keeps no metadata itself).
@@ -272,17 +436,46 @@ class FaissStore(VectorStore):
                 # polysemous training costs minutes and serves only Hamming-filtered search
                 ivf.do_polysemous_training = False
             index = faiss.IndexIDMap2(inner)
-        self.index = index
+        self._index = index
         if params:
             self.set_params(params)
         self.gpu = gpu_device(device)
         self._gpu_index: object | None = None  # a GPU clone, dropped on every write
+        self._flat: tuple | None = None  # torch view of Flat rows, norms, ids
+        # The delta: vectors (prepared) added since the main file was last written whole.
+        self._delta_ids = np.zeros(0, np.int64)
+        self._delta_vecs = np.zeros((0, self.dim), np.float32)
+        self._delta_t: tuple[object, object | None] | None = None
+        self._base: FileToken | None = None  # the main file on disk this store mirrors
+        self._main_dirty = False  # the main index changed since it was written (a removal)
+        self._lazy: tuple[Path, np.ndarray] | None = None  # (main file, its ids) not read yet
+
+    # Adds to a store that mirrors a file go to the delta while it holds at most this
+    # fraction of the main index; past it, the next save merges and rewrites the main file.
+    # LATENTSIGHT_DELTA_FRACTION overrides it (0 = always write the main file whole).
+    delta_fraction = 0.05
+
+    @property
+    def index(self) -> object:
+        """The faiss IndexIDMap2 of the main index (read from disk now if opened lazily)."""
+        if self._lazy is not None:
+            self._materialize()
+        return self._index
+
+    @index.setter
+    def index(self, value: object) -> None:
+        self._index = value
+        self._changed()
+
+    def _changed(self) -> None:
+        self._gpu_index = None
+        self._flat = None
 
     def set_params(self, params: str) -> None:
         """Set search-time parameters, e.g. "nprobe=32", "efSearch=128" or "k_factor_rf=8"."""
         import faiss
 
-        inner = faiss.downcast_index(self.index.index)
+        inner = faiss.downcast_index(self._index.index)
         if isinstance(inner, faiss.IndexRefine):  # faiss names the refine factor k_factor_rf
             params = ",".join("k_factor_rf" + p[len("k_factor"):] if p.startswith("k_factor=")
                               else p for p in params.split(","))
@@ -293,14 +486,26 @@ class FaissStore(VectorStore):
             raise StoreError(msg) from e
 
     # faiss keeps the ids of an IndexIDMap2 in `id_map`
-    def ids(self) -> np.ndarray:
+    def main_ids(self) -> np.ndarray:
+        """The ids of the main index (without the delta)."""
         import faiss
 
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        if self._lazy is not None:
+            return self._lazy[1]
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def ids(self) -> np.ndarray:
+        return np.concatenate([self.main_ids(), self._delta_ids])
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        main = len(self._lazy[1]) if self._lazy is not None else int(self._index.ntotal)
+        return main + len(self._delta_ids)
+
+    @property
+    def delta_size(self) -> int:
+        """Vectors in the delta (added since the main file was written whole)."""
+        return len(self._delta_ids)
 
     @property
     def is_trained(self) -> bool:
@@ -327,7 +532,7 @@ class FaissStore(VectorStore):
         except RuntimeError as e:
             msg = f"Cannot train faiss index {self.spec!r} on {len(v)} vectors: {_first_line(e)}"
             raise StoreError(msg) from e
-        self._gpu_index = None
+        self._changed()
 
     def _check_trainable(self, n: int) -> None:
         import faiss
@@ -369,14 +574,32 @@ class FaissStore(VectorStore):
             raise StoreError(msg)
         if len(np.unique(ids)) != len(ids):
             raise StoreError("Duplicate ids within one add() call.")
-        clash = np.intersect1d(ids, self.ids())
+        clash = ids[self._present(ids)]
         if clash.size:
             msg = f"{clash.size} id(s) already in the index (first: {int(clash[0])}); use upsert."
             raise StoreError(msg)
+        if self._base is not None:  # mirrors a file: the delta takes it, the main file stays
+            self._delta_ids = np.concatenate([self._delta_ids, ids])
+            self._delta_vecs = np.concatenate([self._delta_vecs, v])
+            self._delta_t = None
+            return
+        self._add_main(ids, v)
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` the store holds, without sorting the whole id list when it is long."""
+        main = self.main_ids()
+        if self._lazy is not None:  # the id list file is sorted
+            j = np.searchsorted(main, ids).clip(0, max(len(main) - 1, 0))
+            hit = main[j] == ids if len(main) else np.zeros(len(ids), bool)
+        else:
+            hit = np.isin(ids, main)
+        return hit | np.isin(ids, self._delta_ids)
+
+    def _add_main(self, ids: np.ndarray, v: np.ndarray) -> None:
         if not self.index.is_trained:
             self.train(v)
         self.index.add_with_ids(v, ids)
-        self._gpu_index = None
+        self._changed()
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         import faiss
@@ -384,10 +607,17 @@ class FaissStore(VectorStore):
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if ids.size == 0:
             return 0
+        in_delta = np.isin(self._delta_ids, ids)
+        n_delta = int(in_delta.sum())
+        if n_delta:
+            self._delta_ids = self._delta_ids[~in_delta]
+            self._delta_vecs = self._delta_vecs[~in_delta]
+            self._delta_t = None
+        if not np.isin(ids, self.main_ids()).any():
+            return n_delta
         id_map = faiss.vector_to_array(self.index.id_map)
         gone = np.isin(id_map, ids)
-        if not gone.any():
-            return 0
+        self._main_dirty = True
         inner = faiss.downcast_index(self.index.index)
         ivf = faiss.try_extract_index_ivf(inner)
         try:
@@ -405,8 +635,8 @@ class FaissStore(VectorStore):
                 "from the catalog: latentsight index rebuild"
             )
             raise StoreError(msg) from e
-        self._gpu_index = None
-        return n
+        self._changed()
+        return n + n_delta
 
     def search(
         self,
@@ -421,6 +651,28 @@ class FaissStore(VectorStore):
             msg = f"The 'k' option must be >= 1. Got {k} instead."
             raise StoreError(msg)
         allowed = self._allowed(allowed_ids, filter)
+        scores, ids = self._search_main(q, k, allowed)
+        if len(self._delta_ids):
+            mask = None if allowed is None else np.isin(self._delta_ids, allowed)
+            xb, xn = self._delta_tensor()
+            ds, dp = exact_search(xb, q, k, metric=self.metric, xnorm=xn, mask=mask)
+            dids = np.where(dp >= 0, self._delta_ids[np.clip(dp, 0, None)], -1)
+            scores, ids = merge_topk((scores, ids), (ds, dids), k)
+        return scores, ids
+
+    def _search_main(
+        self, q: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        flat = self._flat_tensor() if self.gpu is None else None
+        if flat is not None:  # exact search through torch's BLAS, same answers as faiss Flat
+            mask = None
+            id_map = flat[2]
+            if len(id_map) == 0:
+                return _empty(len(q), k)
+            if allowed is not None:
+                mask = np.isin(id_map, allowed)
+            s, pos = exact_search(flat[0], q, k, metric=self.metric, xnorm=flat[1], mask=mask)
+            return s, np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
         if allowed is None:
             try:  # no ntotal check first: every call into faiss costs a single query time
                 scores, ids = self._searcher().search(q, k)
@@ -440,6 +692,36 @@ class FaissStore(VectorStore):
         if (last[0] < 0 if len(last) == 1 else (last < 0).any()):
             scores[ids < 0] = -np.inf
         return scores, ids  # faiss's float32 and int64 arrays
+
+    def _flat_tensor(self) -> tuple[object, object | None, np.ndarray] | None:
+        """A torch view (no copy) of a Flat main index's rows, their squared norms, its ids.
+
+        None for any other index type (IVF, HNSW, PQ: faiss searches those).
+        Dropped on every write, since faiss may move its rows.
+        """
+        if self._flat is None:
+            import faiss
+            import torch
+
+            inner = faiss.downcast_index(self.index.index)
+            if type(inner) not in (faiss.IndexFlat, faiss.IndexFlatIP, faiss.IndexFlatL2):
+                self._flat = (None, None, None)
+            else:
+                n = int(inner.ntotal)
+                rows = (faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
+                        if n else np.zeros((0, self.dim), np.float32))
+                xb = torch.from_numpy(rows)
+                xn = (xb * xb).sum(1) if self.metric == "l2" else None
+                self._flat = (xb, xn, faiss.vector_to_array(self.index.id_map))
+        return None if self._flat[0] is None else self._flat
+
+    def _delta_tensor(self) -> tuple[object, object | None]:
+        if self._delta_t is None:
+            import torch
+
+            xb = torch.from_numpy(self._delta_vecs)
+            self._delta_t = (xb, (xb * xb).sum(1) if self.metric == "l2" else None)
+        return self._delta_t
 
     def _allowed(
         self, allowed_ids: Sequence[int] | np.ndarray | None, filt: Filter | None
@@ -490,16 +772,75 @@ class FaissStore(VectorStore):
         return scores, ids
 
     def save(self, path: str | Path) -> None:
-        """Write the CPU index atomically (a GPU build is saved as its CPU copy)."""
+        """Persist atomically: only the delta file while it is small, else the whole index.
+
+        A store that mirrors the main file at `path` (loaded from it, or saved
+        to it) and whose main index did not change writes only its delta
+        (`PATH.delta`: temp file + fsync + rename, bound to that main file), so
+        an ingest writes what it added, not the collection. Past
+        `delta_fraction` of the main index, or after a removal from it, the
+        delta is merged and the main file rewritten (`compact`).
+        """
+        path = Path(path)
+        fraction = float(os.environ.get("LATENTSIGHT_DELTA_FRACTION", self.delta_fraction))
+        small = len(self._delta_ids) <= fraction * len(self.main_ids())
+        if (self._base is not None and not self._main_dirty and small
+                and self._base.same_file(path) and self._saved_to == path):
+            faults.point("delta.before_write")
+            try:
+                _write_npz(delta_path(path), ids=self._delta_ids, vectors=self._delta_vecs,
+                           base_stat=self._base.as_array(),
+                           base_ids=np.array(self._base.ids_sha256), metric=np.array(self.metric))
+            except OSError as e:
+                raise _write_error(delta_path(path), e) from e
+            faults.point("delta.after_write")
+            return
+        self.compact(path)
+
+    _saved_to: Path | None = None
+
+    def compact(self, path: str | Path) -> None:
+        """Merge the delta into the main index and write it whole (a GPU build as its CPU copy).
+
+        Order: the main file (atomic rename), then its sorted id list, then the
+        delta file goes. A kill in between leaves a whole main file holding
+        every vector; the old delta and id list no longer match its stat or
+        its ids and are ignored on load.
+        """
         import faiss
 
+        path = Path(path)
+        index = self.index
+        if len(self._delta_ids):
+            self._add_main(self._delta_ids, self._delta_vecs)
+            self._delta_ids = np.zeros(0, np.int64)
+            self._delta_vecs = np.zeros((0, self.dim), np.float32)
+            self._delta_t = None
+            index = self.index
         try:
-            atomic_write(path, lambda tmp: faiss.write_index(self.index, tmp))
+            atomic_write(path, lambda tmp: faiss.write_index(index, tmp))
         except (RuntimeError, OSError) as e:  # faiss says "write error" on a full disk
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            msg = (f"{path}: cannot write the index ({reason}); is the disk full? The previous "
-                   "index file, if any, is unchanged")
-            raise StoreError(msg) from e
+            raise _write_error(path, e) from e
+        faults.point("compact.after_main")
+        ids = self.main_ids()
+        self._base = FileToken.of(path, ids)
+        self._saved_to = path
+        self._main_dirty = False
+        _write_npz(ids_path(path), ids=np.sort(ids), base_stat=self._base.as_array(),
+                   base_ids=np.array(self._base.ids_sha256), dim=np.array(self.dim))
+        faults.point("compact.after_ids")
+        delta_path(path).unlink(missing_ok=True)
+
+    def _materialize(self) -> None:
+        """Read the main index of a lazily opened store (under the writer's lock)."""
+        path, _ids = self._lazy
+        if self._base is not None and not self._base.same_file(path):
+            msg = f"{path}: the index file changed since it was opened; open it again."
+            raise StoreError(msg)
+        index = _read_index(path)
+        self._lazy = None
+        self._index = index
+        self._changed()
 
     @classmethod
     def load(
@@ -510,14 +851,40 @@ class FaissStore(VectorStore):
         metric: str | None = None,
         device: str = "cpu",
         resolver: Resolver | None = None,
+        lazy: bool = False,
     ) -> FaissStore:
-        """Read an index file; `metric` None = what the file measures (ip read as cosine)."""
+        """Read an index file and its delta; `metric` None = what the file measures (ip read
+        as cosine).
+
+        Readers get one generation: the main file is stat'ed before and after
+        its delta is read, and both are read again when a writer replaced it
+        in between. A delta that belongs to another version of the main file
+        (left by a kill during a compaction) is ignored; the catalog's sync
+        re-adds anything missing. `lazy` (writers holding the home's write
+        lock, e.g. ingest): read only the id list and the delta now, and the
+        main file when a search or a removal first needs it, so adding a few
+        vectors to a large index costs what they cost.
+        """
+        path = Path(path)
+        for _attempt in range(20):
+            before = _stat_key(path)
+            store = (cls._open_lazy(path, spec, metric, device, resolver) if lazy else None)
+            if store is None:
+                store = cls._open_index(path, spec, metric, device, resolver,
+                                        _read_index(path))
+            delta = _read_npz(delta_path(path))
+            if _stat_key(path) == before:
+                break
+        else:
+            msg = f"{path}: the index kept changing while it was read; try again."
+            raise StoreError(msg)
+        store._attach_delta(path, delta)
+        return store
+
+    @classmethod
+    def _open_index(cls, path, spec, metric, device, resolver, index) -> FaissStore:
         import faiss
 
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as e:
-            raise StoreError(f"{path}: cannot read the faiss index: {_first_line(e)}") from e
         if not isinstance(index, faiss.IndexIDMap2):
             raise StoreError(f"{path}: not a latentsight index (expected an IndexIDMap2)")
         if metric is None:
@@ -527,6 +894,74 @@ class FaissStore(VectorStore):
                        resolver=resolver)
         except StoreError as e:
             raise StoreError(f"{path}: {e}") from e
+
+    @classmethod
+    def _open_lazy(cls, path, spec, metric, device, resolver) -> FaissStore | None:
+        """A store over the id list and dimension only, when the id list matches the file."""
+        try:
+            listed = _read_npz(ids_path(path))
+        except StoreError:
+            return None
+        if listed is None or metric is None or "dim" not in listed:
+            return None
+        token = FileToken.from_arrays(listed["base_stat"], listed["base_ids"])
+        if not token.same_file(path):
+            return None
+        import faiss
+
+        dim = int(listed["dim"])
+        probe = faiss.IndexIDMap2(faiss.IndexFlat(dim, faiss.METRIC_L2 if metric == "l2"
+                                                  else faiss.METRIC_INNER_PRODUCT))
+        store = cls(dim, spec or "?", index=probe, metric=metric, device=device,
+                    resolver=resolver)
+        store._lazy = (path, listed["ids"].astype(np.int64))
+        store._base = token
+        return store
+
+    def _attach_delta(self, path: Path, delta: dict[str, np.ndarray] | None) -> None:
+        """Take the delta when it belongs to this main file; ignore it (logged) otherwise."""
+        if self._base is None:
+            self._base = FileToken.of(path, self.main_ids())
+        self._saved_to = path
+        if delta is None:
+            return
+        try:
+            token = FileToken.from_arrays(delta["base_stat"], delta["base_ids"])
+            ids = delta["ids"].astype(np.int64)
+            vecs = np.ascontiguousarray(delta["vectors"], dtype=np.float32)
+            metric = str(delta["metric"])
+        except KeyError as e:
+            raise StoreError(f"{delta_path(path)}: not a latentsight delta (no {e})") from e
+        if vecs.ndim != 2 or len(vecs) != len(ids) or (len(ids) and vecs.shape[1] != self.dim):
+            msg = f"{delta_path(path)}: {vecs.shape} vectors for {len(ids)} ids, dim {self.dim}"
+            raise StoreError(msg)
+        if metric != self.metric:
+            msg = f"{delta_path(path)}: delta of metric {metric!r}, the index is {self.metric!r}"
+            raise StoreError(msg)
+        fits = (self._base.same_file(path) or (
+            token.ntotal == self._base.ntotal and token.ids_sha256 == self._base.ids_sha256))
+        if not fits or self._present(ids).any():
+            log.warning("%s: left by an earlier version of the index file; ignored (the "
+                        "catalog sync re-adds what is missing)", delta_path(path))
+            return
+        self._delta_ids, self._delta_vecs, self._delta_t = ids, vecs.reshape(-1, self.dim), None
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_index(path: Path) -> object:
+    import faiss
+
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise StoreError(f"{path}: cannot read the faiss index: {_first_line(e)}") from e
 
 
 def _remove_positions(inner: object, ivf: object, gone: np.ndarray) -> int:

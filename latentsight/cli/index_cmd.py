@@ -1,4 +1,4 @@
-"""Commands: index build, info, verify, rebuild."""
+"""Commands: index build, info, verify, rebuild, compact."""
 
 from __future__ import annotations
 
@@ -192,8 +192,32 @@ def verify(
         verdict = "ok" if st.ok else "MISMATCH"
         typer.echo(f"{verdict}: {st.backend} index of {st.model} holds {st.ntotal} vectors; "
                    f"catalog has {st.catalog_images} images; missing {st.missing}, "
-                   f"extra {st.extra}, stale model: {st.stale_model or 'no'}")
+                   f"extra {st.extra}, stale model: {st.stale_model or 'no'}"
+                   + (f"; {st.delta} in the delta file" if st.delta else ""))
         if not st.ok:
             typer.echo(f"fix: latentsight index rebuild --model {st.model}")
     if not st.ok:
         raise typer.Exit(EXIT_FOUND)
+
+
+@index_app.command("compact")
+@handle_errors
+def compact(
+    model: ModelOpt = None, json_out: JsonOpt = False, home: HomeOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Merge the delta file (vectors added since the last full write) into the faiss index.
+
+    Ingest writes new vectors to a small delta file beside the index; it is
+    merged by itself once it passes 5% of the index, or now with this command.
+    Search results are the same before and after.
+    """
+    from latentsight.index.manager import compact_index
+
+    h = open_home(home, db_url)
+    st = compact_index(h, h.catalog.model(model))
+    if json_out:
+        echo_json({**st.__dict__, "ok": st.ok})
+    else:
+        typer.echo(f"compacted: faiss index of {st.model} holds {st.ntotal} vectors, "
+                   f"delta {st.delta}, generation {st.generation}")

@@ -30,7 +30,8 @@ def _context() -> mp.context.BaseContext:
     return _ctx
 
 
-def _child(args: list[str], faults: str, log_path: str) -> None:
+def _child(args: list[str], faults: str, log_path: str, env: dict[str, str]) -> None:
+    os.environ.update(env)
     if faults:
         os.environ["LATENTSIGHT_FAULTS"] = faults
     else:
@@ -55,10 +56,11 @@ def _child(args: list[str], faults: str, log_path: str) -> None:
 
 def run_killed(
     args: list[str], *, faults: str = "", log_path: Path, kill_after: float | None = None,
-    timeout: float = 300,
+    timeout: float = 300, env: dict[str, str] | None = None,
 ) -> tuple[int, str]:
-    """Run `latentsight ARGS` in a child; returns (exit code, -9 when killed; its output)."""
-    p = _context().Process(target=_child, args=(args, faults, str(log_path)))
+    """Run `latentsight ARGS` in a child (with `env` added); returns (exit code, -9 when
+    killed; its output)."""
+    p = _context().Process(target=_child, args=(args, faults, str(log_path), env or {}))
     p.start()
     if kill_after is not None:
         p.join(kill_after)
