@@ -786,6 +786,8 @@ class FaissStore(VectorStore):
         small = len(self._delta_ids) <= fraction * len(self.main_ids())
         if (self._base is not None and not self._main_dirty and small
                 and self._base.same_file(path) and self._saved_to == path):
+            if not self._ids_listed:  # an index written before id lists: list it once
+                self._write_ids(path)
             faults.point("delta.before_write")
             try:
                 _write_npz(delta_path(path), ids=self._delta_ids, vectors=self._delta_vecs,
@@ -826,10 +828,17 @@ class FaissStore(VectorStore):
         self._base = FileToken.of(path, ids)
         self._saved_to = path
         self._main_dirty = False
-        _write_npz(ids_path(path), ids=np.sort(ids), base_stat=self._base.as_array(),
-                   base_ids=np.array(self._base.ids_sha256), dim=np.array(self.dim))
+        self._write_ids(path)
         faults.point("compact.after_ids")
         delta_path(path).unlink(missing_ok=True)
+
+    _ids_listed = False  # PATH.ids matches the main file this store mirrors
+
+    def _write_ids(self, path: Path) -> None:
+        """The main file's sorted ids, bound to it: lets writers open without reading it."""
+        _write_npz(ids_path(path), ids=np.sort(self.main_ids()), base_stat=self._base.as_array(),
+                   base_ids=np.array(self._base.ids_sha256), dim=np.array(self.dim))
+        self._ids_listed = True
 
     def _materialize(self) -> None:
         """Read the main index of a lazily opened store (under the writer's lock)."""
@@ -916,6 +925,7 @@ class FaissStore(VectorStore):
                     resolver=resolver)
         store._lazy = (path, listed["ids"].astype(np.int64))
         store._base = token
+        store._ids_listed = True
         return store
 
     def _attach_delta(self, path: Path, delta: dict[str, np.ndarray] | None) -> None:

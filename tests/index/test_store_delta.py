@@ -231,3 +231,16 @@ def test_kill_during_delta_or_compact_leaves_a_consistent_index(delta_home, tmp_
         assert status(home, home.catalog.model()).ok
     finally:
         home.close()
+
+
+def test_index_without_id_list_gets_one_on_its_first_delta(tmp_path):
+    """An index file written before id lists existed: the first delta save lists its ids."""
+    path = _saved(tmp_path)
+    ids_path(path).unlink()
+    store = FaissStore.load(path, metric="cosine", lazy=True)
+    assert store._lazy is None  # no id list: the main file was read
+    store.add([4000], _vecs(1, 13))
+    store.save(path)
+    assert ids_path(path).exists() and delta_path(path).exists()
+    lazy = FaissStore.load(path, metric="cosine", lazy=True)
+    assert lazy._lazy is not None and lazy.ntotal == 1001
