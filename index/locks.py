@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 
 LOCK_FILE = ".write.lock"

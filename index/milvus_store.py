@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from latentsight.embedder.errors import StoreError
+from latentsight.index.errors import StoreError
 from latentsight.index.store import (
     META_DEFAULTS,
     Filter,

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from latentsight.embedder.errors import CatalogError, StoreError
 from latentsight.embedder.images import decode_bytes
 from latentsight.index.catalog import IndexRow, ModelRow
+from latentsight.index.errors import CatalogError, StoreError
 from latentsight.index.home import Home
 from latentsight.index.locks import writer_active
 from latentsight.index.manager import BACKEND, load_encoder, open_index

@@ -11,16 +11,19 @@ vectors on the way in and scores by inner product, i.e. cosine similarity;
 from __future__ import annotations
 
 import abc
+import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from latentsight.embedder.errors import StoreError
+from latentsight.embedder.devices import check_device
 from latentsight.embedder.fsutil import atomic_write
+from latentsight.index.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip", "l2")
 
@@ -555,22 +558,29 @@ def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def gpu_device(device: str = "auto") -> int | None:
     """The GPU number faiss should use for `device` (auto|cpu|cuda|cuda:N), or None for the CPU."""
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise StoreError(str(e)) from None
     if device == "cpu":
         return None
     import faiss
 
     n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if n == 0:
+        from latentsight.index.faiss_gpu import warn_if_gpu_unused
+
+        warn_if_gpu_unused()
     if device == "auto":
         return 0 if n > 0 else None
     if device.startswith("cuda"):
         num = int(device.split(":", 1)[1]) if ":" in device else 0
         if num >= n:
-            say(f"warning: --device {device} asked for, but faiss sees {n} GPU(s) (a CPU-only "
-                "faiss build?); the index stays on the CPU.")
+            log.warning("--device %s asked for, but faiss sees %d GPU(s) (a CPU-only faiss "
+                        "build?); the index stays on the CPU.", device, n)
             return None
         return num
-    msg = f"The 'device' must be auto, cpu, cuda or cuda:N. Got {device!r} instead."
-    raise StoreError(msg)
+    return None  # unreachable: check_device allows nothing else
 
 
 _GPU_RES: list[object] = []
@@ -687,11 +697,6 @@ def _pq_bytes(n: int, dim: int, budget: int, *, largest: int) -> int:
         if dim % m == 0 and n * (m + PER_VECTOR_OVERHEAD) <= budget:
             best = m
     return best
-
-
-def say(msg: str) -> None:
-    """A progress line on stderr (results go to stdout)."""
-    print(msg, file=sys.stderr)
 
 
 def _search_params(inner: object, sel: object) -> object:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.ingest import ingest_paths
 from latentsight.index.manager import build_index

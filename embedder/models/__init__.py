@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from latentsight.embedder.devices import check_device
 from latentsight.embedder.errors import ModelError
 from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
 from latentsight.embedder.models.ae import AEConfig, AutoEncoder
@@ -43,11 +44,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes; refuse anything huge
-
-
-def register(kind: str, model_cls: type[nn.Module], config_cls: type) -> None:
-    """Add a model family to the registry (used by the model modules themselves)."""
-    REGISTRY[kind] = (model_cls, config_cls)
 
 
 def config_class(kind: str) -> type:
@@ -182,11 +178,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     """Map `auto|cpu|cuda` to a torch device; auto uses CUDA when torch sees a GPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        msg = f"The 'device' option must be auto, cpu or cuda. Got {device!r} instead."
-        raise ValueError(msg)
     return torch.device(device)
 
 

@@ -7,6 +7,8 @@ means something (a scan flagged images, verify found a mismatch), 2 error.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -18,6 +20,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print debug lines.")]
+    = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")] = False,
+) -> None:
+    """Learned image embeddings: ingest folders, train encoders, search similar images."""
+    from latentsight.cli.output import configure
+
+    try:
+        configure(verbose=verbose, quiet=quiet)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
 
 # Each module registers its commands on `app` (or a sub-app) when imported.
 from latentsight.cli import (  # noqa: E402, F401

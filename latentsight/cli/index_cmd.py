@@ -113,20 +113,16 @@ def rebuild(
     otherwise. On Milvus a new collection is filled, then switched to, then
     the old one dropped: until the switch the old collection keeps serving.
     """
-    from latentsight.index.manager import build_index, location
+    from latentsight.index.manager import rebuild_index
 
     h = open_home(home, db_url)
     m = h.catalog.model(model)
     row = h.catalog.index_for(m.id, backend)
     be = backend or (row.backend if row else _backend(None, uri)[0])
-    if be == "milvus" and uri is None:
-        uri = (location(h, row) if row is not None and row.backend == "milvus"
-               else _backend(be, None)[1])
-    same = row is not None and row.backend == be
-    keep = row.spec if same else "Flat"
-    keep_metric = (row.metric if same else None) or "cosine"
-    st = build_index(h, m, spec=spec or keep, backend=be, uri=uri, metric=metric or keep_metric,
-                     device=device, workers=workers)
+    if be == "milvus" and uri is None and (row is None or row.backend != "milvus"):
+        uri = _backend(be, None)[1]
+    st = rebuild_index(h, m, row, backend=be, spec=spec, metric=metric, uri=uri, device=device,
+                       workers=workers)
     typer.echo(f"rebuilt {st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
                f"generation {st.generation}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from latentsight.embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer, scorer_from_state
-from latentsight.index.scan import load_scorer
+from latentsight.index.manager import load_scorer
 from latentsight.training.defects import paste_defect, peak_inside
 from sklearn.metrics import roc_auc_score
 

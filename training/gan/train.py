@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from latentsight.embedder.data import FileImages, iter_batches
-from latentsight.embedder.errors import CatalogError, ModelError
+from latentsight.embedder.errors import ModelError
 from latentsight.embedder.models import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -32,11 +33,15 @@ from latentsight.embedder.models import (
     save_checkpoint,
     sha256_file,
 )
+from latentsight.embedder.progress import bar_disabled
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.training.gan.diffaug import POLICIES, diff_augment
 from latentsight.training.gan.model import ConditionalGAN, GANConfig, to_signed
 from safetensors.torch import load_file
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("ns", "hinge", "wgan-gp")
 # The discriminator loss when D cannot tell real from fake (logits 0): the reference
@@ -157,7 +162,7 @@ def train_gan(
     acc = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
     n_acc, t0 = 0, time.perf_counter()
     bar = tqdm(total=cfg.steps, desc=f"gan {cfg.loss}", unit="step", file=sys.stderr,
-               disable=not progress or None)
+               disable=bar_disabled(progress))
     for step in range(1, cfg.steps + 1):
         g.train()
         d.train()
@@ -208,7 +213,7 @@ def train_gan(
     model.to("cpu").eval()
     diag = diagnose(model, history, x, y, loss=cfg.loss)
     for w in diag["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
+        log.warning("%s", w)
     return GANResult(model=model, history=history, diagnostics=diag, seconds=seconds, grids=grids)
 
 
