@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,34 @@ def load_checkpoint(
         ModelError: files missing, JSON invalid, unknown kind or fields, or the
             weights' sha256 differs from `expected_sha256` (the catalog's).
     """
+    doc, cfg_path, w_path = read_checkpoint(directory, kinds=REGISTRY,
+                                            expected_sha256=expected_sha256)
+    kind = doc["kind"]
+    model_cls, config_cls = REGISTRY[kind]
+    config = checked_config(doc["config"], config_cls, path=cfg_path, kind=kind)
+    try:
+        model = model_cls(config=config)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{cfg_path}: invalid {kind} config: {e}") from e
+    load_weights(model, w_path, map_location=map_location)
+    return model, doc
+
+
+def read_checkpoint(
+    directory: str | Path, *, kinds: Iterable[str], expected_sha256: str | None = None,
+    what: str = "a checkpoint",
+) -> tuple[dict[str, Any], Path, Path]:
+    """The checked config.json of a checkpoint directory: (document, its path, weights' path).
+
+    Every checkpoint loader goes through here (encoders, the GAN): both files
+    present, the config under MAX_CONFIG_BYTES, valid JSON with a 'config'
+    object, a `kind` in `kinds`, and the weights' sha256 equal to
+    `expected_sha256` when given. Raises ModelError naming the file otherwise.
+    """
     directory = Path(directory)
     cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not cfg_path.is_file() or not w_path.is_file():
-        msg = f"{directory}: not a checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        msg = f"{directory}: not {what} (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
         raise ModelError(msg)
     size = cfg_path.stat().st_size
     if size > MAX_CONFIG_BYTES:
@@ -111,9 +136,10 @@ def load_checkpoint(
         raise ModelError(f"{cfg_path}: invalid JSON: {e}") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ModelError(f"{cfg_path}: expected an object with a 'config' object")
+    kinds = sorted(kinds)
     kind = doc.get("kind")
-    if kind not in REGISTRY:
-        msg = f"{cfg_path}: unknown model kind {kind!r}; known: {sorted(REGISTRY)}"
+    if kind not in kinds:
+        msg = f"{cfg_path}: unknown model kind {kind!r}; known: {kinds}"
         raise ModelError(msg)
     if expected_sha256 is not None:
         actual = sha256_file(w_path)
@@ -123,24 +149,30 @@ def load_checkpoint(
                 f"{expected_sha256[:12]}...; the file was changed or replaced, refusing to load it"
             )
             raise ModelError(msg)
-    model_cls, config_cls = REGISTRY[kind]
+    return doc, cfg_path, w_path
+
+
+def checked_config(cfg: dict[str, Any], config_cls: type, *, path: Path, kind: str) -> Any:
+    """`config_cls(**cfg)` after refusing unknown fields and JSON values of the wrong type."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    cfg = doc["config"]
     bad = sorted(set(cfg) - set(fields))
     if bad:
-        raise ModelError(f"{cfg_path}: unknown {kind} config field(s) {bad}")
-    _check_types(cfg, fields, f"{cfg_path}: {kind} config")
+        raise ModelError(f"{path}: unknown {kind} config field(s) {bad}")
+    _check_types(cfg, fields, f"{path}: {kind} config")
     try:
-        model = model_cls(config=config_cls(**cfg))
+        return config_cls(**cfg)
     except (TypeError, ValueError) as e:
-        raise ModelError(f"{cfg_path}: invalid {kind} config: {e}") from e
+        raise ModelError(f"{path}: invalid {kind} config: {e}") from e
+
+
+def load_weights(model: nn.Module, w_path: str | Path, *, map_location: str = "cpu") -> None:
+    """Load safetensors weights into `model` (strict), then eval mode; ModelError if they misfit."""
     try:
         state = load_file(str(w_path), device=map_location)
         model.load_state_dict(state, strict=True)
     except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad files
         raise ModelError(f"{w_path}: weights do not fit the config: {e}") from e
     model.eval()
-    return model, doc
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {

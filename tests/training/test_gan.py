@@ -190,3 +190,48 @@ def test_local_inception_checkpoint_is_loaded_from_safetensors(tmp_path):
     save_file({"w": torch.zeros(3)}, str(wrong))
     with pytest.raises(ModelError, match="not inception_v3 weights"):
         inception_features(wrong)
+
+
+def _saved_gan(tmp_path):
+    m = ConditionalGAN(config=GANConfig(classes=CLASSES, image_size=16, g_width=8, d_width=8))
+    d = tmp_path / "gan"
+    return m, d, save_gan(m, d, {"name": "g"})
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda doc: {**doc, "config": {**doc["config"], "g_width": "8"}}, "'g_width' must be int"),
+    (lambda doc: {**doc, "config": {**doc["config"], "evil": 1}}, "unknown GAN config field"),
+    (lambda doc: {**doc, "kind": "ae"}, "unknown model kind 'ae'"),
+    (lambda doc: {**doc, "config": {**doc["config"], "image_size": 10}}, "invalid GAN config"),
+    (lambda doc: {**doc, "pad": "x" * (1 << 20)}, "byte limit for a config"),
+])
+def test_load_gan_checks_the_config_like_an_encoder_checkpoint(tmp_path, edit, match):
+    import json
+
+    from latentsight.embedder.errors import ModelError
+
+    _, d, _ = _saved_gan(tmp_path)
+    doc = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(edit(doc)))
+    with pytest.raises(ModelError, match=match):
+        load_gan(d)
+
+
+def test_gan_rows_are_home_relative_and_old_absolute_rows_still_load(tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from latentsight.index.home import Home
+    from latentsight.training.gan.train import gan_dir
+
+    old = Home(tmp_path / "old-home")
+    model, _, sha = _saved_gan(old.models_dir)  # HOME/models/gan
+    rel = SimpleNamespace(checkpoint_path=old.rel(old.models_dir / "gan"))
+    assert rel.checkpoint_path == "models/gan"
+    absolute = SimpleNamespace(checkpoint_path=str(old.models_dir / "gan"))
+    shutil.move(old.root, tmp_path / "moved-home")
+    moved = Home(tmp_path / "moved-home")
+    for row in (rel, absolute):
+        assert gan_dir(moved, row) == moved.models_dir / "gan"
+        back = load_gan(gan_dir(moved, row), expected_sha256=sha)
+        assert back.config == model.config

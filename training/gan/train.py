@@ -28,17 +28,17 @@ from latentsight.embedder.data import FileImages, iter_batches
 from latentsight.embedder.errors import ModelError
 from latentsight.embedder.models import (
     CONFIG_FILE,
-    WEIGHTS_FILE,
+    checked_config,
+    load_weights,
+    read_checkpoint,
     resolve_device,
     save_checkpoint,
-    sha256_file,
 )
 from latentsight.embedder.progress import bar_disabled
 from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.training.gan.diffaug import POLICIES, diff_augment
 from latentsight.training.gan.model import ConditionalGAN, GANConfig, to_signed
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -351,34 +351,36 @@ def save_gan(model: ConditionalGAN, directory: str | Path, meta: dict[str, Any])
 
 
 def load_gan(directory: str | Path, *, expected_sha256: str | None = None) -> ConditionalGAN:
-    """Rebuild a ConditionalGAN exactly from `save_gan`'s files (never unpickles anything)."""
-    directory = Path(directory)
-    cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not cfg_path.is_file() or not w_path.is_file():
-        msg = f"{directory}: not a GAN checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-        raise ModelError(msg)
+    """Rebuild a ConditionalGAN exactly from `save_gan`'s files (never unpickles anything).
+
+    The same checks as an encoder's `load_checkpoint`: config size limit, JSON,
+    kind, field names and types, the weights' sha256 against the catalog's.
+    """
+    doc, cfg_path, w_path = read_checkpoint(directory, kinds=[ConditionalGAN.kind],
+                                            expected_sha256=expected_sha256,
+                                            what="a GAN checkpoint")
+    config = checked_config(doc["config"], GANConfig, path=cfg_path, kind="GAN")
     try:
-        doc = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{cfg_path}: invalid JSON: {e}") from e
-    if not isinstance(doc, dict) or doc.get("kind") != ConditionalGAN.kind:
-        msg = f"{cfg_path}: kind {doc.get('kind') if isinstance(doc, dict) else None!r}, " \
-              f"expected {ConditionalGAN.kind!r}"
-        raise ModelError(msg)
-    if expected_sha256 is not None and sha256_file(w_path) != expected_sha256:
-        msg = f"{w_path}: sha256 differs from the catalog's; refusing to load it"
-        raise ModelError(msg)
-    names = {f.name for f in dataclasses.fields(GANConfig)}
-    cfg = doc.get("config") or {}
-    bad = sorted(set(cfg) - names)
-    if bad:
-        raise ModelError(f"{cfg_path}: unknown GAN config field(s) {bad}")
-    try:
-        model = ConditionalGAN(config=GANConfig(**cfg))
-        model.load_state_dict(load_file(str(w_path)), strict=True)
-    except Exception as e:  # noqa: BLE001 - bad config or weights of any kind
-        raise ModelError(f"{directory}: cannot rebuild the GAN: {e}") from e
-    return model.eval()
+        model = ConditionalGAN(config=config)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{cfg_path}: invalid GAN config: {e}") from e
+    load_weights(model, w_path)
+    return model
+
+
+def gan_dir(home: Home, row: Any) -> Path:
+    """A GAN's checkpoint folder from its catalog row.
+
+    Rows store it relative to the home (a moved or copied home keeps its GANs).
+    Rows written before that hold an absolute path; when that path is gone (the
+    home was moved), the folder of the same name under HOME/models is used.
+    """
+    path = home.resolve(row.checkpoint_path)
+    if Path(row.checkpoint_path).is_absolute() and not path.is_dir():
+        moved = home.models_dir / path.name
+        if moved.is_dir():
+            return moved
+    return path
 
 
 # ---- on the catalog -------------------------------------------------------------------------
@@ -455,16 +457,15 @@ def train_gan_on_catalog(
     sha = save_gan(res.model, directory, meta)
     write_loss_curves(res.history, directory / "losses.csv")
     home.catalog.add_model(name=name, kind=ConditionalGAN.kind, config=asdict(res.model.config),
-                           checkpoint_path=str(directory), checkpoint_sha256=sha, metrics=metrics,
-                           activate=False, role="generator")
+                           checkpoint_path=home.rel(directory), checkpoint_sha256=sha,
+                           metrics=metrics, activate=False, role="generator")
     res.name, res.checkpoint = name, str(directory)
     return res
 
 
 def gan_meta(row: Any, home: Home) -> dict[str, Any]:
     """The JSON written beside a GAN's weights (training ids, held-out ids, history)."""
-    path = Path(row.checkpoint_path)
-    path = path if path.is_absolute() else home.root / path
+    path = gan_dir(home, row)
     try:
         return json.loads((path / CONFIG_FILE).read_text())
     except (OSError, ValueError) as e:
@@ -482,7 +483,4 @@ def load_generator(home: Home, name: str | None = None) -> tuple[ConditionalGAN,
         row = home.catalog.model(name)
         if row.role != "generator":
             raise CatalogError(f"Model {name!r} is a {row.role}, not a GAN generator.")
-    path = Path(row.checkpoint_path)
-    if not path.is_absolute():
-        path = home.root / path
-    return load_gan(path, expected_sha256=row.checkpoint_sha256), row
+    return load_gan(gan_dir(home, row), expected_sha256=row.checkpoint_sha256), row
