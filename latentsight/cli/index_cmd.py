@@ -8,16 +8,14 @@ from typing import Annotated
 import typer
 
 from latentsight.cli import app
+from latentsight.cli.choices import Backend, Metric, value
 from latentsight.cli.common import (
     EXIT_FOUND,
-    DbUrlOpt,
-    DeviceOpt,
-    HomeOpt,
-    JsonOpt,
+    Common,
     ModelOpt,
+    common_options,
     echo_json,
     handle_errors,
-    open_home,
     table,
 )
 
@@ -28,7 +26,7 @@ SpecOpt = Annotated[str, typer.Option(
     "--spec", help="faiss: an index_factory string (Flat, IVF256,Flat, IVF1024,PQ32, HNSW32) "
     "or auto (chosen by collection size, said on stderr); milvus: an index type with "
     "parameters (FLAT, IVF_FLAT:nlist=1024,nprobe=32, HNSW:M=16,ef=64) or auto.")]
-BackendOpt = Annotated[str | None, typer.Option(
+BackendOpt = Annotated[Backend | None, typer.Option(
     "--backend", help="faiss (a file in the home) or milvus. Default: LATENTSIGHT_BACKEND, "
     "else faiss.", show_default=False)]
 UriOpt = Annotated[str | None, typer.Option(
@@ -39,7 +37,7 @@ ParamsOpt = Annotated[str | None, typer.Option(
     "--params", help="faiss search parameters saved with the index, e.g. nprobe=32, "
     "efSearch=128, or k_factor_rf=16 for a re-ranked PQ spec (IVF4096,PQ16,RFlat).",
     show_default=False)]
-MetricOpt = Annotated[str, typer.Option(
+MetricOpt = Annotated[Metric, typer.Option(
     "--metric", help="How vectors are compared: cosine (normalized inner product), ip (raw "
     "inner product) or l2 (Euclidean distance). Higher scores are closer for all three.")]
 
@@ -55,6 +53,7 @@ WorkersOpt = Annotated[int | None, typer.Option(
 
 
 @index_app.command("build")
+@common_options()
 @handle_errors
 def build(
     model: ModelOpt = None,
@@ -62,12 +61,10 @@ def build(
     backend: BackendOpt = None,
     uri: UriOpt = None,
     params: ParamsOpt = None,
-    metric: MetricOpt = "cosine",
-    json_out: JsonOpt = False,
+    metric: MetricOpt = Metric("cosine"),
     workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Embed every catalog image with the model and write its index.
 
@@ -78,13 +75,14 @@ def build(
     from latentsight.index.manager import build_index
     from latentsight.index.store import check_metric
 
+    backend, metric = value(backend), value(metric)
     check_metric(metric)  # before the catalog is opened or any image embedded
-    h = open_home(home, db_url)
+    h = opts.open_home()
     m = h.catalog.model(model)
     be, uri = _backend(backend, uri)
     st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, metric=metric,
-                     device=device, workers=workers)
-    if json_out:
+                     device=opts.device, workers=workers)
+    if opts.json:
         echo_json(st.__dict__)
     else:
         typer.echo(f"{st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
@@ -92,6 +90,7 @@ def build(
 
 
 @index_app.command("rebuild")
+@common_options(json=False)
 @handle_errors
 def rebuild(
     model: ModelOpt = None,
@@ -99,13 +98,12 @@ def rebuild(
     = None,
     backend: BackendOpt = None,
     uri: UriOpt = None,
-    metric: Annotated[str | None, typer.Option(
+    metric: Annotated[Metric | None, typer.Option(
         "--metric", help="cosine, ip or l2; default: keep the current one.",
         show_default=False)] = None,
     workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Rebuild a model's index from the catalog (the source of truth).
 
@@ -115,23 +113,25 @@ def rebuild(
     """
     from latentsight.index.manager import rebuild_index
 
-    h = open_home(home, db_url)
+    backend, metric = value(backend), value(metric)
+    h = opts.open_home()
     m = h.catalog.model(model)
     row = h.catalog.index_for(m.id, backend)
     be = backend or (row.backend if row else _backend(None, uri)[0])
     if be == "milvus" and uri is None and (row is None or row.backend != "milvus"):
         uri = _backend(be, None)[1]
-    st = rebuild_index(h, m, row, backend=be, spec=spec, metric=metric, uri=uri, device=device,
+    st = rebuild_index(h, m, row, backend=be, spec=spec, metric=metric, uri=uri, device=opts.device,
                        workers=workers)
     typer.echo(f"rebuilt {st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
                f"generation {st.generation}")
 
 
 @index_app.command("info")
+@common_options(device=False)
 @handle_errors
-def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = None) -> None:
+def info(*, opts: Common) -> None:
     """List the indexes in the catalog: model, backend, spec, vectors, generation."""
-    h = open_home(home, db_url)
+    h = opts.open_home()
     names = {m.id: m.name for m in h.catalog.models()}
     rows = [
         {"model": names.get(r.model_id), "backend": r.backend, "spec": r.spec,
@@ -140,7 +140,7 @@ def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = Non
          "model_sha256": r.model_sha256}
         for r in h.catalog.indexes()
     ]
-    if json_out:
+    if opts.json:
         echo_json(rows)
     elif not rows:
         typer.echo("no indexes yet; run: latentsight index build")
@@ -150,17 +150,20 @@ def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = Non
 
 
 @index_app.command("verify")
+@common_options(device=False)
 @handle_errors
 def verify(
-    model: ModelOpt = None, backend: BackendOpt = None, json_out: JsonOpt = False,
-    home: HomeOpt = None, db_url: DbUrlOpt = None,
+    model: ModelOpt = None, backend: BackendOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Compare the catalog with the index: missing, extra ids, stale model. Exit 1 on a mismatch."""
     from latentsight.index.manager import status
 
-    h = open_home(home, db_url)
+    backend = value(backend)
+    h = opts.open_home()
     st = status(h, h.catalog.model(model), backend)
-    if json_out:
+    if opts.json:
         echo_json({**st.__dict__, "ok": st.ok})
     else:
         verdict = "ok" if st.ok else "MISMATCH"

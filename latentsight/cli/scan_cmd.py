@@ -11,21 +11,19 @@ from latentsight.cli import app
 from latentsight.cli.common import (
     EXIT_ERROR,
     EXIT_FOUND,
-    DbUrlOpt,
-    DeviceOpt,
-    HomeOpt,
-    JsonOpt,
+    Common,
     ModelOpt,
+    common_options,
     echo_json,
     err,
     handle_errors,
-    open_home,
     table,
 )
 from latentsight.cli.core import eval_app
 
 
 @app.command()
+@common_options()
 @handle_errors
 def scan(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively); "
@@ -48,10 +46,8 @@ def scan(
     include_synthetic: Annotated[bool, typer.Option(
         "--include-synthetic", help="Allow synthetic catalog images as nearest normals.")]
     = False,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Score every image under PATHS; flag those above the threshold.
 
@@ -62,13 +58,13 @@ def scan(
     """
     from latentsight.index.scan import scan_paths
 
-    h = open_home(home, db_url)
+    h = opts.open_home()
     s = scan_paths(h, [str(p) for p in paths], model=model, fpr=fpr, threshold=threshold,
                    report_dir=report, resume=resume, k_neighbors=neighbors,
-                   include_synthetic=include_synthetic, device=device)
+                   include_synthetic=include_synthetic, device=opts.device)
     for f in s.failed:
         err(f"failed: {f.path}: {f.error}")
-    if json_out:
+    if opts.json:
         echo_json([r.as_json(s.threshold) for r in s.scored])
     else:
         flagged = sorted((r for r in s.scored if r.anomalous), key=lambda r: -(r.score or 0))
@@ -87,6 +83,7 @@ def scan(
 
 
 @eval_app.command("anomaly")
+@common_options()
 @handle_errors
 def eval_anomaly(
     normal_label: Annotated[str | None, typer.Option(
@@ -96,10 +93,8 @@ def eval_anomaly(
     max_per_label: Annotated[int | None, typer.Option(
         help="Sample each label down to N images (seeded) for a quicker estimate.",
         show_default=False)] = None,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """AUROC, AUPR, F1 at the calibrated threshold and the false-positive rate achieved.
 
@@ -108,10 +103,10 @@ def eval_anomaly(
     """
     from latentsight.training.anomaly import evaluate_anomaly
 
-    h = open_home(home, db_url)
-    res = evaluate_anomaly(h, normal_label=normal_label, model=model, device=device,
+    h = opts.open_home()
+    res = evaluate_anomaly(h, normal_label=normal_label, model=model, device=opts.device,
                            max_per_label=max_per_label)
-    if json_out:
+    if opts.json:
         echo_json(res)
         return
     typer.echo(f"model {res['model']} ({res['scorer']}), normal = {res['normal_label']!r}: "
