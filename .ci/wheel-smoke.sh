@@ -64,7 +64,9 @@ echo "$hits" | "$V/python" -c 'import json, sys; h = json.load(sys.stdin); asser
 step "dashboard health check"
 port=$("$V/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); \
 print(s.getsockname()[1])')
-"$V/latentsight" dashboard --host 127.0.0.1 --port "$port" >"$WORK/dashboard.log" 2>&1 &
+# its own session, so that the whole group (latentsight + streamlit) can be stopped at once;
+# a background job of a script ignores SIGINT, so it gets SIGTERM.
+setsid "$V/latentsight" dashboard --host 127.0.0.1 --port "$port" >"$WORK/dashboard.log" 2>&1 &
 pid=$!
 ok=""
 for _ in $(seq 1 120); do
@@ -72,7 +74,8 @@ for _ in $(seq 1 120); do
   kill -0 "$pid" 2>/dev/null || break
   sleep 0.5
 done
-kill -INT "$pid" 2>/dev/null || true
+kill -TERM -- "-$pid" 2>/dev/null || true
 wait "$pid" 2>/dev/null || true
 [ -n "$ok" ] || { cat "$WORK/dashboard.log"; echo "dashboard health check failed"; exit 1; }
 step "ok"
+[ -n "${KEEP:-}" ] || rm -rf "$WORK/venv"  # about 6 GB (torch with CUDA libraries)

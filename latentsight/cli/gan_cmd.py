@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from statistics import median
 from typing import Annotated
 
 import typer
@@ -146,13 +145,10 @@ def classes(
     opts: Common,
 ) -> None:
     """List label counts (real and synthetic) and flag the sparse labels."""
-    h = opts.open_home()
-    real = {k: v for k, v in h.catalog.label_counts(synthetic=False).items() if k is not None}
-    syn = {k: v for k, v in h.catalog.label_counts(synthetic=True).items() if k is not None}
-    med = median(real.values()) if real else 0
-    rows = [{"label": lab, "real": real.get(lab, 0), "synthetic": syn.get(lab, 0),
-             "sparse": real.get(lab, 0) < sparse_frac * med}
-            for lab in sorted(set(real) | set(syn))]
+    from latentsight.index.classes import class_table
+
+    t = class_table(opts.open_home().catalog, sparse_frac=sparse_frac)
+    med, rows = t.median_real, t.rows
     if opts.json:
         echo_json({"median_real": med, "sparse_frac": sparse_frac, "labels": rows})
         return
@@ -160,9 +156,8 @@ def classes(
         typer.echo("no labeled images; run: latentsight ingest PATH --labels-from-folders")
         return
     typer.echo(table(rows, ["label", "real", "synthetic", "sparse"]))
-    sparse = [r["label"] for r in rows if r["sparse"]]
     typer.echo(f"median real count {med}; sparse (< {sparse_frac:g} x median): "
-               f"{', '.join(sparse) or 'none'}")
+               f"{', '.join(t.sparse) or 'none'}")
 
 
 @eval_app.command("gan")
