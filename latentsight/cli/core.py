@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from latentsight.cli import app
+from latentsight.cli.app import app
 from latentsight.cli.common import (
     Common,
     ModelOpt,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from latentsight.cli import app
+from latentsight.cli.app import app
 from latentsight.cli.choices import GanLoss, value
 from latentsight.cli.common import (
     Common,

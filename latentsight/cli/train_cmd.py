@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from latentsight.cli import app
+from latentsight.cli.app import app
 from latentsight.cli.choices import Aux, ModelKind, Scorer, value
 from latentsight.cli.common import Common, common_options, echo_json, handle_errors
 

@@ -80,7 +80,9 @@ def test_calibrated_fpr_on_held_out_normals_is_near_target(name, fitted):
     sc = fitted[name]
     held_out = normal_textures(40, seed=30)
     fpr = float(sc.predict(held_out).mean())
-    assert fpr <= FPR + 0.2, f"{name}: {fpr:.3f} of held-out normals flagged, target {FPR}"
+    # two-sided: a threshold set too high (nothing ever flagged) fails as well as one too low
+    assert FPR / 5 <= fpr <= FPR + 0.2, f"{name}: {fpr:.3f} of held-out normals flagged, " \
+        f"target {FPR}"
     # a threshold derived for another rate from the stored calibration scores
     assert sc.threshold_for_fpr(0.5) < sc.threshold_
 
