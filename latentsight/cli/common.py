@@ -129,6 +129,16 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def show(rows: list[dict[str, Any]], columns: list[str], *, as_json: bool, empty: str) -> None:
+    """Rows as JSON (all fields), or as a table of `columns`, or the `empty` hint."""
+    if as_json:
+        echo_json(rows)
+    elif not rows:
+        typer.echo(empty)
+    else:
+        typer.echo(table(rows, columns))
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain fixed-width table for people."""
     cells = [[_fmt(r.get(c)) for c in columns] for r in rows]

@@ -14,6 +14,7 @@ from latentsight.cli.common import (
     common_options,
     echo_json,
     handle_errors,
+    show,
     table,
 )
 from latentsight.embedder.images import DECODE_TIMEOUT_S
@@ -119,12 +120,8 @@ def models_list(*, opts: Common) -> None:
          "val_loss": (m.metrics or {}).get("val_loss"), "active": m.active}
         for m in h.catalog.models()
     ]
-    if opts.json:
-        echo_json(rows)
-    elif not rows:
-        typer.echo("no models yet; run: latentsight train")
-    else:
-        typer.echo(table(rows, ["name", "kind", "created", "val_loss", "active"]))
+    show(rows, ["name", "kind", "created", "val_loss", "active"], as_json=opts.json,
+         empty="no models yet; run: latentsight train")
 
 
 @models_app.command("use")

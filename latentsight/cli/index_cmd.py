@@ -16,7 +16,7 @@ from latentsight.cli.common import (
     common_options,
     echo_json,
     handle_errors,
-    table,
+    show,
 )
 
 index_app = typer.Typer(help="Build and check the vector index of a model.", no_args_is_help=True)
@@ -140,13 +140,8 @@ def info(*, opts: Common) -> None:
          "model_sha256": r.model_sha256}
         for r in h.catalog.indexes()
     ]
-    if opts.json:
-        echo_json(rows)
-    elif not rows:
-        typer.echo("no indexes yet; run: latentsight index build")
-    else:
-        typer.echo(table(rows, ["model", "backend", "spec", "metric", "ntotal", "generation",
-                                "path"]))
+    show(rows, ["model", "backend", "spec", "metric", "ntotal", "generation", "path"],
+         as_json=opts.json, empty="no indexes yet; run: latentsight index build")
 
 
 @index_app.command("verify")
