@@ -10,19 +10,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-# milvus-lite depends on faiss-cpu, which installs into the same `faiss` package folder as
-# faiss-gpu: on Linux x86_64 reinstall faiss-gpu last (no deps) so the GPU-capable build wins.
-FAISS_GPU_FIX = if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
-	$(BIN)/python -m pip install --force-reinstall --no-deps "faiss-gpu>=1.14"; fi
-
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e .
-	$(FAISS_GPU_FIX)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e ".[dev]"
-	$(FAISS_GPU_FIX)
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> str:
     from latentsight.embedder.scoring import make_scorer
     from latentsight.index.home import Home
     from latentsight.index.ingest import ingest_paths
-    from latentsight.index.scan import load_scorer
+    from latentsight.index.manager import load_scorer
     from latentsight.training.anomaly import train_scorer
     from latentsight.training.defects import KINDS, paste_defect, peak_inside
     from latentsight.training.train import TrainConfig

@@ -1,11 +1,5 @@
 """embedder: turns images into arrays, embeddings, reconstructions and scores."""
 
-from latentsight.embedder.errors import (
-    CatalogError,
-    DecodeError,
-    LatentsightError,
-    ModelError,
-    StoreError,
-)
+from latentsight.embedder.errors import DecodeError, LatentsightError, ModelError
 
-__all__ = ["CatalogError", "DecodeError", "LatentsightError", "ModelError", "StoreError"]
+__all__ = ["DecodeError", "LatentsightError", "ModelError"]

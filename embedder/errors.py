@@ -1,7 +1,8 @@
-"""Error hierarchy shared by every component.
+"""Error hierarchy shared by every component: the base class and the embedder's errors.
 
 The CLI turns each into one clear line and an exit status; batch jobs record
-them per file and go on.
+them per file and go on. The index's own errors, `CatalogError` and
+`StoreError`, live in `latentsight.index.errors`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ class DecodeError(LatentsightError):
         super().__init__(f"{self.path}: {reason}")
 
 
-class CatalogError(LatentsightError):
-    """The catalog is missing something the caller asked for, or is inconsistent."""
-
-
-class StoreError(LatentsightError):
-    """A vector store could not do what was asked (missing, stale, unsupported)."""
-
-
 class ModelError(LatentsightError):
     """A model or checkpoint is missing, invalid or does not match the catalog."""
+
+
+def __getattr__(name: str) -> type:
+    """`CatalogError` / `StoreError` moved to `latentsight.index.errors`; old imports still work.
+
+    Resolved on first use only, so importing this module never imports the index.
+    """
+    if name in ("CatalogError", "StoreError"):
+        import warnings
+        from importlib import import_module
+
+        warnings.warn(f"latentsight.embedder.errors.{name} moved to latentsight.index.errors",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(import_module("latentsight.index.errors"), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from sqlalchemy import (
     JSON,
     BigInteger,

@@ -9,6 +9,7 @@ already decoded and added to it (no full rebuild).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,15 +20,18 @@ from typing import Any
 import numpy as np
 from latentsight.embedder import faults
 from latentsight.embedder.encoder import Encoder
-from latentsight.embedder.errors import CatalogError
 from latentsight.embedder.images import default_workers
 from latentsight.embedder.probe import Limits, Probe, ProbePool, probe_file
+from latentsight.embedder.progress import bar_disabled
 from latentsight.index.catalog import MAX_TEXT_CHARS, ModelRow, check_text
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.locks import write_lock
 from latentsight.index.manager import IndexMissingError, load_encoder, open_index, sync_index
 from latentsight.index.paths import to_catalog
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,7 +141,7 @@ def _ingest_locked(
     faults.on_listed([os.fspath(f) for f, _ in files])
     workers = max(1, default_workers()) if workers is None else workers
     bar = tqdm(total=len(files), desc="ingest", unit="file", file=sys.stderr,
-               disable=not progress or None)
+               disable=bar_disabled(progress))
     batches = [files[s : s + batch_size] for s in range(0, len(files), batch_size)]
     with ProbePool(workers, limits) as pool:
         # Pipeline: the workers decode the next batch while this process commits and embeds.
@@ -171,7 +175,7 @@ def _ingest_locked(
                 for pr, lab in rows
             ])
             if log and ids:
-                print(f"committed: ids {' '.join(map(str, ids))}", file=sys.stderr, flush=True)
+                log.info("committed: ids %s", " ".join(map(str, ids)))
             faults.point("ingest.after_commit")
             catalog.record_failures([(x.path, x.error_class, x.error) for x in failures])
             report.failed.extend(failures)

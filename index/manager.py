@@ -22,25 +22,33 @@ drops the old one, so a rebuild killed half-way leaves the old one served.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from latentsight.embedder import faults
 from latentsight.embedder.encoder import Encoder
-from latentsight.embedder.errors import StoreError
+from latentsight.embedder.errors import ModelError
+from latentsight.embedder.progress import bar_disabled
+from latentsight.embedder.scorer_files import load_scorer_files, save_scorer_files
+from latentsight.embedder.scoring import TileScorer
+from latentsight.index.backends import BACKENDS, DEFAULT_BACKEND, check_backend
 from latentsight.index.catalog import Catalog, IndexRow, ModelRow
+from latentsight.index.errors import StoreError
 from latentsight.index.home import Home
 from latentsight.index.locks import write_lock
 from latentsight.index.paths import from_catalog, to_catalog
-from latentsight.index.store import FaissStore, Filter, VectorStore, check_metric, choose_spec, say
+from latentsight.index.store import FaissStore, Filter, VectorStore, check_metric, choose_spec
 from tqdm import tqdm
 
-BACKEND = "faiss"
-BACKENDS = ("faiss", "milvus")
+log = logging.getLogger(__name__)
+
+BACKEND = DEFAULT_BACKEND
 
 
 def index_path(home: Home, model: ModelRow, backend: str = BACKEND) -> Path:
@@ -70,16 +78,30 @@ def catalog_metadata(home: Home, ids: Sequence[int]) -> list[dict[str, object]]:
     ]
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        msg = f"The 'backend' must be one of {', '.join(BACKENDS)}. Got {backend!r} instead."
-        raise StoreError(msg)
-
-
 def load_encoder(home: Home, model: ModelRow, device: str = "auto") -> Encoder:
     """Load a model's checkpoint, refusing weights whose sha256 differs from the catalog's."""
     path = home.resolve(model.checkpoint_path)
     return Encoder.from_checkpoint(path, device=device, expected_sha256=model.checkpoint_sha256)
+
+
+def save_scorer(home: Home, model: ModelRow, scorer: TileScorer,
+                extra: dict[str, Any]) -> dict[str, Any]:
+    """Store a fitted scorer with `model` (checkpoint folder + catalog); returns its state."""
+    state = save_scorer_files(home.resolve(model.checkpoint_path), scorer, extra)
+    home.catalog.update_model_metrics(model.id, {"scoring": state})
+    return state
+
+
+def load_scorer(home: Home, model: ModelRow, device: str = "auto") -> tuple[Encoder, TileScorer]:
+    """The model's encoder and its fitted scorer; a clear error when it was never calibrated."""
+    state = (model.metrics or {}).get("scoring")
+    if not state:
+        msg = (f"Model {model.name!r} has no anomaly calibration. Train one on normal images: "
+               "latentsight train --normal-label LABEL")
+        raise ModelError(msg)
+    encoder = load_encoder(home, model, device)
+    directory = home.resolve(model.checkpoint_path)
+    return encoder, load_scorer_files(directory, encoder, state, name=model.name)
 
 
 @dataclass
@@ -146,15 +168,41 @@ def open_index(
     except StoreError as e:
         if not repair:
             raise IndexDamagedError(model.name, str(e)) from e
-        say(f"warning: {e}")
+        log.warning("%s", e)
         aside = _move_aside(home, row)
-        say(f"the index of {model.name!r} could not be loaded{aside}; rebuilding it from the "
-            "catalog (the source of truth)")
-        build_index(home, model, backend=row.backend, spec=row.spec, metric=row.metric or "cosine",
-                    uri=location(home, row) if row.backend == "milvus" else None,
-                    device=device, progress=False)
+        log.warning("the index of %r could not be loaded%s; rebuilding it from the catalog "
+                    "(the source of truth)", model.name, aside)
+        rebuild_index(home, model, row, device=device, progress=False)
         row = home.catalog.index_for(model.id, row.backend)
         return _load_store(home, model, row, device), row
+
+
+def rebuild_index(
+    home: Home,
+    model: ModelRow,
+    row: IndexRow | None,
+    *,
+    backend: str | None = None,
+    spec: str | None = None,
+    metric: str | None = None,
+    uri: str | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    progress: bool = True,
+) -> IndexStatus:
+    """Rebuild `model`'s index from the catalog, keeping what its index `row` says.
+
+    The one rule for "rebuild from the index row" (repair, delete, `index
+    rebuild`): the backend, spec, metric and (Milvus) URI of `row` are kept
+    unless given; a backend other than the row's starts from Flat / cosine.
+    """
+    be = backend or (row.backend if row is not None else BACKEND)
+    same = row is not None and row.backend == be
+    if be == "milvus" and uri is None and same:
+        uri = location(home, row)
+    return build_index(home, model, backend=be, spec=spec or (row.spec if same else "Flat"),
+                       metric=metric or ((row.metric if same else None) or "cosine"), uri=uri,
+                       device=device, workers=workers, progress=progress)
 
 
 def location(home: Home, row: IndexRow) -> str:
@@ -222,7 +270,7 @@ def build_index(
     readers keep the previous index until the new one is in place. `embed`: what
     embeds the images (default `embed_catalog_images`; `ray_engine.ray_embedder` on Ray).
     """
-    _check_backend(backend)
+    check_backend(backend)
     check_metric(metric)
     with write_lock(home, "index build"):
         return _build_locked(home, model, spec=spec, backend=backend, uri=uri, params=params,
@@ -250,8 +298,8 @@ def _build_locked(
     else:
         if spec == "auto":
             choice = choose_spec(len(kept), encoder.embed_dim)
-            say(f"spec auto: {choice.spec}{' ' + choice.params if choice.params else ''} "
-                f"({choice.reason})")
+            log.info("spec auto: %s%s (%s)", choice.spec,
+                     " " + choice.params if choice.params else "", choice.reason)
             spec, params = choice.spec, params or choice.params
         store = FaissStore(encoder.embed_dim, spec, params=params, metric=metric, device=device)
         if len(kept):
@@ -283,7 +331,7 @@ def _build_milvus(
     uri = uri or str(index_path(home, model, "milvus"))
     if spec == "auto" or spec == "Flat":
         spec = "FLAT" if len(kept) < 50_000 else "HNSW:M=32,efConstruction=200,ef=64"
-        say(f"spec auto (milvus): {spec} for {len(kept)} vectors")
+        log.info("spec auto (milvus): %s for %d vectors", spec, len(kept))
     name = collection_name(model.name, model.id, generation)
     client = _milvus_connect(uri, None)
     if client.has_collection(name):  # left by a rebuild killed before its switch: never served
@@ -310,8 +358,8 @@ def _drop_replaced(home: Home, model: ModelRow, previous: IndexRow | None, store
         return
     if not _same_place(location(home, previous), store.uri):
         old = previous.collection or collection_name(model.name)
-        say(f"the previous collection {old!r} at {location(home, previous)} is left in place "
-            "(the new index lives at another URI)")
+        log.warning("the previous collection %r at %s is left in place (the new index lives "
+                    "at another URI)", old, location(home, previous))
         return
     stem = collection_name(model.name, model.id, 0)[:-1]  # ..._m{id}_g
     try:
@@ -321,7 +369,7 @@ def _drop_replaced(home: Home, model: ModelRow, previous: IndexRow | None, store
         for name in sorted(old & names - {store.collection}):
             store.client.drop_collection(name)
     except Exception as e:  # noqa: BLE001 - the switch is done; a leftover only costs space
-        say(f"warning: could not drop a replaced collection: {e}")
+        log.warning("could not drop a replaced collection: %s", e)
 
 
 def _same_place(a: str, b: str) -> bool:
@@ -355,7 +403,7 @@ def embed_catalog_images(
     want = (encoder.image_size, encoder.channels)
     out_v, out_i, failed = [], [], []
     bar = tqdm(total=len(ids), desc="embedding", unit="img", file=sys.stderr,
-               disable=not progress or None)
+               disable=bar_disabled(progress))
     with ProbePool(workers) as pool:
         probes = pool.imap([from_catalog(p) for p in paths], want, window=2 * batch_size)
         for s in range(0, len(ids), batch_size):
@@ -470,7 +518,7 @@ def compact_index(home: Home, model: ModelRow) -> IndexStatus:
                                           model_sha256=getattr(row, "model_sha256", None))
         finally:
             store.close()
-    say(f"compacted the index of {model.name!r}: {merged} delta vectors merged")
+    log.info("compacted the index of %r: %d delta vectors merged", model.name, merged)
     return status(home, model, "faiss")
 
 
@@ -554,11 +602,9 @@ def _delete_locked(home: Home, ids: Sequence[int]) -> dict[str, int]:
             out["vectors_removed"] += store.remove(ids)
         except StoreError as e:
             store.close()
-            say(f"{e}; rebuilding the index of {model.name!r} without the deleted images")
-            build_index(home, model, backend=row.backend, spec=row.spec,
-                        metric=row.metric or "cosine",
-                        uri=location(home, row) if row.backend == "milvus" else None,
-                        progress=False)
+            log.warning("%s; rebuilding the index of %r without the deleted images", e,
+                        model.name)
+            rebuild_index(home, model, row, progress=False)
             out["indexes_rebuilt"] += 1
             continue
         store.save(location(home, row))

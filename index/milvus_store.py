@@ -36,7 +36,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-from latentsight.embedder.errors import StoreError
+from latentsight.index.errors import StoreError
 from latentsight.index.store import (
     META_DEFAULTS,
     Filter,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from latentsight.embedder.encoder import Encoder
@@ -21,11 +22,40 @@ from latentsight.embedder.scoring import TileScorer
 from latentsight.index.home import Home
 from PIL import Image
 
-if TYPE_CHECKING:
-    from latentsight.index.scan import ScanSummary
-
 MAX_SHOWN = 200  # flagged images shown in report.html (all are in scores.csv)
 THUMB = 96  # side of neighbor thumbnails in pixels
+
+
+class ScanResult(Protocol):
+    """One scanned image as the report needs it (`index.scan.ScanItem`)."""
+
+    path: str
+    sha256: str | None
+    score: float | None
+    anomalous: bool | None
+    error: str | None
+    nearest_ids: list[int] | None
+
+
+class ScanResults(Protocol):
+    """What a report shows of a scan (`index.scan.ScanSummary`, which calls this module)."""
+
+    scan_id: int
+    model: str
+    threshold: float
+    results: Sequence[ScanResult]
+    skipped: int
+
+    @property
+    def scored(self) -> Sequence[ScanResult]: ...
+
+    @property
+    def failed(self) -> Sequence[ScanResult]: ...
+
+
+def heatmap_name(path: str, sha: str) -> str:
+    """The file name of an image's heatmap overlay in the report's heatmaps/ folder."""
+    return f"{Path(path).stem[:40]}-{sha[:12]}.png"
 
 
 def heat_colors(h: np.ndarray) -> np.ndarray:
@@ -84,11 +114,9 @@ def histogram_svg(scores: list[float], threshold: float, *, bins: int = 40) -> s
     return "\n".join(parts)
 
 
-def write_report(home: Home, summary: ScanSummary, directory: Path, *, encoder: Encoder,
+def write_report(home: Home, summary: ScanResults, directory: Path, *, encoder: Encoder,
                  scorer: TileScorer, neighbors: object) -> Path:
     """Write scores.csv, heatmaps/, neighbors/ and report.html into `directory`."""
-    from latentsight.index.scan import heatmap_name
-
     directory.mkdir(parents=True, exist_ok=True)
     heat_dir, nb_dir = directory / "heatmaps", directory / "neighbors"
     heat_dir.mkdir(exist_ok=True)

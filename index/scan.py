@@ -3,17 +3,16 @@
     summary = scan_paths(home, ["incoming/"], report_dir="report/")
     summary.n_flagged, summary.results[0].score
 
-A model's fitted scorer is stored beside its checkpoint (`save_scorer`): its
-JSON state under "scoring" in the checkpoint's config.json and in the
-catalog's model metrics, its arrays (a kNN memory bank) in
-`scoring.safetensors`, whose sha256 is checked on load. Each scored image is
+A model's fitted scorer is stored beside its checkpoint
+(`latentsight.embedder.scorer_files`; with the catalog: `index.manager.save_scorer` /
+`load_scorer`, re-exported here for old callers). Each scored image is
 committed to `scan_results` in small batches, so a killed scan keeps its work
 and `resume=True` continues the last unfinished scan over the same paths.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -24,19 +23,24 @@ from typing import Any
 
 import numpy as np
 from latentsight.embedder.encoder import Encoder
-from latentsight.embedder.errors import CatalogError, ModelError, StoreError
-from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
-from latentsight.embedder.images import default_workers, looks_like_image, non_regular_reason
-from latentsight.embedder.models import CONFIG_FILE, sha256_file
+from latentsight.embedder.images import (
+    default_workers,
+    looks_like_image,
+    non_regular_reason,
+)
 from latentsight.embedder.probe import Limits, Probe, ProbePool
-from latentsight.embedder.scoring import TileScorer, scorer_from_state
+from latentsight.embedder.progress import bar_disabled
+from latentsight.embedder.scoring import TileScorer
 from latentsight.index.catalog import ModelRow, ScanResultRow, ScanRow, utcnow
+from latentsight.index.errors import CatalogError, StoreError
 from latentsight.index.home import Home
 from latentsight.index.ingest import iter_files
-from latentsight.index.manager import load_encoder, open_index
+from latentsight.index.manager import load_scorer, open_index, save_scorer
 from latentsight.index.paths import to_catalog
-from safetensors.numpy import load_file, save_file
+from latentsight.index.report import heatmap_name, write_overlay, write_report
 from sqlalchemy import select
+
+log = logging.getLogger(__name__)
 
 SCORER_FILE = "scoring.safetensors"
 COMMIT_EVERY = 8  # images per catalog transaction: a kill loses at most this many
@@ -44,48 +48,6 @@ COMMIT_EVERY = 8  # images per catalog transaction: a kill loses at most this ma
 # images are refused from their header, before any pixel is decoded or tiled.
 SCAN_MAX_PIXELS = 4_000_000
 SCAN_LIMITS = Limits(max_pixels=SCAN_MAX_PIXELS)
-
-
-# ---- the fitted scorer, stored with its model ------------------------------------------------
-
-
-def checkpoint_dir(home: Home, model: ModelRow) -> Path:
-    return home.resolve(model.checkpoint_path)
-
-
-def save_scorer(home: Home, model: ModelRow, scorer: TileScorer, extra: dict[str, Any]) -> dict:
-    """Store a fitted scorer with `model` (checkpoint folder + catalog); returns its state."""
-    directory = checkpoint_dir(home, model)
-    arrays = {k: np.ascontiguousarray(v) for k, v in scorer.arrays().items()}
-    state = {**scorer.state(), **extra}
-    if arrays:
-        atomic_write(directory / SCORER_FILE, lambda tmp: save_file(arrays, tmp))
-        state["arrays_sha256"] = sha256_file(directory / SCORER_FILE)
-    cfg_path = directory / CONFIG_FILE
-    doc = json.loads(cfg_path.read_text())
-    doc["scoring"] = state
-    atomic_write_bytes(cfg_path, json.dumps(doc, indent=2).encode())
-    home.catalog.update_model_metrics(model.id, {"scoring": state})
-    return state
-
-
-def load_scorer(home: Home, model: ModelRow, device: str = "auto") -> tuple[Encoder, TileScorer]:
-    """The model's encoder and its fitted scorer; a clear error when it was never calibrated."""
-    state = (model.metrics or {}).get("scoring")
-    if not state:
-        msg = (f"Model {model.name!r} has no anomaly calibration. Train one on normal images: "
-               "latentsight train --normal-label LABEL")
-        raise ModelError(msg)
-    encoder = load_encoder(home, model, device)
-    arrays: dict[str, np.ndarray] = {}
-    if state.get("arrays_sha256"):
-        path = checkpoint_dir(home, model) / SCORER_FILE
-        if not path.is_file():
-            raise ModelError(f"{path}: missing (the scorer's memory bank of model {model.name!r})")
-        if sha256_file(path) != state["arrays_sha256"]:
-            raise ModelError(f"{path}: sha256 differs from the catalog's; refusing to load it")
-        arrays = load_file(str(path))
-    return encoder, scorer_from_state(encoder, state, arrays)
 
 
 # ---- scans --------------------------------------------------------------------------------
@@ -200,7 +162,7 @@ def scan_paths(
         else:
             summary.skipped += 1
     bar = tqdm(total=len(todo), desc=f"scan {row.name}", unit="img", file=sys.stderr,
-               disable=not progress or None)
+               disable=bar_disabled(progress))
     pending: list[ScanItem] = []
     workers = max(1, default_workers()) if workers is None else workers
     try:
@@ -224,8 +186,6 @@ def scan_paths(
         bar.close()
     _finish(home, scan.id, summary)
     if report_dir:
-        from latentsight.index.report import write_report
-
         write_report(home, summary, Path(report_dir), encoder=encoder, scorer=scorer,
                      neighbors=neighbors)
     return summary
@@ -272,14 +232,8 @@ def _score_one(path: str, pr: Probe, scorer: TileScorer, thr: float,
     item = ScanItem(path=shown, sha256=sha, score=float(score), anomalous=flagged,
                     nearest_ids=neighbors(pixels))
     if flagged and heat_dir is not None:
-        from latentsight.index.report import write_overlay
-
         write_overlay(pixels, amap, thr, heat_dir / heatmap_name(shown, sha))
     return item
-
-
-def heatmap_name(path: str, sha: str) -> str:
-    return f"{Path(path).stem[:40]}-{sha[:12]}.png"
 
 
 def _open_scan(home: Home, model: ModelRow, paths: list[str], *, resume: bool,
@@ -295,10 +249,9 @@ def _open_scan(home: Home, model: ModelRow, paths: list[str], *, resume: bool,
                     done = {r.path: ScanItem(path=r.path, sha256=r.sha256, score=r.score,
                                              anomalous=r.anomalous, error=r.error,
                                              nearest_ids=r.nearest_ids) for r in rows}
-                    print(f"resuming scan {scan.id}: {len(done)} image(s) already done",
-                          file=sys.stderr)
+                    log.info("resuming scan %d: %d image(s) already done", scan.id, len(done))
                     return scan, done
-            print("no unfinished scan over these paths; starting a new one", file=sys.stderr)
+            log.info("no unfinished scan over these paths; starting a new one")
         scan = ScanRow(model_id=model.id, threshold=threshold, fpr=fpr, paths=paths,
                        status="running")
         s.add(scan)
@@ -335,4 +288,6 @@ def scans(home: Home, limit: int = 50) -> list[dict[str, Any]]:
                 for r in rows]
 
 
-__all__ = ["ScanItem", "ScanSummary", "load_scorer", "save_scorer", "scan_paths", "scans"]
+__all__ = [
+    "ScanItem", "ScanSummary", "heatmap_name", "load_scorer", "save_scorer", "scan_paths", "scans",
+]

@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from latentsight.embedder.errors import CatalogError, DecodeError, StoreError
+from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.probe import Limits, ProbePool, Upload
 from latentsight.index.catalog import IndexRow, ModelRow
+from latentsight.index.errors import CatalogError, StoreError
 from latentsight.index.home import Home
 from latentsight.index.locks import writer_active
 from latentsight.index.manager import BACKEND, load_encoder, open_index

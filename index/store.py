@@ -14,15 +14,17 @@ import abc
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from latentsight.embedder import faults
-from latentsight.embedder.errors import StoreError
+from latentsight.embedder.devices import check_device
 from latentsight.embedder.fsutil import atomic_write
+from latentsight.index.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -1013,22 +1015,29 @@ def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def gpu_device(device: str = "auto") -> int | None:
     """The GPU number faiss should use for `device` (auto|cpu|cuda|cuda:N), or None for the CPU."""
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise StoreError(str(e)) from None
     if device == "cpu":
         return None
     import faiss
 
     n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if n == 0:
+        from latentsight.index.faiss_gpu import warn_if_gpu_unused
+
+        warn_if_gpu_unused()
     if device == "auto":
         return 0 if n > 0 else None
     if device.startswith("cuda"):
         num = int(device.split(":", 1)[1]) if ":" in device else 0
         if num >= n:
-            say(f"warning: --device {device} asked for, but faiss sees {n} GPU(s) (a CPU-only "
-                "faiss build?); the index stays on the CPU.")
+            log.warning("--device %s asked for, but faiss sees %d GPU(s) (a CPU-only faiss "
+                        "build?); the index stays on the CPU.", device, n)
             return None
         return num
-    msg = f"The 'device' must be auto, cpu, cuda or cuda:N. Got {device!r} instead."
-    raise StoreError(msg)
+    return None  # unreachable: check_device allows nothing else
 
 
 _GPU_RES: list[object] = []
@@ -1147,11 +1156,6 @@ def _pq_bytes(n: int, dim: int, budget: int, *, largest: int) -> int:
     return best
 
 
-def say(msg: str) -> None:
-    """A progress line on stderr (results go to stdout)."""
-    print(msg, file=sys.stderr)
-
-
 def _search_params(inner: object, sel: object) -> object:
     """Search parameters carrying an ID selector, of the type the inner index expects."""
     import faiss
@@ -1172,4 +1176,4 @@ def _search_params(inner: object, sel: object) -> object:
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__
+    return text[0] if text else type(e).__name__

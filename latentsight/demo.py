@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.ingest import ingest_paths
 from latentsight.index.manager import build_index
@@ -155,7 +155,7 @@ def synthesis_step(home: Home, *, device: str = "auto", keep: int = 15, steps: i
                    "sparse": SPARSE_DIGIT, "kept": keep}
         sha = save_gan(model, directory, {"name": DEMO_GAN, "metrics": metrics})
         home.catalog.add_model(name=DEMO_GAN, kind=model.kind, config=asdict(model.config),
-                               checkpoint_path=str(directory), checkpoint_sha256=sha,
+                               checkpoint_path=home.rel(directory), checkpoint_sha256=sha,
                                metrics=metrics, activate=False, role="generator")
         _, row = load_generator(home, DEMO_GAN)
         warn = "; ".join(res.diagnostics["warnings"]) or "no failure signature"

@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from latentsight.embedder.devices import check_device
+from latentsight.index.backends import BACKENDS, DEFAULT_BACKEND, check_backend  # noqa: F401 (BACKENDS: re-exported)
 from latentsight.index.home import Home
 
 DEFAULT_HOME = "~/.latentsight"
@@ -32,7 +34,6 @@ ENV_DEVICE = "LATENTSIGHT_DEVICE"
 ENV_BACKEND = "LATENTSIGHT_BACKEND"
 ENV_MILVUS_URI = "LATENTSIGHT_MILVUS_URI"
 ENV_MILVUS_TOKEN = "LATENTSIGHT_MILVUS_TOKEN"  # read by index.milvus_store
-BACKENDS = ("faiss", "milvus")
 
 # Where the server-side settings point in the docker-compose deployment:
 # setting -> (compose service, container port). Ports are the engines' defaults.
@@ -65,13 +66,8 @@ class Settings:
         home = home or os.environ.get(ENV_HOME) or DEFAULT_HOME
         db_url = db_url or os.environ.get(ENV_DB_URL) or None
         device = device or os.environ.get(ENV_DEVICE) or "auto"
-        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-            msg = f"The 'device' setting must be auto, cpu or cuda. Got {device!r} instead."
-            raise ValueError(msg)
-        backend = backend or os.environ.get(ENV_BACKEND) or "faiss"
-        if backend not in BACKENDS:
-            msg = f"The 'backend' setting must be faiss or milvus. Got {backend!r} instead."
-            raise ValueError(msg)
+        check_device(device)
+        backend = check_backend(backend or os.environ.get(ENV_BACKEND) or DEFAULT_BACKEND)
         milvus_uri = milvus_uri or os.environ.get(ENV_MILVUS_URI) or None
         return cls(home=Path(home).expanduser(), db_url=db_url, device=device, backend=backend,
                    milvus_uri=milvus_uri)

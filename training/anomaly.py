@@ -12,21 +12,25 @@ a contamination fraction, or given explicitly.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from latentsight.embedder.errors import CatalogError, DecodeError
+from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.images import decode_file
+from latentsight.embedder.progress import bar_disabled
 from latentsight.embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer
 from latentsight.index.catalog import ImageRow
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
-from latentsight.index.manager import build_index, load_encoder
+from latentsight.index.manager import build_index, load_encoder, load_scorer, save_scorer
 from latentsight.index.paths import from_catalog
-from latentsight.index.scan import load_scorer, save_scorer
 from latentsight.training.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
 
 # The default scanning model: 64-pixel tiles, features at 1/8 resolution for the kNN score.
 SCAN_MODEL_CONFIG = {"image_size": 64, "depth": 3, "width": 32, "latent_dim": 128}
@@ -79,7 +83,7 @@ def decode_rows(rows: list[ImageRow], mode: str) -> list[np.ndarray]:
         try:
             out.append(decode_file(from_catalog(r.path), mode=mode).pixels)
         except DecodeError as e:
-            print(f"skipped: {e}", file=sys.stderr)
+            log.warning("skipped: %s", e)
     return out
 
 
@@ -110,7 +114,7 @@ def train_scorer(
     """Train on the normal images labeled `normal_label`, calibrate on a held-out part, store.
 
     The model is trained on random tile crops (`cfg.crops`); its fitted scorer
-    is stored with it (see index.scan.save_scorer) and, with `build`, its
+    is stored with it (see index.manager.save_scorer) and, with `build`, its
     vector index is built so scans can show the nearest normal images.
     """
     cfg = cfg or TrainConfig()
@@ -218,7 +222,7 @@ def evaluate_anomaly(
         raise CatalogError(msg)
     scores, keep = [], []
     for i, r in enumerate(tqdm(rows, desc="eval anomaly", unit="img", file=sys.stderr,
-                               disable=not progress or None)):
+                               disable=bar_disabled(progress))):
         try:
             px = decode_file(from_catalog(r.path), mode=encoder.mode).pixels
         except DecodeError:

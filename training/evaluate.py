@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from latentsight.embedder.data import FileImages, iter_batches
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.manager import embed_catalog_images, load_encoder
 from latentsight.index.paths import from_catalog

@@ -17,6 +17,7 @@ which reconstruction alone does poorly on textures.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -28,13 +29,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from latentsight.embedder.data import FileImages, iter_batches
-from latentsight.embedder.errors import CatalogError, DecodeError
+from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.images import resize
 from latentsight.embedder.models import create, resolve_device, save_checkpoint
+from latentsight.embedder.progress import bar_disabled
 from latentsight.index.catalog import check_model_name
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.paths import from_catalog
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,7 +166,7 @@ def load_images(
     ds = FileImages([r.id for r in rows], paths, image_size=image_size, channels=channels)
     xs, ids = [], []
     bar = tqdm(total=len(ds), desc="loading", unit="img", file=sys.stderr,
-               disable=not progress or None)
+               disable=bar_disabled(progress))
     for b_ids, x, bad in iter_batches(ds, batch_size=256):
         if len(b_ids):
             xs.append(x)
@@ -194,7 +199,7 @@ class CropImages:
             try:
                 px = decode_file(from_catalog(r.path), mode=mode).pixels
             except DecodeError as e:
-                print(f"skipped: {e}", file=sys.stderr)
+                log.warning("skipped: %s", e)
                 continue
             h, w = px.shape[:2]
             if cfg.tile_scale != 1.0:
@@ -261,7 +266,7 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
     best, best_state, best_epoch, bad_epochs, history = math.inf, None, 0, 0, []
     step, t0 = 0, time.perf_counter()
     bar = tqdm(total=total, desc=f"train {cfg.model}", unit="step", file=sys.stderr,
-               disable=not progress or None)
+               disable=bar_disabled(progress))
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = torch.randperm(len(tr), generator=gen)
@@ -290,15 +295,14 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
         val_loss = evaluate(model, val if n_val else tr, device, cfg=cfg, head=head)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
         bar.set_postfix(epoch=epoch, train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-        print(f"epoch {epoch:3d} | train {train_loss:.5f} | val {val_loss:.5f} | lr {lr:.2e}",
-              file=sys.stderr)
+        log.info("epoch %3d | train %.5f | val %.5f | lr %.2e", epoch, train_loss, val_loss, lr)
         if val_loss < best - 1e-6:
             best, best_epoch, bad_epochs = val_loss, epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
             if bad_epochs >= cfg.patience:
-                print(f"early stop at epoch {epoch} (best {best_epoch})", file=sys.stderr)
+                log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
                 break
     bar.close()
     seconds = time.perf_counter() - t0
@@ -370,7 +374,3 @@ def check_config(cfg: TrainConfig) -> None:
         msg = f"The 'epochs' and 'batch_size' must be >= 1. Got {cfg.epochs}, {cfg.batch_size}."
         raise ValueError(msg)
 
-
-def _seed_everything(seed: int) -> None:
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -34,10 +34,12 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from latentsight.embedder.devices import check_device
 from latentsight.embedder.errors import ModelError
 from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
 from latentsight.embedder.models.ae import AEConfig, AutoEncoder
@@ -62,11 +64,6 @@ MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes; refuse anyth
 MAX_CONFIG_INT = 65_536  # no config count or size is anywhere near this (widths are 8-512)
 MAX_PARAMS = 500_000_000  # parameters a checkpoint may describe (the largest here has ~10 M)
 DIGEST_TAG = b"latentsight-checkpoint-v2\n"
-
-
-def register(kind: str, model_cls: type[nn.Module], config_cls: type) -> None:
-    """Add a model family to the registry (used by the model modules themselves)."""
-    REGISTRY[kind] = (model_cls, config_cls)
 
 
 def config_class(kind: str) -> type:
@@ -216,44 +213,73 @@ def load_checkpoint(
     """Rebuild a model exactly from a checkpoint directory.
 
     Raises:
-        ModelError: files missing, JSON invalid, unknown kind or fields, or the
-            weights' sha256 differs from `expected_sha256` (the catalog's).
+        ModelError: files missing, JSON invalid, unknown kind or fields, values
+            out of bounds or not fitting the weights, or the checkpoint's
+            digest differs from `expected_sha256` (the catalog's).
     """
-    directory = Path(directory)
-    cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not cfg_path.is_file() or not w_path.is_file():
-        msg = f"{directory}: not a checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-        raise ModelError(msg)
-    doc = read_config(cfg_path)
-    kind = doc.get("kind")
-    if not isinstance(kind, str) or kind not in REGISTRY:
-        msg = f"{cfg_path}: unknown model kind {kind!r}; known: {sorted(REGISTRY)}"
-        raise ModelError(msg)
-    verify_integrity(directory, doc, expected_sha256)
+    doc, cfg_path, w_path = read_checkpoint(directory, kinds=REGISTRY,
+                                            expected_sha256=expected_sha256)
+    kind = doc["kind"]
     model_cls, config_cls = REGISTRY[kind]
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    cfg = doc["config"]
-    bad = sorted(set(cfg) - set(fields))
-    if bad:
-        raise ModelError(f"{cfg_path}: unknown {kind} config field(s) {bad}")
-    _check_types(cfg, fields, f"{cfg_path}: {kind} config")
-    check_bounds(cfg, f"{cfg_path}: {kind} config")
-    try:
-        config = config_cls(**cfg)
-    except (TypeError, ValueError) as e:
-        raise ModelError(f"{cfg_path}: invalid {kind} config: {e}") from e
+    config = checked_config(doc["config"], config_cls, path=cfg_path, kind=kind)
     check_fits_weights(model_cls, config, w_path, cfg_path, kind)
     try:
         model = model_cls(config=config)
     except (TypeError, ValueError) as e:
         raise ModelError(f"{cfg_path}: invalid {kind} config: {e}") from e
+    load_weights(model, w_path, map_location=map_location)
+    return model, doc
+
+
+def read_checkpoint(
+    directory: str | Path, *, kinds: Iterable[str], expected_sha256: str | None = None,
+    what: str = "a checkpoint",
+) -> tuple[dict[str, Any], Path, Path]:
+    """The checked config.json of a checkpoint directory: (document, its path, weights' path).
+
+    Every checkpoint loader goes through here (encoders, the GAN): both files
+    present, the config within its size and nesting limits (`read_config`), a
+    `kind` in `kinds`, and the digest of weights and config equal to
+    `expected_sha256` when given (`verify_integrity`). Raises ModelError naming
+    the file otherwise.
+    """
+    directory = Path(directory)
+    cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not cfg_path.is_file() or not w_path.is_file():
+        msg = f"{directory}: not {what} (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        raise ModelError(msg)
+    doc = read_config(cfg_path)
+    kinds = sorted(kinds)
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or kind not in kinds:
+        msg = f"{cfg_path}: unknown model kind {kind!r}; known: {kinds}"
+        raise ModelError(msg)
+    verify_integrity(directory, doc, expected_sha256)
+    return doc, cfg_path, w_path
+
+
+def checked_config(cfg: dict[str, Any], config_cls: type, *, path: Path, kind: str) -> Any:
+    """`config_cls(**cfg)` after refusing unknown fields, wrong JSON types and unbounded values."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    bad = sorted(set(cfg) - set(fields))
+    if bad:
+        raise ModelError(f"{path}: unknown {kind} config field(s) {bad}")
+    _check_types(cfg, fields, f"{path}: {kind} config")
+    check_bounds(cfg, f"{path}: {kind} config")
+    try:
+        return config_cls(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{path}: invalid {kind} config: {e}") from e
+
+
+def load_weights(model: nn.Module, w_path: str | Path, *, map_location: str = "cpu") -> None:
+    """Load safetensors weights into `model` (strict), then eval mode; ModelError if they misfit."""
     try:
         state = load_file(str(w_path), device=map_location)
         model.load_state_dict(state, strict=True)
     except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad files
         raise ModelError(f"{w_path}: weights do not fit the config: {e}") from e
     model.eval()
-    return model, doc
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -291,11 +317,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     """Map `auto|cpu|cuda` to a torch device; auto uses CUDA when torch sees a GPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        msg = f"The 'device' option must be auto, cpu or cuda. Got {device!r} instead."
-        raise ValueError(msg)
     return torch.device(device)
 
 

@@ -7,20 +7,8 @@ means something (a scan flagged images, verify found a mismatch), 2 error.
 
 from __future__ import annotations
 
-import typer
-
-app = typer.Typer(
-    name="latentsight",
-    help="Learned image embeddings: ingest folders, train encoders, search similar images.\n\n"
-    "Start with `latentsight demo`, or: ingest PATH --labels-from-folders, train, "
-    "index build, search IMAGE.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
 # Each module registers its commands on `app` (or a sub-app) when imported.
-from latentsight.cli import (  # noqa: E402, F401
+from latentsight.cli import (  # noqa: F401
     core,
     dashboard_cmd,
     delete_cmd,
@@ -29,6 +17,9 @@ from latentsight.cli import (  # noqa: E402, F401
     scan_cmd,
     train_cmd,
 )
+from latentsight.cli.app import app
+
+__all__ = ["app", "main"]
 
 
 def main() -> None:

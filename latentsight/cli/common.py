@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -48,6 +50,58 @@ _milvus_lite_log.addHandler(logging.NullHandler())
 _milvus_lite_log.propagate = False
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options every command shares: --json, --device, --home, --db-url."""
+
+    json: bool = False
+    device: str = "auto"
+    home: Path | None = None
+    db_url: str | None = None
+
+    def open_home(self) -> Home:
+        return open_home(self.home, self.db_url)
+
+
+_COMMON = {  # parameter name -> (annotation, default, Common field)
+    "json_out": (JsonOpt, False, "json"),
+    "device": (DeviceOpt, "auto", "device"),
+    "home": (HomeOpt, None, "home"),
+    "db_url": (DbUrlOpt, None, "db_url"),
+}
+
+
+def common_options(*, json: bool = True, device: bool = True,
+                   device_default: str = "auto") -> Callable[[F], F]:
+    """Give a command the shared option tail; it receives them as `opts: Common`.
+
+    `--home` and `--db-url` always; `--json` and `--device` unless turned off.
+    Apply below `@app.command()` and above `@handle_errors`.
+    """
+    wanted = [n for n in _COMMON if (n != "json_out" or json) and (n != "device" or device)]
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for name, p in sig.parameters.items() if name != "opts"]
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_COMMON[name][0],
+                              default=device_default if name == "device" else _COMMON[name][1])
+            for name in wanted
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {_COMMON[n][2]: kwargs.pop(n) for n in wanted if n in kwargs}
+            return fn(*args, **kwargs, opts=Common(**given))
+
+        wrapper.__signature__ = sig.replace(parameters=[  # type: ignore[attr-defined]
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == p.VAR_KEYWORD else p
+            for p in own] + extra)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def open_home(home: Path | None, db_url: str | None) -> Home:
@@ -111,6 +165,16 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def show(rows: list[dict[str, Any]], columns: list[str], *, as_json: bool, empty: str) -> None:
+    """Rows as JSON (all fields), or as a table of `columns`, or the `empty` hint."""
+    if as_json:
+        echo_json(rows)
+    elif not rows:
+        typer.echo(empty)
+    else:
+        typer.echo(table(rows, columns))
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -7,17 +7,15 @@ from typing import Annotated
 
 import typer
 
-from latentsight.cli import app
+from latentsight.cli.app import app
 from latentsight.cli.common import (
-    DbUrlOpt,
-    DeviceOpt,
-    HomeOpt,
-    JsonOpt,
+    Common,
     ModelOpt,
+    common_options,
     echo_json,
     handle_errors,
-    open_home,
     safe_text,
+    show,
     table,
 )
 from latentsight.embedder.images import DECODE_TIMEOUT_S
@@ -30,6 +28,7 @@ app.add_typer(eval_app, name="eval")
 
 
 @app.command()
+@common_options(device=False)
 @handle_errors
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively).")],
@@ -48,9 +47,8 @@ def ingest(
     log_commits: Annotated[bool, typer.Option(
         "--log-commits", hidden=True, help="One stderr line per committed batch (its ids).")]
     = False,
-    json_out: JsonOpt = False,
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Add images to the catalog (and to the active model's index, when it has one).
 
@@ -65,12 +63,12 @@ def ingest(
     from latentsight.embedder.probe import Limits
     from latentsight.index.ingest import ingest_paths
 
-    h = open_home(home, db_url)
+    h = opts.open_home()
     rep = ingest_paths(h, [str(p) for p in paths], label=label,
                        labels_from_folders=labels_from_folders, source=source, workers=workers,
                        batch_size=batch_size, limits=Limits(timeout_s=decode_timeout),
                        log=log_commits)
-    if json_out:
+    if opts.json:
         d = rep.as_dict()
         echo_json({"added": d["added"], "duplicates": d["duplicates"], "failed": d["failed"],
                    "skipped": d["skipped"], "indexed": d["indexed"]})
@@ -82,6 +80,7 @@ def ingest(
 
 
 @app.command()
+@common_options()
 @handle_errors
 def search(
     query: Annotated[str, typer.Argument(help="An image file (need not be in the catalog) or a "
@@ -92,10 +91,8 @@ def search(
         "--include-synthetic", help="Also return GAN-made images (left out by default).")]
     = False,
     model: ModelOpt = None,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Find the catalog images most similar to QUERY, best first.
 
@@ -103,10 +100,10 @@ def search(
     """
     from latentsight.index.search import search as run_search
 
-    h = open_home(home, db_url)
-    hits = run_search(h, query, k=k, label=label, model=model, device=device,
+    h = opts.open_home()
+    hits = run_search(h, query, k=k, label=label, model=model, device=opts.device,
                       include_synthetic=include_synthetic)
-    if json_out:
+    if opts.json:
         echo_json([hit.as_dict() for hit in hits])
     else:
         typer.echo(table([hit.as_dict() for hit in hits], ["id", "score", "label", "source",
@@ -114,32 +111,30 @@ def search(
 
 
 @models_app.command("list")
+@common_options(device=False)
 @handle_errors
-def models_list(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = None) -> None:
+def models_list(*, opts: Common) -> None:
     """List trained models: name, kind, created, validation loss, active."""
-    h = open_home(home, db_url)
+    h = opts.open_home()
     rows = [
         {"name": m.name, "kind": m.kind, "created": m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
          "val_loss": (m.metrics or {}).get("val_loss"), "active": m.active}
         for m in h.catalog.models()
     ]
-    if json_out:
-        echo_json(rows)
-    elif not rows:
-        typer.echo("no models yet; run: latentsight train")
-    else:
-        typer.echo(table(rows, ["name", "kind", "created", "val_loss", "active"]))
+    show(rows, ["name", "kind", "created", "val_loss", "active"], as_json=opts.json,
+         empty="no models yet; run: latentsight train")
 
 
 @models_app.command("use")
+@common_options(json=False, device=False)
 @handle_errors
 def models_use(
     name: Annotated[str, typer.Argument(help="Model to make active.")],
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Make NAME the active model (used by search, ingest and scans by default)."""
-    h = open_home(home, db_url)
+    h = opts.open_home()
     m = h.catalog.set_active(name)
     typer.echo(f"active model: {m.name}")
     if h.catalog.index_for(m.id) is None:
@@ -147,21 +142,20 @@ def models_use(
 
 
 @eval_app.command("retrieval")
+@common_options()
 @handle_errors
 def eval_retrieval(
     model: ModelOpt = None,
     k: Annotated[int, typer.Option("--k", "-k")] = 10,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Leave-one-out precision@k and mAP by label, beside the raw-pixel baseline."""
     from latentsight.training.evaluate import evaluate_retrieval
 
-    h = open_home(home, db_url)
-    res = evaluate_retrieval(h, model=model, k=k, device=device)
-    if json_out:
+    h = opts.open_home()
+    res = evaluate_retrieval(h, model=model, k=k, device=opts.device)
+    if opts.json:
         echo_json(res)
         return
     base = res["baseline_raw_pixels"]
@@ -175,12 +169,12 @@ def eval_retrieval(
 
 
 @app.command()
+@common_options(json=False)
 @handle_errors
 def demo(
     epochs: Annotated[int, typer.Option(help="Training epochs for the demo model.")] = 8,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Run the whole pipeline on scikit-learn's bundled digits (no download needed).
 
@@ -190,8 +184,8 @@ def demo(
     """
     from latentsight.demo import run_demo
 
-    h = open_home(home, db_url)
-    code = run_demo(h, epochs=epochs, device=device)
+    h = opts.open_home()
+    code = run_demo(h, epochs=epochs, device=opts.device)
     if code:
         raise typer.Exit(code)
 

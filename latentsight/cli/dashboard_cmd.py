@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from latentsight.cli import app
+from latentsight.cli.app import app
 from latentsight.cli.common import DbUrlOpt, DeviceOpt, HomeOpt, err, handle_errors
 from latentsight.settings import ENV_DB_URL, ENV_DEVICE, ENV_HOME, Settings
 

@@ -6,17 +6,17 @@ from typing import Annotated
 
 import typer
 
-from latentsight.cli import app
-from latentsight.cli.common import DbUrlOpt, HomeOpt, JsonOpt, echo_json, handle_errors, open_home
+from latentsight.cli.app import app
+from latentsight.cli.common import Common, common_options, echo_json, handle_errors
 
 
 @app.command("delete")
+@common_options(device=False)
 @handle_errors
 def delete(
     ids: Annotated[list[int], typer.Argument(help="Catalog ids of the images to delete.")],
-    json_out: JsonOpt = False,
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Delete images from the catalog (the files stay on disk) and their vectors from every index.
 
@@ -24,9 +24,9 @@ def delete(
     """
     from latentsight.index.manager import delete_images
 
-    h = open_home(home, db_url)
+    h = opts.open_home()
     out = delete_images(h, ids)
-    if json_out:
+    if opts.json:
         echo_json(out)
     else:
         typer.echo(f"deleted {out['deleted']} image(s) from the catalog; removed "

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from statistics import median
 from typing import Annotated
 
 import typer
 
-from latentsight.cli import app
+from latentsight.cli.app import app
+from latentsight.cli.choices import GanLoss, value
 from latentsight.cli.common import (
-    DbUrlOpt,
-    DeviceOpt,
-    HomeOpt,
-    JsonOpt,
+    Common,
     ModelOpt,
+    common_options,
     echo_json,
     err,
     handle_errors,
-    open_home,
     table,
 )
 from latentsight.cli.core import eval_app
@@ -31,13 +28,14 @@ GanOpt = Annotated[str | None, typer.Option(
 
 
 @gan_app.command("train")
+@common_options()
 @handle_errors
 def gan_train(
     labels: Annotated[list[str] | None, typer.Option(
         "--labels", "--label", help="Train on these labels only (repeatable). Default: every "
         "label; sparse classes borrow structure from the rich ones.")] = None,
     steps: Annotated[int, typer.Option(help="Generator updates.")] = 2000,
-    loss: Annotated[str, typer.Option(help="ns | hinge | wgan-gp")] = "hinge",
+    loss: Annotated[GanLoss, typer.Option(help="The GAN objective.")] = GanLoss("hinge"),
     image_size: Annotated[int, typer.Option(help="32 or 64.")] = 32,
     channels: Annotated[int, typer.Option(help="1 = grayscale, 3 = RGB.")] = 1,
     batch_size: Annotated[int, typer.Option()] = 32,
@@ -53,10 +51,8 @@ def gan_train(
     sample_every: Annotated[int, typer.Option(help="Save a sample grid every N steps.")] = 500,
     seed: Annotated[int, typer.Option()] = 0,
     name: Annotated[str | None, typer.Option(help="Model name. Default: gan-TIMESTAMP.")] = None,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Train the conditional GAN on the catalog's real labeled images.
 
@@ -71,10 +67,10 @@ def gan_train(
     from latentsight.training.gan.model import GANConfig
     from latentsight.training.gan.train import GANTrainConfig, train_gan_on_catalog
 
-    h = open_home(home, db_url)
-    cfg = GANTrainConfig(steps=steps, batch_size=batch_size, loss=loss, lr_g=lr_g, lr_d=lr_d,
+    h = opts.open_home()
+    cfg = GANTrainConfig(steps=steps, batch_size=batch_size, loss=value(loss), lr_g=lr_g, lr_d=lr_d,
                          diffaug=list(POLICIES) if diffaug else [], sample_every=sample_every,
-                         seed=seed, device=device)
+                         seed=seed, device=opts.device)
     gcfg = GANConfig(image_size=image_size, channels=channels, g_width=g_width, d_width=d_width)
     res = train_gan_on_catalog(h, cfg, gan=gcfg, labels=list(labels or []) or None, name=name,
                                holdout=holdout)
@@ -82,7 +78,7 @@ def gan_train(
     out = {"name": res.name, "checkpoint": res.checkpoint, "seconds": round(res.seconds, 1),
            "classes": res.model.config.classes, "diagnostics": diag,
            "last": res.history[-1] if res.history else None, "grids": res.grids}
-    if json_out:
+    if opts.json:
         echo_json(out)
         return
     typer.echo(f"trained GAN {res.name} on {len(res.model.config.classes)} classes in "
@@ -95,6 +91,7 @@ def gan_train(
 
 
 @app.command()
+@common_options()
 @handle_errors
 def synth(
     label: Annotated[str, typer.Option("--label", help="Class to synthesize.")],
@@ -108,10 +105,8 @@ def synth(
     plausibility: Annotated[bool, typer.Option(
         help="Reject samples the anomaly scorer flags, when one exists.")] = True,
     seed: Annotated[int, typer.Option()] = 0,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Generate N gated images of LABEL into the home and the catalog (source=synthetic).
 
@@ -124,12 +119,12 @@ def synth(
     from latentsight.training.gan.synth import synthesize
     from latentsight.training.gan.train import load_generator
 
-    h = open_home(home, db_url)
+    h = opts.open_home()
     model, row = load_generator(h, gan)
     rep = synthesize(h, model, row, label, n, min_distance=min_distance,
-                     plausibility="auto" if plausibility else None, seed=seed, device=device,
+                     plausibility="auto" if plausibility else None, seed=seed, device=opts.device,
                      notify=err)
-    if json_out:
+    if opts.json:
         echo_json(rep.as_dict())
         return
     typer.echo(f"{rep.accepted} synthetic {label!r} images added from {rep.gan} (generated "
@@ -141,35 +136,32 @@ def synth(
 
 
 @app.command()
+@common_options(device=False)
 @handle_errors
 def classes(
     sparse_frac: Annotated[float, typer.Option(
         help="A label is sparse below this fraction of the median real count.")] = 0.5,
-    json_out: JsonOpt = False,
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """List label counts (real and synthetic) and flag the sparse labels."""
-    h = open_home(home, db_url)
-    real = {k: v for k, v in h.catalog.label_counts(synthetic=False).items() if k is not None}
-    syn = {k: v for k, v in h.catalog.label_counts(synthetic=True).items() if k is not None}
-    med = median(real.values()) if real else 0
-    rows = [{"label": lab, "real": real.get(lab, 0), "synthetic": syn.get(lab, 0),
-             "sparse": real.get(lab, 0) < sparse_frac * med}
-            for lab in sorted(set(real) | set(syn))]
-    if json_out:
+    from latentsight.index.classes import class_table
+
+    t = class_table(opts.open_home().catalog, sparse_frac=sparse_frac)
+    med, rows = t.median_real, t.rows
+    if opts.json:
         echo_json({"median_real": med, "sparse_frac": sparse_frac, "labels": rows})
         return
     if not rows:
         typer.echo("no labeled images; run: latentsight ingest PATH --labels-from-folders")
         return
     typer.echo(table(rows, ["label", "real", "synthetic", "sparse"]))
-    sparse = [r["label"] for r in rows if r["sparse"]]
     typer.echo(f"median real count {med}; sparse (< {sparse_frac:g} x median): "
-               f"{', '.join(sparse) or 'none'}")
+               f"{', '.join(t.sparse) or 'none'}")
 
 
 @eval_app.command("gan")
+@common_options()
 @handle_errors
 def eval_gan(
     gan: GanOpt = None,
@@ -179,18 +171,16 @@ def eval_gan(
         help="A local inception_v3 .safetensors checkpoint to use as feature extractor "
         "instead of the latentsight encoder.", show_default=False)] = None,
     k: Annotated[int, typer.Option("--k", help="Neighbours for precision/recall.")] = 3,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """FID and k-NN precision/recall per class between real and generated images."""
     from latentsight.training.gan.evaluate import evaluate_gan
 
-    h = open_home(home, db_url)
+    h = opts.open_home()
     res = evaluate_gan(h, gan=gan, n=n, encoder_model=model, inception=inception, k=k,
-                       device=device)
-    if json_out:
+                       device=opts.device)
+    if opts.json:
         echo_json(res)
         return
     typer.echo(f"GAN {res['gan']}; features: {res['feature_extractor']}; real set: "
@@ -200,6 +190,7 @@ def eval_gan(
 
 
 @eval_app.command("augment")
+@common_options(device_default="cpu")
 @handle_errors
 def eval_augment(
     label: Annotated[str, typer.Option("--label", help="The sparse class to augment.")],
@@ -210,19 +201,17 @@ def eval_augment(
     seeds: Annotated[int, typer.Option(help="Seeds per condition.")] = 3,
     classic: Annotated[bool, typer.Option(help="Also run classic augmentation arms.")] = False,
     steps: Annotated[int, typer.Option(help="Classifier optimizer steps.")] = 600,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "cpu",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Small CNN on real vs real + synthetic LABEL images; per-class P/R/F1 on real test images."""
     from latentsight.training.gan.evaluate import augment_study_on_catalog
 
-    h = open_home(home, db_url)
+    h = opts.open_home()
     res = augment_study_on_catalog(h, label, gan=gan, n_synth=n_synth,
                                    seeds=tuple(range(seeds)), classic=classic, steps=steps,
-                                   device="cpu" if device == "auto" else device)
-    if json_out:
+                                   device="cpu" if opts.device == "auto" else opts.device)
+    if opts.json:
         echo_json(res)
         return
     typer.echo(f"GAN {res['gan']}, sparse label {label!r}: {res['n_synthetic']} synthetic "

@@ -7,18 +7,16 @@ from typing import Annotated
 
 import typer
 
-from latentsight.cli import app
+from latentsight.cli.app import app
+from latentsight.cli.choices import Backend, Metric, value
 from latentsight.cli.common import (
     EXIT_FOUND,
-    DbUrlOpt,
-    DeviceOpt,
-    HomeOpt,
-    JsonOpt,
+    Common,
     ModelOpt,
+    common_options,
     echo_json,
     handle_errors,
-    open_home,
-    table,
+    show,
 )
 from latentsight.cli.scan_cmd import EngineOpt, RayAddressOpt, check_engine
 
@@ -29,7 +27,7 @@ SpecOpt = Annotated[str, typer.Option(
     "--spec", help="faiss: an index_factory string (Flat, IVF256,Flat, IVF1024,PQ32, HNSW32) "
     "or auto (chosen by collection size, said on stderr); milvus: an index type with "
     "parameters (FLAT, IVF_FLAT:nlist=1024,nprobe=32, HNSW:M=16,ef=64) or auto.")]
-BackendOpt = Annotated[str | None, typer.Option(
+BackendOpt = Annotated[Backend | None, typer.Option(
     "--backend", help="faiss (a file in the home) or milvus. Default: LATENTSIGHT_BACKEND, "
     "else faiss.", show_default=False)]
 UriOpt = Annotated[str | None, typer.Option(
@@ -40,7 +38,7 @@ ParamsOpt = Annotated[str | None, typer.Option(
     "--params", help="faiss search parameters saved with the index, e.g. nprobe=32, "
     "efSearch=128, or k_factor_rf=16 for a re-ranked PQ spec (IVF4096,PQ16,RFlat).",
     show_default=False)]
-MetricOpt = Annotated[str, typer.Option(
+MetricOpt = Annotated[Metric, typer.Option(
     "--metric", help="How vectors are compared: cosine (normalized inner product), ip (raw "
     "inner product) or l2 (Euclidean distance). Higher scores are closer for all three.")]
 
@@ -56,6 +54,7 @@ WorkersOpt = Annotated[int | None, typer.Option(
 
 
 @index_app.command("build")
+@common_options()
 @handle_errors
 def build(
     model: ModelOpt = None,
@@ -63,14 +62,12 @@ def build(
     backend: BackendOpt = None,
     uri: UriOpt = None,
     params: ParamsOpt = None,
-    metric: MetricOpt = "cosine",
-    json_out: JsonOpt = False,
+    metric: MetricOpt = Metric("cosine"),
     workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Embed every catalog image with the model and write its index.
 
@@ -81,9 +78,10 @@ def build(
     from latentsight.index.manager import build_index
     from latentsight.index.store import check_metric
 
+    backend, metric = value(backend), value(metric)
     check_metric(metric)  # before the catalog is opened or any image embedded
     check_engine(engine)
-    h = open_home(home, db_url)
+    h = opts.open_home()
     m = h.catalog.model(model)
     be, uri = _backend(backend, uri)
     embed = None
@@ -92,8 +90,8 @@ def build(
 
         embed = ray_embedder(h, m, address=ray_address, workers=workers)
     st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, metric=metric,
-                     device=device, workers=workers, embed=embed)
-    if json_out:
+                     device=opts.device, workers=workers, embed=embed)
+    if opts.json:
         echo_json(st.__dict__)
     else:
         typer.echo(f"{st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
@@ -101,6 +99,7 @@ def build(
 
 
 @index_app.command("rebuild")
+@common_options(json=False)
 @handle_errors
 def rebuild(
     model: ModelOpt = None,
@@ -108,13 +107,12 @@ def rebuild(
     = None,
     backend: BackendOpt = None,
     uri: UriOpt = None,
-    metric: Annotated[str | None, typer.Option(
+    metric: Annotated[Metric | None, typer.Option(
         "--metric", help="cosine, ip or l2; default: keep the current one.",
         show_default=False)] = None,
     workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Rebuild a model's index from the catalog (the source of truth).
 
@@ -122,29 +120,27 @@ def rebuild(
     otherwise. On Milvus a new collection is filled, then switched to, then
     the old one dropped: until the switch the old collection keeps serving.
     """
-    from latentsight.index.manager import build_index, location
+    from latentsight.index.manager import rebuild_index
 
-    h = open_home(home, db_url)
+    backend, metric = value(backend), value(metric)
+    h = opts.open_home()
     m = h.catalog.model(model)
     row = h.catalog.index_for(m.id, backend)
     be = backend or (row.backend if row else _backend(None, uri)[0])
-    if be == "milvus" and uri is None:
-        uri = (location(h, row) if row is not None and row.backend == "milvus"
-               else _backend(be, None)[1])
-    same = row is not None and row.backend == be
-    keep = row.spec if same else "Flat"
-    keep_metric = (row.metric if same else None) or "cosine"
-    st = build_index(h, m, spec=spec or keep, backend=be, uri=uri, metric=metric or keep_metric,
-                     device=device, workers=workers)
+    if be == "milvus" and uri is None and (row is None or row.backend != "milvus"):
+        uri = _backend(be, None)[1]
+    st = rebuild_index(h, m, row, backend=be, spec=spec, metric=metric, uri=uri, device=opts.device,
+                       workers=workers)
     typer.echo(f"rebuilt {st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
                f"generation {st.generation}")
 
 
 @index_app.command("info")
+@common_options(device=False)
 @handle_errors
-def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = None) -> None:
+def info(*, opts: Common) -> None:
     """List the indexes in the catalog: model, backend, spec, vectors, generation."""
-    h = open_home(home, db_url)
+    h = opts.open_home()
     names = {m.id: m.name for m in h.catalog.models()}
     rows = [
         {"model": names.get(r.model_id), "backend": r.backend, "spec": r.spec,
@@ -153,20 +149,17 @@ def info(json_out: JsonOpt = False, home: HomeOpt = None, db_url: DbUrlOpt = Non
          "model_sha256": r.model_sha256}
         for r in h.catalog.indexes()
     ]
-    if json_out:
-        echo_json(rows)
-    elif not rows:
-        typer.echo("no indexes yet; run: latentsight index build")
-    else:
-        typer.echo(table(rows, ["model", "backend", "spec", "metric", "ntotal", "generation",
-                                "path"]))
+    show(rows, ["model", "backend", "spec", "metric", "ntotal", "generation", "path"],
+         as_json=opts.json, empty="no indexes yet; run: latentsight index build")
 
 
 @index_app.command("verify")
+@common_options(device=False)
 @handle_errors
 def verify(
-    model: ModelOpt = None, backend: BackendOpt = None, json_out: JsonOpt = False,
-    home: HomeOpt = None, db_url: DbUrlOpt = None,
+    model: ModelOpt = None, backend: BackendOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Compare the catalog with the index: missing, extra ids, stale model. Exit 1 on a mismatch.
 
@@ -175,18 +168,19 @@ def verify(
     """
     from latentsight.index.manager import IndexDamagedError, status
 
-    h = open_home(home, db_url)
+    backend = value(backend)
+    h = opts.open_home()
     m = h.catalog.model(model)
     try:
         st = status(h, m, backend)
     except IndexDamagedError as e:
-        if json_out:
+        if opts.json:
             echo_json({"model": m.name, "ok": False, "damaged": e.reason,
                        "fix": f"latentsight index rebuild --model {m.name}"})
         else:
             typer.echo(f"DAMAGED: {e}")
         raise typer.Exit(EXIT_FOUND) from None
-    if json_out:
+    if opts.json:
         echo_json({**st.__dict__, "ok": st.ok})
     else:
         verdict = "ok" if st.ok else "MISMATCH"
@@ -201,11 +195,9 @@ def verify(
 
 
 @index_app.command("compact")
+@common_options(device=False)
 @handle_errors
-def compact(
-    model: ModelOpt = None, json_out: JsonOpt = False, home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
-) -> None:
+def compact(model: ModelOpt = None, *, opts: Common) -> None:
     """Merge the delta file (vectors added since the last full write) into the faiss index.
 
     Ingest writes new vectors to a small delta file beside the index; it is
@@ -214,9 +206,9 @@ def compact(
     """
     from latentsight.index.manager import compact_index
 
-    h = open_home(home, db_url)
+    h = opts.open_home()
     st = compact_index(h, h.catalog.model(model))
-    if json_out:
+    if opts.json:
         echo_json({**st.__dict__, "ok": st.ok})
     else:
         typer.echo(f"compacted: faiss index of {st.model} holds {st.ntotal} vectors, "

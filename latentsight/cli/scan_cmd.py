@@ -7,19 +7,16 @@ from typing import Annotated
 
 import typer
 
-from latentsight.cli import app
+from latentsight.cli.app import app
 from latentsight.cli.common import (
     EXIT_ERROR,
     EXIT_FOUND,
-    DbUrlOpt,
-    DeviceOpt,
-    HomeOpt,
-    JsonOpt,
+    Common,
     ModelOpt,
+    common_options,
     echo_json,
     err,
     handle_errors,
-    open_home,
     table,
 )
 from latentsight.cli.core import eval_app
@@ -40,6 +37,7 @@ def check_engine(engine: str) -> None:
 
 
 @app.command()
+@common_options()
 @handle_errors
 def scan(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively); "
@@ -62,12 +60,10 @@ def scan(
     include_synthetic: Annotated[bool, typer.Option(
         "--include-synthetic", help="Allow synthetic catalog images as nearest normals.")]
     = False,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Score every image under PATHS; flag those above the threshold.
 
@@ -82,14 +78,14 @@ def scan(
     if engine == "ray":  # imported only when asked for: Ray is an optional extra
         from latentsight.index.ray_engine import scan_paths_ray as scan_paths  # noqa: F811
 
-    h = open_home(home, db_url)
+    h = opts.open_home()
     extra = {"address": ray_address} if engine == "ray" else {}
     s = scan_paths(h, [str(p) for p in paths], model=model, fpr=fpr, threshold=threshold,
                    report_dir=report, resume=resume, k_neighbors=neighbors,
-                   include_synthetic=include_synthetic, device=device, **extra)
+                   include_synthetic=include_synthetic, device=opts.device, **extra)
     for f in s.failed:
         err(f"failed: {f.path}: {f.error}")
-    if json_out:
+    if opts.json:
         echo_json([r.as_json(s.threshold) for r in s.scored])
     else:
         flagged = sorted((r for r in s.scored if r.anomalous), key=lambda r: -(r.score or 0))
@@ -108,6 +104,7 @@ def scan(
 
 
 @eval_app.command("anomaly")
+@common_options()
 @handle_errors
 def eval_anomaly(
     normal_label: Annotated[str | None, typer.Option(
@@ -117,10 +114,8 @@ def eval_anomaly(
     max_per_label: Annotated[int | None, typer.Option(
         help="Sample each label down to N images (seeded) for a quicker estimate.",
         show_default=False)] = None,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """AUROC, AUPR, F1 at the calibrated threshold and the false-positive rate achieved.
 
@@ -129,10 +124,10 @@ def eval_anomaly(
     """
     from latentsight.training.anomaly import evaluate_anomaly
 
-    h = open_home(home, db_url)
-    res = evaluate_anomaly(h, normal_label=normal_label, model=model, device=device,
+    h = opts.open_home()
+    res = evaluate_anomaly(h, normal_label=normal_label, model=model, device=opts.device,
                            max_per_label=max_per_label)
-    if json_out:
+    if opts.json:
         echo_json(res)
         return
     typer.echo(f"model {res['model']} ({res['scorer']}), normal = {res['normal_label']!r}: "

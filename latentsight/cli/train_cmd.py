@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from latentsight.cli import app
-from latentsight.cli.common import DbUrlOpt, DeviceOpt, HomeOpt, JsonOpt, echo_json, handle_errors
+from latentsight.cli.app import app
+from latentsight.cli.choices import Aux, ModelKind, Scorer, value
+from latentsight.cli.common import Common, common_options, echo_json, handle_errors
 
 # CLI option -> model config field. An option left out keeps the model's default;
 # an option the chosen model has no field for is an error, not silently ignored.
@@ -46,9 +47,10 @@ def _owners(field: str) -> list[str]:
 
 
 @app.command()
+@common_options()
 @handle_errors
 def train(
-    model: Annotated[str | None, typer.Option(
+    model: Annotated[ModelKind | None, typer.Option(
         "--model", help="Model family: ae, vae or vit. Default: the benchmark's best "
         "(see docs/benchmarks.md).", show_default=False)] = None,
     label: Annotated[list[str] | None, typer.Option(
@@ -67,7 +69,7 @@ def train(
         show_default=False)] = None,
     rotate: Annotated[float | None, typer.Option(
         help="Small random rotations up to +/- DEG degrees; 0 = off.", show_default=False)] = None,
-    aux: Annotated[str | None, typer.Option(
+    aux: Annotated[Aux | None, typer.Option(
         help="Auxiliary objective on two augmented views: none or infonce.",
         show_default=False)] = None,
     aux_weight: Annotated[float | None, typer.Option(
@@ -107,14 +109,12 @@ def train(
     threshold: Annotated[float | None, typer.Option(
         help="With --normal-label: a fixed threshold in score units (1.0 = the --fpr one).",
         show_default=False)] = None,
-    scorer: Annotated[str | None, typer.Option(
+    scorer: Annotated[Scorer | None, typer.Option(
         help="With --normal-label: texture (default, chosen by benchmarks/anomaly.py), knn, "
         "mse, ssim, local-mse, local-ssim or combined (texture + knn); see docs/anomaly.md.",
         show_default=False)] = None,
-    json_out: JsonOpt = False,
-    device: DeviceOpt = "auto",
-    home: HomeOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Train an encoder on the catalog's images; the new model becomes the active one.
 
@@ -129,7 +129,6 @@ def train(
       latentsight train --model vae --beta 0.5 --kl-warmup 5 --free-bits 0.1
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
     """
-    from latentsight.cli.common import open_home
     from latentsight.index.catalog import check_model_name
     from latentsight.training.train import TrainConfig
 
@@ -137,6 +136,7 @@ def train(
         check_model_name(name)  # refused before any training
     from latentsight.training.train import train as run_train
 
+    model, aux, scorer = value(model), value(aux), value(scorer)
     defaults = TrainConfig()
     kind = model or defaults.model
     given = {"image_size": image_size, "channels": channels, "latent_dim": latent_dim,
@@ -149,12 +149,12 @@ def train(
                  "aux_weight": aux_weight}
     cfg = dataclasses.replace(
         defaults, model=kind, seed=seed, augment=augment, labels=list(label or []), name=name,
-        device=device, model_config=model_config,
+        device=opts.device, model_config=model_config,
         **{k: v for k, v in overrides.items() if v is not None},
     )
-    h = open_home(home, db_url)
+    h = opts.open_home()
     if normal_label is not None:
-        _train_scanner(h, cfg, normal_label, json_out, scorer=scorer, fpr=fpr,
+        _train_scanner(h, cfg, normal_label, opts.json, scorer=scorer, fpr=fpr,
                        contamination=contamination, threshold=threshold)
         return
     scan_only = {"--scorer": scorer, "--contamination": contamination, "--threshold": threshold}
@@ -163,7 +163,7 @@ def train(
         raise ValueError(f"{', '.join(given_scan)} only apply with --normal-label.")
     res = run_train(h, cfg)
     m = {k: v for k, v in res.metrics.items() if k != "history"}
-    if json_out:
+    if opts.json:
         echo_json({"name": res.name, "kind": res.kind, "checkpoint": res.checkpoint, **m})
     else:
         typer.echo(f"trained {res.name} ({res.kind}): val_loss {m['val_loss']:.5f} after "
@@ -173,12 +173,10 @@ def train(
 
 def _train_scanner(h: Any, cfg: Any, normal_label: str, json_out: bool, *, scorer: str | None,
                    fpr: float, contamination: float | None, threshold: float | None) -> None:
-    from latentsight.embedder.scoring import DEFAULT_SCORER, SCORERS
+    from latentsight.embedder.scoring import DEFAULT_SCORER
     from latentsight.training.anomaly import train_scorer
 
-    name = scorer or DEFAULT_SCORER
-    if name not in SCORERS:
-        raise ValueError(f"Unknown scorer {name!r}. Known: {', '.join(sorted(SCORERS))}.")
+    name = scorer or DEFAULT_SCORER  # a known name: checked when the command line was parsed
     res = train_scorer(h, normal_label, cfg, scorer=name, fpr=fpr, contamination=contamination,
                        threshold=threshold)
     if json_out:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from latentsight.embedder.scoring import DEFAULT_SCORER, SCORERS, make_scorer, scorer_from_state
-from latentsight.index.scan import load_scorer
+from latentsight.index.manager import load_scorer
 from latentsight.training.defects import paste_defect, peak_inside
 from sklearn.metrics import roc_auc_score
 
@@ -78,9 +78,13 @@ def test_contract(name, fitted):
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_calibrated_fpr_on_held_out_normals_is_near_target(name, fitted):
     sc = fitted[name]
-    held_out = normal_textures(40, seed=30)
+    held_out = normal_textures(160, seed=30)
     fpr = float(sc.predict(held_out).mean())
-    assert fpr <= FPR + 0.2, f"{name}: {fpr:.3f} of held-out normals flagged, target {FPR}"
+    # Two-sided: a threshold set too high (nothing ever flagged) fails as well as one too low.
+    # The lower bound is loose because the calibration on 30 normals is conservative: measured
+    # 2-3% achieved for the 10% target (mse, ssim, knn over 160 held-out normals).
+    assert FPR / 10 <= fpr <= FPR + 0.15, f"{name}: {fpr:.3f} of held-out normals flagged, " \
+        f"target {FPR}"
     # a threshold derived for another rate from the stored calibration scores
     assert sc.threshold_for_fpr(0.5) < sc.threshold_
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from latentsight.embedder.errors import CatalogError
 from latentsight.index.catalog import Catalog
+from latentsight.index.errors import CatalogError
 from sqlalchemy.exc import IntegrityError
 
 

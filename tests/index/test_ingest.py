@@ -4,8 +4,8 @@ import shutil
 
 import numpy as np
 import pytest
-from latentsight.embedder.errors import CatalogError
 from latentsight.embedder.images import decode_file
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.ingest import ingest_paths
 from latentsight.index.paths import to_catalog

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from latentsight.embedder.errors import StoreError
+from latentsight.index.errors import StoreError
 from latentsight.index.home import Home
 from latentsight.index.ingest import ingest_paths
 from latentsight.index.manager import build_index, delete_images, open_index, status

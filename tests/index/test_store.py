@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from latentsight.embedder.errors import StoreError
+from latentsight.index.errors import StoreError
 from latentsight.index.store import FaissStore
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from latentsight.embedder.errors import StoreError
 from latentsight.index.catalog import Catalog
+from latentsight.index.errors import StoreError
 from latentsight.index.manager import catalog_resolver
 from latentsight.index.store import Filter, VectorStore
 

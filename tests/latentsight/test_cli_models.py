@@ -19,7 +19,7 @@ def two_models(tmp_path_factory, texture_dir) -> Path:
     """A home with an AE (indexed) and a ViT (trained last, so active; no index)."""
     home = str(tmp_path_factory.mktemp("twomodels"))
     run("ingest", str(texture_dir), "--labels-from-folders", "--home", home)
-    run("train", "--model", "ae", "--epochs", "1", "--image-size", "32", "--depth", "3",
+    run("train", "--model", "ae", "--epochs", "2", "--image-size", "32", "--depth", "3",
         "--width", "8", "--latent-dim", "16", "--batch-size", "16", "--name", "m-ae",
         "--device", "cpu", "--home", home)
     run("index", "build", "--model", "m-ae", "--home", home, "--device", "cpu")
@@ -34,6 +34,12 @@ def test_models_list_shows_kind_and_the_active_one(two_models):
     assert [(r["name"], r["kind"], r["active"]) for r in rows] == [
         ("m-ae", "ae", False), ("m-vit", "vit", True)]
     assert all(r["val_loss"] > 0 and r["created"] for r in rows)
+    from latentsight.index.home import Home
+
+    history = Home(two_models).catalog.model("m-ae").metrics["history"]
+    val = [h["val_loss"] for h in history]
+    assert len(val) == 2 and val[-1] < val[0], val  # the AE's validation loss fell
+    assert rows[0]["val_loss"] == pytest.approx(min(val))
     cfg = json.loads((two_models / "models" / "m-vit" / "config.json").read_text())
     assert cfg["config"]["mask_ratio"] == 0.5 and cfg["config"]["patch_size"] == 8
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.manager import load_encoder
 from latentsight.training.gan.metrics import compare_sets, encoder_features, inception_features

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from latentsight.embedder.data import FileImages, iter_batches
 from latentsight.embedder.encoder import Encoder, prepare
-from latentsight.embedder.errors import CatalogError, LatentsightError
+from latentsight.embedder.errors import LatentsightError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.manager import IndexMissingError, load_encoder, open_index, sync_index
 from latentsight.training.gan.metrics import match_input
@@ -94,7 +95,7 @@ def find_plausibility_gate(home: Home) -> tuple[PlausibilityGate | None, str]:
     A scanning model (`latentsight train --normal-label L`) stores its fitted
     scorer; a generated sample it flags (`predict == 1`, PyOD's sign) is rejected.
     """
-    from latentsight.index.scan import load_scorer
+    from latentsight.index.manager import load_scorer
 
     scanners = [m for m in home.catalog.models()
                 if m.role == "encoder" and (m.metrics or {}).get("scoring")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -24,21 +25,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from latentsight.embedder.data import FileImages, iter_batches
-from latentsight.embedder.errors import CatalogError, ModelError
+from latentsight.embedder.errors import ModelError
 from latentsight.embedder.models import (
     CONFIG_FILE,
-    WEIGHTS_FILE,
-    read_config,
+    checked_config,
+    load_weights,
+    read_checkpoint,
     resolve_device,
     save_checkpoint,
-    verify_integrity,
 )
+from latentsight.embedder.progress import bar_disabled
 from latentsight.index.catalog import check_model_name
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.training.gan.diffaug import POLICIES, diff_augment
 from latentsight.training.gan.model import ConditionalGAN, GANConfig, to_signed
-from safetensors.torch import load_file
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("ns", "hinge", "wgan-gp")
 # The discriminator loss when D cannot tell real from fake (logits 0): the reference
@@ -159,7 +163,7 @@ def train_gan(
     acc = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
     n_acc, t0 = 0, time.perf_counter()
     bar = tqdm(total=cfg.steps, desc=f"gan {cfg.loss}", unit="step", file=sys.stderr,
-               disable=not progress or None)
+               disable=bar_disabled(progress))
     for step in range(1, cfg.steps + 1):
         g.train()
         d.train()
@@ -210,7 +214,7 @@ def train_gan(
     model.to("cpu").eval()
     diag = diagnose(model, history, x, y, loss=cfg.loss)
     for w in diag["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
+        log.warning("%s", w)
     return GANResult(model=model, history=history, diagnostics=diag, seconds=seconds, grids=grids)
 
 
@@ -348,29 +352,36 @@ def save_gan(model: ConditionalGAN, directory: str | Path, meta: dict[str, Any])
 
 
 def load_gan(directory: str | Path, *, expected_sha256: str | None = None) -> ConditionalGAN:
-    """Rebuild a ConditionalGAN exactly from `save_gan`'s files (never unpickles anything)."""
-    directory = Path(directory)
-    cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not cfg_path.is_file() or not w_path.is_file():
-        msg = f"{directory}: not a GAN checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-        raise ModelError(msg)
-    doc = read_config(cfg_path)  # size and nesting limits
-    if doc.get("kind") != ConditionalGAN.kind:
-        msg = f"{cfg_path}: kind {doc.get('kind') if isinstance(doc, dict) else None!r}, " \
-              f"expected {ConditionalGAN.kind!r}"
-        raise ModelError(msg)
-    verify_integrity(directory, doc, expected_sha256)  # weights and config
-    names = {f.name for f in dataclasses.fields(GANConfig)}
-    cfg = doc.get("config") or {}
-    bad = sorted(set(cfg) - names)
-    if bad:
-        raise ModelError(f"{cfg_path}: unknown GAN config field(s) {bad}")
+    """Rebuild a ConditionalGAN exactly from `save_gan`'s files (never unpickles anything).
+
+    The same checks as an encoder's `load_checkpoint`: config size limit, JSON,
+    kind, field names and types, the weights' sha256 against the catalog's.
+    """
+    doc, cfg_path, w_path = read_checkpoint(directory, kinds=[ConditionalGAN.kind],
+                                            expected_sha256=expected_sha256,
+                                            what="a GAN checkpoint")
+    config = checked_config(doc["config"], GANConfig, path=cfg_path, kind="GAN")
     try:
-        model = ConditionalGAN(config=GANConfig(**cfg))
-        model.load_state_dict(load_file(str(w_path)), strict=True)
-    except Exception as e:  # noqa: BLE001 - bad config or weights of any kind
-        raise ModelError(f"{directory}: cannot rebuild the GAN: {e}") from e
-    return model.eval()
+        model = ConditionalGAN(config=config)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{cfg_path}: invalid GAN config: {e}") from e
+    load_weights(model, w_path)
+    return model
+
+
+def gan_dir(home: Home, row: Any) -> Path:
+    """A GAN's checkpoint folder from its catalog row.
+
+    Rows store it relative to the home (a moved or copied home keeps its GANs).
+    Rows written before that hold an absolute path; when that path is gone (the
+    home was moved), the folder of the same name under HOME/models is used.
+    """
+    path = home.resolve(row.checkpoint_path)
+    if Path(row.checkpoint_path).is_absolute() and not path.is_dir():
+        moved = home.models_dir / path.name
+        if moved.is_dir():
+            return moved
+    return path
 
 
 # ---- on the catalog -------------------------------------------------------------------------
@@ -448,16 +459,15 @@ def train_gan_on_catalog(
     sha = save_gan(res.model, directory, meta)
     write_loss_curves(res.history, directory / "losses.csv")
     home.catalog.add_model(name=name, kind=ConditionalGAN.kind, config=asdict(res.model.config),
-                           checkpoint_path=str(directory), checkpoint_sha256=sha, metrics=metrics,
-                           activate=False, role="generator")
+                           checkpoint_path=home.rel(directory), checkpoint_sha256=sha,
+                           metrics=metrics, activate=False, role="generator")
     res.name, res.checkpoint = name, str(directory)
     return res
 
 
 def gan_meta(row: Any, home: Home) -> dict[str, Any]:
     """The JSON written beside a GAN's weights (training ids, held-out ids, history)."""
-    path = Path(row.checkpoint_path)
-    path = path if path.is_absolute() else home.root / path
+    path = gan_dir(home, row)
     try:
         return json.loads((path / CONFIG_FILE).read_text())
     except (OSError, ValueError) as e:
@@ -475,7 +485,4 @@ def load_generator(home: Home, name: str | None = None) -> tuple[ConditionalGAN,
         row = home.catalog.model(name)
         if row.role != "generator":
             raise CatalogError(f"Model {name!r} is a {row.role}, not a GAN generator.")
-    path = Path(row.checkpoint_path)
-    if not path.is_absolute():
-        path = home.root / path
-    return load_gan(path, expected_sha256=row.checkpoint_sha256), row
+    return load_gan(gan_dir(home, row), expected_sha256=row.checkpoint_sha256), row
