@@ -155,7 +155,8 @@ def eval_retrieval(
     home: HomeOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
-    """Leave-one-out precision@k and mAP by label, beside the raw-pixel baseline."""
+    """Leave-one-out precision@k and mAP, micro and macro (mean over labels), per label,
+    beside the raw-pixel and PCA-64 baselines measured on the same images."""
     from latentsight.training.evaluate import evaluate_retrieval
 
     h = open_home(home, db_url)
@@ -163,14 +164,23 @@ def eval_retrieval(
     if json_out:
         echo_json(res)
         return
-    base = res["baseline_raw_pixels"]
-    typer.echo(f"model {res['model']}: precision@{res['k']} {res['precision_at_k']:.3f}, "
-               f"mAP {res['map']:.3f} over {res['n']} labeled images")
-    typer.echo(f"raw pixels:  precision@{base['k']} {base['precision_at_k']:.3f}, "
-               f"mAP {base['map']:.3f}")
-    rows = [{"label": lab, "model": p, "raw_pixels": base["per_label"].get(lab)}
-            for lab, p in res["per_label"].items()]
-    typer.echo(table(rows, ["label", "model", "raw_pixels"]))
+    kk = res["k"]
+    rows = [{"method": name, f"P@{kk} micro": r["precision_at_k"],
+             f"P@{kk} macro": r["macro_precision_at_k"], "mAP micro": r["map"],
+             "mAP macro": r["macro_map"]}
+            for name, r in (("model " + res["model"], res),
+                            ("raw pixels", res["baseline_raw_pixels"]),
+                            ("PCA-64", res["baseline_pca64"]))]
+    typer.echo(f"{res['n']} labeled images, leave-one-out, k={kk}")
+    typer.echo(table(rows, list(rows[0])))
+    per = [{"label": lab, "n": v["n"], f"P@{kk} model": v["precision_at_k"],
+            f"P@{kk} raw": res["baseline_raw_pixels"]["per_label"].get(lab, {}).get(
+                "precision_at_k"),
+            f"P@{kk} PCA-64": res["baseline_pca64"]["per_label"].get(lab, {}).get(
+                "precision_at_k"),
+            "mAP model": v["map"]}
+           for lab, v in res["per_label"].items()]
+    typer.echo(table(per, list(per[0])) if per else "")
 
 
 @app.command()
