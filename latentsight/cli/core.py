@@ -90,6 +90,10 @@ def search(
     include_synthetic: Annotated[bool, typer.Option(
         "--include-synthetic", help="Also return GAN-made images (left out by default).")]
     = False,
+    box: Annotated[str | None, typer.Option(
+        "--box", help="X,Y,W,H: search with this region of QUERY (pixels); each result gives "
+        "where in it the match lies. Needs local vectors: latentsight index build --local.",
+        show_default=False)] = None,
     model: ModelOpt = None,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
@@ -98,18 +102,34 @@ def search(
 ) -> None:
     """Find the catalog images most similar to QUERY, best first.
 
-    Example: latentsight search photo.png --k 5 --label scratches
+    Examples: latentsight search photo.png --k 5 --label scratches;
+    latentsight search photo.png --box 120,40,64,64 --json
     """
     from latentsight.index.search import search as run_search
 
+    region = parse_box(box) if box is not None else None
     h = open_home(home, db_url)
     hits = run_search(h, query, k=k, label=label, model=model, device=device,
-                      include_synthetic=include_synthetic)
+                      include_synthetic=include_synthetic, box=region)
     if json_out:
         echo_json([hit.as_dict() for hit in hits])
     else:
-        typer.echo(table([hit.as_dict() for hit in hits], ["id", "score", "label", "source",
-                                                             "synthetic", "path"]))
+        cols = ["id", "score", "label", "source", "synthetic"] + (["box"] if region else [])
+        typer.echo(table([hit.as_dict() for hit in hits], [*cols, "path"]))
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """"X,Y,W,H" -> four integers; a ValueError naming the value otherwise."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError:
+        msg = f"The '--box' option must be X,Y,W,H (four integers). Got {text!r} instead."
+        raise ValueError(msg) from None
+    if w < 1 or h < 1 or x < 0 or y < 0:
+        msg = f"The '--box' option needs x, y >= 0 and w, h >= 1. Got {text!r} instead."
+        raise ValueError(msg)
+    return x, y, w, h
 
 
 @models_app.command("list")

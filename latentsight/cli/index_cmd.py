@@ -63,6 +63,10 @@ def build(
     uri: UriOpt = None,
     params: ParamsOpt = None,
     metric: MetricOpt = "cosine",
+    local: Annotated[bool | None, typer.Option(
+        "--local/--no-local", help="Also index multi-scale tile vectors of every image, for "
+        "search by region (latentsight search QUERY --box X,Y,W,H). Default: keep them when "
+        "the model has them.", show_default=False)] = None,
     json_out: JsonOpt = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -83,12 +87,14 @@ def build(
     m = h.catalog.model(model)
     be, uri = _backend(backend, uri)
     st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, metric=metric,
-                     device=device, workers=workers)
+                     device=device, workers=workers, local=local)
     if json_out:
         echo_json(st.__dict__)
     else:
         typer.echo(f"{st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
                    f"generation {st.generation}, {st.path}")
+        if st.local:
+            typer.echo(f"local (region) vectors: {st.local_ntotal} tiles")
 
 
 @index_app.command("rebuild")
@@ -171,6 +177,13 @@ def verify(
         typer.echo(f"{verdict}: {st.backend} index of {st.model} holds {st.ntotal} vectors; "
                    f"catalog has {st.catalog_images} images; missing {st.missing}, "
                    f"extra {st.extra}, stale model: {st.stale_model or 'no'}")
+        if st.local:
+            typer.echo(f"local vectors: {st.local_ntotal} tiles; images missing "
+                       f"{st.local_missing}, extra {st.local_extra}, stale model: "
+                       f"{'yes' if st.local_stale_model else 'no'}")
+        else:
+            typer.echo("local vectors: none (search by region needs them: "
+                       "latentsight index build --local)")
         if not st.ok:
             typer.echo(f"fix: latentsight index rebuild --model {st.model}")
     if not st.ok:
