@@ -202,3 +202,45 @@ def evaluate_retrieval(
         pca = retrieval_scores(pca_components(px), base_labels, k=k, metric="l2")
         out["baseline_pca64"] = pca.as_dict()
     return out
+
+
+def perturb(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random nuisance on a uint8 (H, W) image, for invariance protocols: a rotation of
+    15-25 degrees, a shift of up to an eighth of the side, a brightness change, or noise."""
+    from PIL import Image
+
+    kind = int(rng.integers(4))
+    if kind == 0:
+        angle = float(rng.uniform(15, 25) * rng.choice([-1, 1]))
+        return np.asarray(Image.fromarray(img).rotate(angle, resample=Image.Resampling.BILINEAR))
+    if kind == 1:
+        m = max(1, img.shape[0] // 8)
+        dx, dy = (int(v) for v in rng.integers(-m, m + 1, 2))
+        return np.roll(np.roll(img, dy, 0), dx, 1)
+    if kind == 2:
+        return np.clip(img.astype(np.float64) * 0.7 + 70, 0, 255).astype(np.uint8)
+    return np.clip(img + rng.normal(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+def invariance_scores(
+    encoder: Any, gallery: Sequence[np.ndarray], gallery_labels: Sequence[str],
+    queries: Sequence[np.ndarray], query_labels: Sequence[str], *, k: int = 10,
+) -> dict[str, dict[str, Any]]:
+    """Queries (perturbed images) against a gallery: the encoder (cosine) beside raw pixels and
+    PCA-64 (L2) on the same images, each as RetrievalScores.as_dict()."""
+    from latentsight.embedder.images import prepare
+    from sklearn.decomposition import PCA
+
+    s, c = encoder.image_size, encoder.channels
+    g_px = np.stack([prepare(p, s, c) for p in gallery]).reshape(len(gallery), -1) / 255.0
+    q_px = np.stack([prepare(p, s, c) for p in queries]).reshape(len(queries), -1) / 255.0
+    pca = PCA(n_components=min(64, len(gallery) - 1), random_state=0).fit(g_px)
+    return {
+        "model": query_scores(encoder.embed_pixels(list(queries)), query_labels,
+                              encoder.embed_pixels(list(gallery)), gallery_labels,
+                              k=k).as_dict(),
+        "raw_pixels": query_scores(q_px, query_labels, g_px, gallery_labels, k=k,
+                                   metric="l2").as_dict(),
+        "pca64": query_scores(pca.transform(q_px), query_labels, pca.transform(g_px),
+                              gallery_labels, k=k, metric="l2").as_dict(),
+    }
