@@ -121,15 +121,21 @@ class LocalIndex:
     geometry: Geometry
     model_sha256: str | None
     center: np.ndarray | None = None  # mean tile vector at build time, subtracted from all
+    split: int | None = None  # where the learned part ends and the pixel part begins
 
     def centered(self, vectors: np.ndarray) -> np.ndarray:
-        """Vectors minus the build-time mean tile: what a tile has that tiles in general lack.
+        """Vectors minus the build-time mean tile: what a tile has that tiles in general lack,
+        each part (learned, pixels) then scaled to unit length so that both weigh the same.
 
         Encoder embeddings share a large common part (cosine near 1 between any
         two tiles); removing it lets cosine rank by what differs.
         """
         v = np.asarray(vectors, dtype=np.float32)
-        return v if self.center is None else v - self.center[None, :]
+        if self.center is not None:
+            v = v - self.center[None, :]
+        if self.split:
+            v = np.concatenate([_unit(v[:, : self.split]), _unit(v[:, self.split :])], axis=1)
+        return v.astype(np.float32)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.store.add(ids, self.centered(vectors))
@@ -139,7 +145,8 @@ class LocalIndex:
         store_path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"format": FORMAT_VERSION, "geometry": self.geometry.as_dict(),
                "model_sha256": self.model_sha256, "dim": self.store.dim,
-               "center": None if self.center is None else [float(c) for c in self.center]}
+               "center": None if self.center is None else [float(c) for c in self.center],
+               "split": self.split}
         atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
         self.store.save(store_path)
 
@@ -159,7 +166,7 @@ def load_local(home: Home, model: ModelRow) -> LocalIndex:
         raise StoreError(msg) from e
     store = FaissStore.load(store_path, spec="Flat", metric="cosine")
     return LocalIndex(store=store, geometry=geometry, model_sha256=doc.get("model_sha256"),
-                      center=center)
+                      center=center, split=doc.get("split"))
 
 
 PIXEL_SIDE = 8  # side of the downsampled-pixel part of a tile vector
@@ -272,7 +279,7 @@ def build_local(
     store = FaissStore(tile_dim(encoder), "Flat", metric="cosine")
     center = vecs.mean(0) if len(ids) else None
     local = LocalIndex(store=store, geometry=geometry, model_sha256=model.checkpoint_sha256,
-                       center=center)
+                       center=center, split=encoder.embed_dim)
     if len(ids):
         local.add(ids, vecs)
     local.save(home, model)
