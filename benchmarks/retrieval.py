@@ -351,6 +351,37 @@ def choose_default(table: dict[str, dict[str, dict[str, float]]], protocols: lis
     return (max(ok, key=worst) if ok else None), best, losses
 
 
+DISCUSSION = """\
+How to read it. Micro and macro agree on these protocols because every label has
+the same number of images (macro differs from micro when labels are unbalanced,
+as on a real defect catalog). Chance is 1/6 (neu), 1/4 (elpv4), 1/3 (defects),
+1/10 (digits). The budget is tiny (40 images per label, 3 epochs on a loaded
+2-core CPU), so these rows rank recipes, they do not measure what a trained
+model reaches (the full-NEU section above reaches 0.87 with 8 epochs on 1800).
+
+What it shows. (1) Whole-image embeddings do not find the defect kind on the
+pasted-defect protocol: every encoder and both baselines stay near chance, since
+the cell's background dominates the vector. Region search over local tile
+vectors ("box" rows) is what moves it. (2) The learned embeddings trained with
+flips, turns and strong crops (the current `latentsight train` recipe) lose to
+raw pixels on digits (a 6 is a turned 9) and to PCA-64 on elpv4; the demo's
+recipe (no flips or turns, milder crops, rotations, brightness/contrast and noise
+views: `ae+infonce-photo`) is the only single encoder above PCA-64 on digits,
+and it loses on elpv4 and neu at this budget. (3) Concatenating unit PCA-64
+components with the learned embedding ("pca+X") is never much worse than PCA-64
+and is above it on elpv4, defects and digits for most encoders; it is computed
+here in the benchmark, not yet an embedding the product can index. (4) Box rows:
+the tile vector is the learned embedding beside 8x8 tile pixels, centred and
+each part scaled to unit length; before that scaling (the pixel part dominating
+after centring) the same protocol gave 0.472 / 0.468 / 0.472 for ae / ae+infonce /
+ae+infonce-photo box, so at this training budget tile pixels find a defect kind a
+little better than the learned part does; the equal weighting was kept because it
+finds the crop's own image first far more reliably (16 of 16 against 13 of 16 in
+tests/index/test_local.py). Goals not met: macro P@10 >= 0.60 on defect kinds
+(best 0.47), elpv4 macro >= 0.70 (best 0.49), beating PCA-64 everywhere.
+"""
+
+
 def render(table, runs, protocols, note) -> str:
     default, best, losses = choose_default(table, protocols)
     methods = ["raw pixels", "PCA-64"] + [m for m in sorted(
@@ -360,9 +391,10 @@ def render(table, runs, protocols, note) -> str:
                                      for p in protocols) + " | worst macro P@10 | train s |"
     lines = [f"## {SECTION}", "", note, "", hdr,
              "|" + " --- |" * (2 + 2 * len(protocols) + 1)]
-    train_s = {}
-    for r in runs:
-        train_s.setdefault(r["variant"], []).append(r["train_wall_s"])
+    by_run = {(r["variant"], r["protocol"]): r["train_wall_s"] for r in runs}  # latest rerun
+    train_s: dict[str, list[float]] = {}
+    for (variant, _proto), sec in by_run.items():
+        train_s.setdefault(variant, []).append(sec)
     for m in methods:
         cells, worst = [], []
         for p in protocols:
@@ -388,7 +420,7 @@ def render(table, runs, protocols, note) -> str:
                   f"(loses to PCA-64 on {', '.join(losses.get(best, [])) or '-'}). "
                   f"`latentsight train` ({DEFAULT_VARIANT}) loses to PCA-64 on "
                   f"{', '.join(losses.get(DEFAULT_VARIANT, [])) or '-'}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + DISCUSSION
 
 
 def main() -> int:
