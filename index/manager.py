@@ -41,6 +41,7 @@ from latentsight.index.backends import BACKENDS, DEFAULT_BACKEND, check_backend
 from latentsight.index.catalog import Catalog, IndexRow, ModelRow
 from latentsight.index.errors import StoreError
 from latentsight.index.home import Home
+from latentsight.index.local import build_local, has_local, local_status, remove_local, sync_local
 from latentsight.index.locks import write_lock
 from latentsight.index.paths import from_catalog, to_catalog
 from latentsight.index.store import FaissStore, Filter, VectorStore, check_metric, choose_spec
@@ -118,10 +119,16 @@ class IndexStatus:
     stale_model: str | None = None  # why the vectors do not come from the model's checkpoint
     metric: str = "cosine"
     delta: int = 0  # faiss: vectors in the delta file, not yet merged (`index compact`)
+    local: bool = False  # has local (tile) vectors for search by region (index/local.py)
+    local_ntotal: int = 0
+    local_missing: int = 0  # catalog images without local vectors
+    local_extra: int = 0  # local vectors of images the catalog no longer has
+    local_stale_model: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.extra == 0 and self.stale_model is None
+        local_ok = self.local_missing == 0 and self.local_extra == 0 and not self.local_stale_model
+        return self.missing == 0 and self.extra == 0 and self.stale_model is None and local_ok
 
 
 class IndexMissingError(StoreError):
@@ -258,6 +265,7 @@ def build_index(
     workers: int | None = None,
     progress: bool = True,
     embed=None,
+    local: bool | None = None,
 ) -> IndexStatus:
     """Embed every catalog image with `model` and write its index.
 
@@ -269,19 +277,22 @@ def build_index(
     dropped. `metric`: cosine (default), ip or l2. Holds the home's write lock;
     readers keep the previous index until the new one is in place. `embed`: what
     embeds the images (default `embed_catalog_images`; `ray_engine.ray_embedder` on Ray).
+
+    `local`: also build the local (tile) vectors for search by region
+    (index/local.py); None rebuilds them when the model has them already.
     """
     check_backend(backend)
     check_metric(metric)
     with write_lock(home, "index build"):
         return _build_locked(home, model, spec=spec, backend=backend, uri=uri, params=params,
                              metric=metric, device=device, batch_size=batch_size,
-                             workers=workers, progress=progress, embed=embed)
+                             workers=workers, progress=progress, embed=embed, local=local)
 
 
 def _build_locked(
     home: Home, model: ModelRow, *, spec: str, backend: str, uri: str | None,
     params: str | None, metric: str, device: str, batch_size: int, workers: int | None,
-    progress: bool, embed=None,
+    progress: bool, embed=None, local: bool | None = None,
 ) -> IndexStatus:
     encoder = load_encoder(home, model, device)
     rows = home.catalog.images()
@@ -317,6 +328,8 @@ def _build_locked(
         faults.point("milvus.after_switch")
         _drop_replaced(home, model, previous, store)
     store.close()
+    if local or (local is None and has_local(home, model)):
+        build_local(home, model, encoder, progress=progress)
     return status(home, model, backend)
 
 
@@ -494,6 +507,7 @@ def _sync_locked(
         home.catalog.record_index(model_id=model.id, backend=backend,
                                   spec=getattr(store, "spec", "Flat"), path=_stored(home, path),
                                   ntotal=store.ntotal, model_sha256=model.checkpoint_sha256)
+    sync_local(home, model, encoder)  # the tiles of the same images, when the model has them
     return added
 
 
@@ -535,6 +549,7 @@ def status(home: Home, model: ModelRow, backend: str | None = None) -> IndexStat
             extra=int(np.setdiff1d(present, catalog_ids).size), generation=row.generation,
             stale_model=_stale_reason(model, row, store) or _checkpoint_problem(home, model),
             metric=row.metric or "cosine", delta=int(getattr(store, "delta_size", 0)),
+            **local_status(home, model),
         )
     finally:
         store.close()
@@ -612,4 +627,8 @@ def _delete_locked(home: Home, ids: Sequence[int]) -> dict[str, int]:
                                   path=row.path, ntotal=store.ntotal,
                                   model_sha256=getattr(row, "model_sha256", None))
         store.close()
+    for model in models.values():
+        if has_local(home, model):
+            out["local_vectors_removed"] = out.get("local_vectors_removed", 0) + remove_local(
+                home, model, ids)
     return out

@@ -9,10 +9,20 @@ from pathlib import Path
 
 import numpy as np
 from latentsight.embedder.errors import DecodeError
+from latentsight.embedder.images import prepare
 from latentsight.embedder.probe import Limits, ProbePool, Upload
 from latentsight.index.catalog import IndexRow, ModelRow
 from latentsight.index.errors import CatalogError, StoreError
 from latentsight.index.home import Home
+from latentsight.index.local import (
+    LocalIndex,
+    check_box,
+    load_local,
+    query_squares,
+    search_tiles,
+    tile_vectors,
+)
+from latentsight.index.local import paths as local_paths
 from latentsight.index.locks import writer_active
 from latentsight.index.manager import BACKEND, load_encoder, open_index
 from latentsight.index.paths import from_catalog
@@ -27,9 +37,13 @@ class Hit:
     source: str
     score: float
     synthetic: bool = False  # made by a GAN (`latentsight synth`), not a real image
+    box: list[int] | None = None  # [x, y, w, h] of the matching region (search by box)
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        d = asdict(self)
+        if d["box"] is None:
+            del d["box"]
+        return d
 
 
 class Searcher:
@@ -51,6 +65,7 @@ class Searcher:
         self.store, self.index_row = open_index(home, self.model, device=device)
         _check_fresh(home, self.model, self.index_row)
         self.encoder = load_encoder(home, self.model, device)
+        self._local: tuple[float, LocalIndex] | None = None  # (file mtime, local vectors)
 
     def refresh(self) -> bool:
         """Load the index again when a writer has replaced it (its generation changed).
@@ -66,6 +81,29 @@ class Searcher:
         self.store.close()  # Milvus Lite allows one client per file
         self.store, self.index_row = open_index(self.home, self.model, backend)
         return True
+
+    def local_index(self) -> LocalIndex:
+        """The model's local (tile) vectors, reloaded when their file changed."""
+        store_path, _meta = local_paths(self.home, self.model)
+        try:
+            mtime = store_path.stat().st_mtime
+        except OSError:
+            mtime = -1.0
+        if self._local is None or self._local[0] != mtime:
+            self._local = (mtime, load_local(self.home, self.model))
+        return self._local[1]
+
+    def query_pixels(
+        self, query: str | int | Path | bytes | np.ndarray, *, name: str = "<upload>"
+    ) -> tuple[np.ndarray, str]:
+        """Decode a query (path, catalog id, bytes or pixels) -> (pixels, name for errors)."""
+        if isinstance(query, np.ndarray):
+            return query, name
+        item = Upload(name, query) if isinstance(query, bytes) else resolve_query(self.home, query)
+        pr = self.decoder().probe_one(item, (0, self.encoder.channels))  # native resolution
+        if pr.error is not None:
+            raise DecodeError(pr.path, pr.error)
+        return pr.pixels, pr.path
 
     def query_vector(
         self, query: str | int | Path | bytes | np.ndarray, *, name: str = "<upload>"
@@ -104,20 +142,28 @@ class Searcher:
         source: str | None = None,
         include_synthetic: bool = False,
         synthetic: bool | None = None,
+        box: tuple[int, int, int, int] | None = None,
     ) -> list[Hit]:
         """Return up to k hits, best first. With a label, source or synthetic flag, a filter
         inside the search (FAISS: catalog ids + ID selector; Milvus: a boolean expression).
 
         Synthetic (GAN-made) images are left out unless `include_synthetic`;
         `synthetic=True` asks for them alone.
+
+        `box` = (x, y, w, h) in query pixels searches by region: the crop (made
+        square around the box) is matched against the local tile vectors of every
+        image (`latentsight index build --local`); each image counts once, with its
+        best tile, and its hit's `.box` says where in it the match lies.
         """
         self.refresh()
-        vec = self.query_vector(query)
         if synthetic is None and not include_synthetic and (
             self.home.catalog.count_images(synthetic=True) > 0
         ):
             synthetic = False
         filt = Filter.of(labels=label, sources=source, synthetic=synthetic)
+        if box is not None:
+            return self._search_box(query, box, k=k, filt=filt)
+        vec = self.query_vector(query)
         scores, ids = self.store.search(vec, k, filter=None if filt.empty else filt)
         found = [int(i) for i in ids[0] if i >= 0]
         rows = {r.id: r for r in self.home.catalog.images(ids=found)}
@@ -127,6 +173,33 @@ class Searcher:
                 synthetic=bool(rows[int(i)].synthetic))
             for s, i in zip(scores[0], ids[0], strict=True)
             if i >= 0 and int(i) in rows
+        ]
+
+    def _search_box(self, query, box, *, k: int, filt: Filter) -> list[Hit]:
+        local = self.local_index()  # before decoding: an index without tiles says how to fix it
+        pixels, name = self.query_pixels(query)
+        h, w = pixels.shape[:2]
+        crops = query_squares(check_box(box, w, h, name=name), w, h, local.geometry)
+        vec = tile_vectors(self.encoder, np.stack([
+            prepare(pixels[cy : cy + cs, cx : cx + cs], self.encoder.image_size,
+                    self.encoder.channels) for cx, cy, cs, _ in crops]))  # (q, D)
+        allowed = None
+        if not filt.empty:
+            allowed = np.asarray(self.home.catalog.image_ids(
+                labels=filt.labels, sources=filt.sources, synthetic=filt.synthetic,
+                match_empty=True), dtype=np.int64)
+        rows: dict[int, object] = {}
+
+        def sizes_of(ids: list[int]) -> dict[int, tuple[int, int]]:
+            want = [i for i in ids if i not in rows]
+            rows.update({r.id: r for r in self.home.catalog.images(ids=want)} if want else {})
+            return {i: (rows[i].width, rows[i].height) for i in ids if i in rows}
+
+        found = search_tiles(local, vec, k, sizes_of, allowed_images=allowed)
+        return [
+            Hit(id=i, path=rows[i].path, label=rows[i].label, source=rows[i].source,
+                score=s, synthetic=bool(rows[i].synthetic), box=[int(v) for v in b])
+            for i, s, b in found
         ]
 
 
@@ -139,10 +212,12 @@ def search(
     model: str | None = None,
     device: str = "auto",
     include_synthetic: bool = False,
+    box: tuple[int, int, int, int] | None = None,
 ) -> list[Hit]:
     """Search the catalog for images like `query` (one-shot; use Searcher for many queries)."""
     return Searcher(home, model, device=device).search(query, k=k, label=label,
-                                                       include_synthetic=include_synthetic)
+                                                       include_synthetic=include_synthetic,
+                                                       box=box)
 
 
 def resolve_query(home: Home, query: str | int | Path) -> str:

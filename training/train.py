@@ -56,6 +56,8 @@ class TrainConfig:
     augment: bool = True  # random flips and 90-degree turns (textures have no "up")
     crop_scale: float = 0.5  # random crops, side in [crop_scale, 1] x image, resized back; 0 = off
     rotate_deg: float = 10.0  # small random rotations up to +/- this many degrees; 0 = off
+    jitter: float = 0.0  # random brightness/contrast change up to this fraction; 0 = off
+    noise: float = 0.0  # Gaussian pixel noise, std up to this (pixels in [0, 1]); 0 = off
     aux: str = "infonce"  # auxiliary objective on two views: none | infonce (see benchmarks.md)
     aux_weight: float = 1.0  # weight of the auxiliary term beside the model's own loss
     aux_temperature: float = 0.2  # InfoNCE softmax temperature (SimCLR uses 0.1-0.5)
@@ -132,7 +134,21 @@ def make_view(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.
         x = crop_rotate(x, gen, crop_scale=cfg.crop_scale, rotate_deg=cfg.rotate_deg)
     if cfg.augment:
         x = augment(x, gen)
+    if cfg.jitter > 0 or cfg.noise > 0:
+        x = photometric(x, gen, jitter=cfg.jitter, noise=cfg.noise)
     return x
+
+
+def photometric(x: torch.Tensor, gen: torch.Generator, *, jitter: float, noise: float
+                ) -> torch.Tensor:
+    """Random contrast and brightness (each up to `jitter`) and Gaussian noise (std up to
+    `noise`), per sample; x: (B, C, S, S) in [0, 1] -> same shape, clipped to [0, 1]."""
+    b = x.shape[0]
+    gain = 1 + jitter * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)  # (B, 1, 1, 1)
+    shift = jitter * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)  # (B, 1, 1, 1)
+    std = noise * torch.rand(b, 1, 1, 1, generator=gen)  # (B, 1, 1, 1)
+    eps = torch.randn(x.shape, generator=gen) * std
+    return (x * gain + shift + eps.to(x)).clamp_(0, 1)
 
 
 def projection_head(dim: int, *, hidden: int = 256, out: int = 128) -> torch.nn.Module:

@@ -1,8 +1,10 @@
-"""Search: query by upload or by a catalog image; results as a grid; CSV download."""
+"""Search: query by upload or by a catalog image, optionally by a region of it (a box);
+results as a grid (the matching region drawn on each); CSV download."""
 
 import streamlit as st
 from latentsight.dashboard import core, loaders, ui
 from latentsight.embedder.errors import DecodeError, LatentsightError
+from PIL import ImageDraw
 
 st.title("Search")
 home = loaders.home()
@@ -18,6 +20,15 @@ with st.sidebar:
     f_labels = st.multiselect("Label", labels, key="f_labels")
     f_sources = st.multiselect("Source", sources, key="f_sources")
     f_synth = ui.synthetic_choice("f_synth")
+    by_box = st.checkbox("Search by region (box)", key="by_box",
+                         help="Match a region of the query against the tiles of every image "
+                         "(needs: latentsight index build --local).")
+    if by_box:
+        b1, b2 = st.columns(2)
+        box = (b1.number_input("x", 0, value=0, key="box_x"),
+               b2.number_input("y", 0, value=0, key="box_y"),
+               b1.number_input("w", 1, value=32, key="box_w"),
+               b2.number_input("h", 1, value=32, key="box_h"))
 
 upload_tab, browse_tab = st.tabs(["Upload an image", "Pick from the catalog"])
 with upload_tab:
@@ -70,19 +81,45 @@ if q["kind"] == "id":
 else:
     st.image(core.make_thumbnail(q["pixels"]), caption=q["name"])
 try:
-    hits = core.search(searcher, q["id"] if q["kind"] == "id" else q["bytes"], k=k,
-                       labels=f_labels, sources=f_sources, synthetic=f_synth)
-except LatentsightError as e:
+    if by_box:
+        hits = searcher.search(q["id"] if q["kind"] == "id" else q["pixels"], k=k,
+                               label=f_labels or None, source=f_sources or None,
+                               include_synthetic=f_synth is None, synthetic=f_synth,
+                               box=tuple(int(v) for v in box))
+    else:
+        hits = core.search(searcher, q["id"] if q["kind"] == "id" else q["bytes"], k=k,
+                           labels=f_labels, sources=f_sources, synthetic=f_synth)
+except (LatentsightError, ValueError) as e:
     st.error(str(e))
     st.stop()
+
+
+def boxed(path: str, box: list[int]):
+    """A thumbnail of a catalog image with the matching region outlined."""
+    from latentsight.embedder.images import decode_file
+    from latentsight.index.paths import from_catalog
+
+    px = decode_file(from_catalog(path), mode="RGB").pixels
+    img = core.make_thumbnail(px)
+    sx, sy = img.width / px.shape[1], img.height / px.shape[0]
+    x, y, w, h = box
+    ImageDraw.Draw(img).rectangle([x * sx, y * sy, (x + w) * sx - 1, (y + h) * sy - 1],
+                                  outline=(255, 40, 40), width=2)
+    return img
+
 
 st.subheader(f"{len(hits)} results")
 if not hits:
     st.info("No catalog image matches the filters.")
 for col, (rank, hit) in ui.grid(list(enumerate(hits, 1))):
     with col:
-        ui.card(home, hit.id, f"**{rank}. #{hit.id}** · {hit.label or '-'} · {hit.score:.3f}",
-                detail=hit.path)
+        caption = f"**{rank}. #{hit.id}** · {hit.label or '-'} · {hit.score:.3f}"
+        if hit.box is not None:
+            st.image(boxed(hit.path, hit.box), width="stretch")
+            st.markdown(caption + f" · box {hit.box}")
+            st.caption(hit.path)
+        else:
+            ui.card(home, hit.id, caption, detail=hit.path)
         st.button("Search from this", key=f"hit-{rank}", on_click=ui.set_query_id, args=(hit.id,))
 st.download_button("Download results (CSV)", key="csv",
                    data=core.to_csv([{"rank": r, **h.as_dict()} for r, h in enumerate(hits, 1)],

@@ -90,24 +90,44 @@ def search(
     include_synthetic: Annotated[bool, typer.Option(
         "--include-synthetic", help="Also return GAN-made images (left out by default).")]
     = False,
+    box: Annotated[str | None, typer.Option(
+        "--box", help="X,Y,W,H: search with this region of QUERY (pixels); each result gives "
+        "where in it the match lies. Needs local vectors: latentsight index build --local.",
+        show_default=False)] = None,
     model: ModelOpt = None,
     *,
     opts: Common,
 ) -> None:
     """Find the catalog images most similar to QUERY, best first.
 
-    Example: latentsight search photo.png --k 5 --label scratches
+    Examples: latentsight search photo.png --k 5 --label scratches;
+    latentsight search photo.png --box 120,40,64,64 --json
     """
     from latentsight.index.search import search as run_search
 
+    region = parse_box(box) if box is not None else None
     h = opts.open_home()
     hits = run_search(h, query, k=k, label=label, model=model, device=opts.device,
-                      include_synthetic=include_synthetic)
+                      include_synthetic=include_synthetic, box=region)
     if opts.json:
         echo_json([hit.as_dict() for hit in hits])
     else:
-        typer.echo(table([hit.as_dict() for hit in hits], ["id", "score", "label", "source",
-                                                             "synthetic", "path"]))
+        cols = ["id", "score", "label", "source", "synthetic"] + (["box"] if region else [])
+        typer.echo(table([hit.as_dict() for hit in hits], [*cols, "path"]))
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """"X,Y,W,H" -> four integers; a ValueError naming the value otherwise."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError:
+        msg = f"The '--box' option must be X,Y,W,H (four integers). Got {text!r} instead."
+        raise ValueError(msg) from None
+    if w < 1 or h < 1 or x < 0 or y < 0:
+        msg = f"The '--box' option needs x, y >= 0 and w, h >= 1. Got {text!r} instead."
+        raise ValueError(msg)
+    return x, y, w, h
 
 
 @models_app.command("list")
@@ -150,7 +170,8 @@ def eval_retrieval(
     *,
     opts: Common,
 ) -> None:
-    """Leave-one-out precision@k and mAP by label, beside the raw-pixel baseline."""
+    """Leave-one-out precision@k and mAP, micro and macro (mean over labels), per label,
+    beside the raw-pixel and PCA-64 baselines measured on the same images."""
     from latentsight.training.evaluate import evaluate_retrieval
 
     h = opts.open_home()
@@ -158,14 +179,23 @@ def eval_retrieval(
     if opts.json:
         echo_json(res)
         return
-    base = res["baseline_raw_pixels"]
-    typer.echo(f"model {res['model']}: precision@{res['k']} {res['precision_at_k']:.3f}, "
-               f"mAP {res['map']:.3f} over {res['n']} labeled images")
-    typer.echo(f"raw pixels:  precision@{base['k']} {base['precision_at_k']:.3f}, "
-               f"mAP {base['map']:.3f}")
-    rows = [{"label": lab, "model": p, "raw_pixels": base["per_label"].get(lab)}
-            for lab, p in res["per_label"].items()]
-    typer.echo(table(rows, ["label", "model", "raw_pixels"]))
+    kk = res["k"]
+    rows = [{"method": name, f"P@{kk} micro": r["precision_at_k"],
+             f"P@{kk} macro": r["macro_precision_at_k"], "mAP micro": r["map"],
+             "mAP macro": r["macro_map"]}
+            for name, r in (("model " + res["model"], res),
+                            ("raw pixels", res["baseline_raw_pixels"]),
+                            ("PCA-64", res["baseline_pca64"]))]
+    typer.echo(f"{res['n']} labeled images, leave-one-out, k={kk}")
+    typer.echo(table(rows, list(rows[0])))
+    per = [{"label": lab, "n": v["n"], f"P@{kk} model": v["precision_at_k"],
+            f"P@{kk} raw": res["baseline_raw_pixels"]["per_label"].get(lab, {}).get(
+                "precision_at_k"),
+            f"P@{kk} PCA-64": res["baseline_pca64"]["per_label"].get(lab, {}).get(
+                "precision_at_k"),
+            "mAP model": v["map"]}
+           for lab, v in res["per_label"].items()]
+    typer.echo(table(per, list(per[0])) if per else "")
 
 
 @app.command()

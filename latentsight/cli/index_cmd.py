@@ -63,6 +63,10 @@ def build(
     uri: UriOpt = None,
     params: ParamsOpt = None,
     metric: MetricOpt = Metric("cosine"),
+    local: Annotated[bool | None, typer.Option(
+        "--local/--no-local", help="Also index multi-scale tile vectors of every image, for "
+        "search by region (latentsight search QUERY --box X,Y,W,H). Default: keep them when "
+        "the model has them.", show_default=False)] = None,
     workers: WorkersOpt = None,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -90,12 +94,14 @@ def build(
 
         embed = ray_embedder(h, m, address=ray_address, workers=workers)
     st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, metric=metric,
-                     device=opts.device, workers=workers, embed=embed)
+                     device=opts.device, workers=workers, embed=embed, local=local)
     if opts.json:
         echo_json(st.__dict__)
     else:
         typer.echo(f"{st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
                    f"generation {st.generation}, {st.path}")
+        if st.local:
+            typer.echo(f"local (region) vectors: {st.local_ntotal} tiles")
 
 
 @index_app.command("rebuild")
@@ -188,6 +194,13 @@ def verify(
                    f"catalog has {st.catalog_images} images; missing {st.missing}, "
                    f"extra {st.extra}, stale model: {st.stale_model or 'no'}"
                    + (f"; {st.delta} in the delta file" if st.delta else ""))
+        if st.local:
+            typer.echo(f"local vectors: {st.local_ntotal} tiles; images missing "
+                       f"{st.local_missing}, extra {st.local_extra}, stale model: "
+                       f"{'yes' if st.local_stale_model else 'no'}")
+        else:
+            typer.echo("local vectors: none (search by region needs them: "
+                       "latentsight index build --local)")
         if not st.ok:
             typer.echo(f"fix: latentsight index rebuild --model {st.model}")
     if not st.ok:

@@ -40,3 +40,30 @@ def test_lr_schedule_warms_up_then_decays():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[-1] == pytest.approx(0.05, abs=0.01)
+
+
+def test_macro_differs_from_micro_when_a_rare_label_is_missed():
+    # 18 "common" items in a tight cluster, 2 "rare" items far apart from each other, each
+    # nearer to the common cluster than to its twin: micro is dominated by the common label.
+    common = np.zeros((18, 2)) + np.random.default_rng(0).normal(size=(18, 2)) * 0.01
+    rare = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    x = np.concatenate([common, rare])
+    y = np.array(["common"] * 18 + ["rare"] * 2)
+    s = retrieval_scores(x, y, k=1, metric="l2", max_queries=None)
+    # common queries: nearest is common (1.0); rare queries: nearest is common (0.0)
+    assert s.per_label["common"]["precision_at_k"] == pytest.approx(1.0)
+    assert s.per_label["rare"]["precision_at_k"] == pytest.approx(0.0)
+    assert s.precision_at_k == pytest.approx(18 / 20)
+    assert s.macro_precision_at_k == pytest.approx(0.5)
+    assert s.macro_map < s.map
+    assert s.per_label["rare"]["n"] == 2
+    d = s.as_dict()
+    assert {"precision_at_k", "macro_precision_at_k", "map", "macro_map", "per_label"} <= set(d)
+
+
+def test_query_scores_against_a_gallery():
+    from latentsight.training.evaluate import query_scores
+
+    g = np.array([[0.0, 1.0], [1.0, 0.0], [0.9, 0.1]])
+    s = query_scores(np.array([[1.0, 0.05]]), ["x"], g, ["y", "x", "x"], k=2)
+    assert s.precision_at_k == pytest.approx(1.0) and s.map == pytest.approx(1.0)

@@ -1,0 +1,402 @@
+"""Local vectors: multi-scale square tiles of each image, embedded and kept in a second store.
+
+Beside the whole-image vector, each catalog image gets one vector per tile
+of a few square tiles at two scales, cut at native resolution and resized
+to the model's input side (never squashed: tiles are square). A search by
+region (`Searcher.search(query, box=(x, y, w, h))`) embeds the crop and
+looks among these tiles, so a crack matches a crack wherever it sits and
+whatever the background around it.
+
+Ids and boxes. A local vector's id is `image_id << TILE_BITS | tile`,
+where `tile` indexes `Geometry.boxes(width, height)` of the image's catalog
+size. The box of any local id is thus a pure function of the id, the
+catalog and the geometry: nothing else to keep in step, and removing an
+image's vectors is a range of ids.
+
+Files. HOME/indexes/MODEL.local.faiss (a FaissStore, Flat, cosine) and
+MODEL.local.json (the geometry and the checkpoint it was built with),
+both written atomically. The geometry (tile sides chosen from the catalog
+images' sizes) is also recorded in the model's metrics ("local_geometry").
+An index without local vectors keeps working; a region search says how
+to add them: `latentsight index build --local`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from latentsight.embedder.encoder import Encoder
+from latentsight.embedder.errors import CatalogError, DecodeError, StoreError
+from latentsight.embedder.fsutil import atomic_write
+from latentsight.embedder.images import decode_file, prepare
+from latentsight.embedder.scoring import tile_positions
+from latentsight.index.catalog import ImageRow, ModelRow
+from latentsight.index.home import Home
+from latentsight.index.paths import from_catalog
+from latentsight.index.store import FaissStore
+
+log = logging.getLogger(__name__)
+
+TILE_BITS = 16  # tiles per image < 65536
+FORMAT_VERSION = 1
+ADD_HINT = "Run: latentsight index build --local"
+
+Box = tuple[int, int, int, int]  # x, y, w, h in pixels of the catalog image
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How images are tiled for local vectors, chosen from the catalog's image sizes."""
+
+    tiles: tuple[int, ...]  # square tile sides in pixels, coarse to fine
+    strides: tuple[int, ...]  # step between tiles of each scale (half a tile = overlap)
+    image_size: int  # the model's input side each tile is resized to
+
+    def boxes(self, width: int, height: int) -> list[Box]:
+        """Every tile of an image of this size, coarse scale first; tiles fit inside it."""
+        out: list[Box] = []
+        for t, s in zip(self.tiles, self.strides, strict=True):
+            side = min(t, width, height)
+            for y in tile_positions(height, side, s):
+                for x in tile_positions(width, side, s):
+                    out.append((x, y, side, side))
+        return out[: 1 << TILE_BITS]
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(tiles=tuple(int(t) for t in d["tiles"]),
+                   strides=tuple(int(s) for s in d["strides"]), image_size=int(d["image_size"]))
+
+
+def choose_geometry(sizes: Sequence[tuple[int, int]], image_size: int) -> Geometry:
+    """Tile sides from the images' sizes: half and a quarter of the median shorter side.
+
+    Coarse tiles step a quarter tile, fine ones half a tile, so a region is
+    never more than an eighth (a quarter) of a tile off the nearest one.
+    Tiles are at least 16 pixels.
+    """
+    if not sizes:
+        raise CatalogError("The catalog has no images to choose a tiling from.")
+    short = int(np.median([min(w, h) for w, h in sizes]))
+    coarse = max(16, short // 2) if short >= 32 else short
+    fine = max(16, short // 4) if short >= 64 else coarse
+    tiles = (coarse,) if fine == coarse else (coarse, fine)
+    strides = tuple(max(1, t // (4 if i == 0 else 2)) for i, t in enumerate(tiles))
+    return Geometry(tiles=tiles, strides=strides, image_size=image_size)
+
+
+def local_ids(image_id: int, n_tiles: int) -> np.ndarray:
+    return (np.int64(image_id) << TILE_BITS) + np.arange(n_tiles, dtype=np.int64)
+
+
+def image_of(ids: np.ndarray) -> np.ndarray:
+    """The catalog image id of each local vector id."""
+    return np.asarray(ids, dtype=np.int64) >> TILE_BITS
+
+
+def paths(home: Home, model: ModelRow) -> tuple[Path, Path]:
+    """(faiss file, geometry JSON) of a model's local vectors."""
+    return (home.indexes_dir / f"{model.name}.local.faiss",
+            home.indexes_dir / f"{model.name}.local.json")
+
+
+def has_local(home: Home, model: ModelRow) -> bool:
+    store_path, meta_path = paths(home, model)
+    return store_path.is_file() and meta_path.is_file()
+
+
+@dataclass
+class LocalIndex:
+    """A model's local store, its geometry and the checkpoint its vectors came from."""
+
+    store: FaissStore
+    geometry: Geometry
+    model_sha256: str | None
+    center: np.ndarray | None = None  # mean tile vector at build time, subtracted from all
+    split: int | None = None  # where the learned part ends and the pixel part begins
+
+    def centered(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors minus the build-time mean tile: what a tile has that tiles in general lack,
+        each part (learned, pixels) then scaled to unit length so that both weigh the same.
+
+        Encoder embeddings share a large common part (cosine near 1 between any
+        two tiles); removing it lets cosine rank by what differs.
+        """
+        v = np.asarray(vectors, dtype=np.float32)
+        if self.center is not None:
+            v = v - self.center[None, :]
+        if self.split:
+            v = np.concatenate([_unit(v[:, : self.split]), _unit(v[:, self.split :])], axis=1)
+        return v.astype(np.float32)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.store.add(ids, self.centered(vectors))
+
+    def save(self, home: Home, model: ModelRow) -> None:
+        store_path, meta_path = paths(home, model)
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"format": FORMAT_VERSION, "geometry": self.geometry.as_dict(),
+               "model_sha256": self.model_sha256, "dim": self.store.dim,
+               "center": None if self.center is None else [float(c) for c in self.center],
+               "split": self.split}
+        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+        self.store.save(store_path)
+
+
+def load_local(home: Home, model: ModelRow) -> LocalIndex:
+    """A model's local vectors; a StoreError saying how to add them when there are none."""
+    store_path, meta_path = paths(home, model)
+    if not has_local(home, model):
+        msg = f"The index of model {model.name!r} has no local (region) vectors. {ADD_HINT}"
+        raise StoreError(msg)
+    try:
+        doc = json.loads(meta_path.read_text())
+        geometry = Geometry.from_dict(doc["geometry"])
+        center = np.asarray(doc["center"], np.float32) if doc.get("center") else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        msg = f"{meta_path}: unreadable local-vector geometry ({e}). {ADD_HINT}"
+        raise StoreError(msg) from e
+    store = FaissStore.load(store_path, spec="Flat", metric="cosine")
+    return LocalIndex(store=store, geometry=geometry, model_sha256=doc.get("model_sha256"),
+                      center=center, split=doc.get("split"))
+
+
+PIXEL_SIDE = 8  # side of the downsampled-pixel part of a tile vector
+
+
+def tile_vectors(encoder: Encoder, crops: np.ndarray) -> np.ndarray:
+    """Vectors of square crops, uint8 (n, C, S, S) -> (n, D + C * PIXEL_SIDE**2).
+
+    The encoder's embedding, unit length, beside the crop's pixels downsampled
+    to PIXEL_SIDE x PIXEL_SIDE with their own mean removed, unit length: the
+    learned part says what kind of structure a tile holds, the pixel part
+    where its bright and dark parts lie (what a crop of the very same place
+    shares and a learned embedding trained on whole images often blurs).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    learned = _unit(encoder.embed_uint8(crops))  # (n, D)
+    x = torch.from_numpy(crops).float().div_(255.0)  # (n, C, S, S)
+    p = F.adaptive_avg_pool2d(x, PIXEL_SIDE).flatten(1).numpy()  # (n, C * P * P)
+    return np.concatenate([learned, _unit(p - p.mean(1, keepdims=True))], axis=1).astype(
+        np.float32)
+
+
+def tile_dim(encoder: Encoder) -> int:
+    return encoder.embed_dim + encoder.channels * PIXEL_SIDE**2
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def embed_tiles(
+    encoder: Encoder, pixels: np.ndarray, boxes: Sequence[Box]
+) -> np.ndarray:
+    """Vectors of the square crops `boxes` of one decoded image (H, W[, 3]); returns (n, D)."""
+    crops = [prepare(pixels[y : y + h, x : x + w], encoder.image_size, encoder.channels)
+             for x, y, w, h in boxes]
+    out = [tile_vectors(encoder, np.stack(crops[s : s + 256]))
+           for s in range(0, len(crops), 256)]
+    return np.concatenate(out) if out else np.zeros((0, tile_dim(encoder)), np.float32)
+
+
+def square_around(box: Box, width: int, height: int) -> Box:
+    """The square of side max(w, h) centred on `box`, moved (and shrunk) to fit the image."""
+    x, y, w, h = box
+    side = min(max(w, h), width, height)
+    cx, cy = x + w / 2, y + h / 2
+    sx = int(round(min(max(cx - side / 2, 0), width - side)))
+    sy = int(round(min(max(cy - side / 2, 0), height - side)))
+    return sx, sy, side, side
+
+
+def query_squares(box: Box, width: int, height: int, geometry: Geometry) -> list[Box]:
+    """The squares a region query is embedded at, so that it meets tiles at their own scale:
+    the box itself made square; for each tile side larger than the box, the box with context
+    up to that side; for each tile side smaller, that square at the box's centre.
+    Duplicates dropped."""
+    x, y, w, h = box
+    out = [square_around(box, width, height)]
+    for t in geometry.tiles:
+        sq = square_around((x + (w - t) // 2, y + (h - t) // 2, t, t), width, height)
+        if sq not in out:
+            out.append(sq)
+    return out
+
+
+def check_box(box: Sequence[int], width: int, height: int, *, name: str = "query") -> Box:
+    """Validate a box (x, y, w, h) against an image's size; a ValueError naming it if bad."""
+    if len(box) != 4:
+        msg = f"A box is X,Y,W,H (4 integers). Got {list(box)} instead."
+        raise ValueError(msg)
+    x, y, w, h = (int(v) for v in box)
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
+        msg = (f"The box {x},{y},{w},{h} does not fit inside {name} ({width}x{height}): "
+               "x, y >= 0, w, h >= 1, x + w <= width, y + h <= height.")
+        raise ValueError(msg)
+    return x, y, w, h
+
+
+def _embed_rows(
+    encoder: Encoder, geometry: Geometry, rows: Sequence[ImageRow], *, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local vectors and their ids for catalog rows; files that no longer decode are skipped."""
+    vecs, ids = [], []
+    for i, r in enumerate(rows):
+        try:
+            px = decode_file(from_catalog(r.path), mode=encoder.mode).pixels
+        except DecodeError as e:
+            log.warning("local vectors: skipped %s", e)
+            continue
+        boxes = geometry.boxes(px.shape[1], px.shape[0])
+        vecs.append(embed_tiles(encoder, px, boxes))
+        ids.append(local_ids(r.id, len(boxes)))
+        if progress and (i + 1) % 200 == 0:
+            log.info("local vectors: %d/%d images", i + 1, len(rows))
+    if not vecs:
+        return np.zeros((0, tile_dim(encoder)), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(vecs), np.concatenate(ids)
+
+
+def build_local(
+    home: Home, model: ModelRow, encoder: Encoder, *, progress: bool = False
+) -> LocalIndex:
+    """Tile and embed every catalog image, write the local store; the caller holds the lock."""
+    rows = home.catalog.images()
+    geometry = choose_geometry([(r.width, r.height) for r in rows if r.width and r.height],
+                               encoder.image_size)
+    vecs, ids = _embed_rows(encoder, geometry, rows, progress=progress)
+    store = FaissStore(tile_dim(encoder), "Flat", metric="cosine")
+    center = vecs.mean(0) if len(ids) else None
+    local = LocalIndex(store=store, geometry=geometry, model_sha256=model.checkpoint_sha256,
+                       center=center, split=encoder.embed_dim)
+    if len(ids):
+        local.add(ids, vecs)
+    local.save(home, model)
+    home.catalog.update_model_metrics(model.id, {"local_geometry": geometry.as_dict()})
+    log.info("local vectors of %s: %d tiles of %d images, tiles %s px",
+             model.name, store.ntotal, len(rows), list(geometry.tiles))
+    return local
+
+
+def sync_local(home: Home, model: ModelRow, encoder: Encoder) -> int:
+    """Add the tiles of catalog images the local store lacks, drop those of deleted ones.
+
+    Nothing happens for a model without local vectors. Returns the vectors added.
+    """
+    if not has_local(home, model):
+        return 0
+    local = load_local(home, model)
+    catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
+    present = local.store.ids()
+    have = np.unique(image_of(present))
+    gone = present[~np.isin(image_of(present), catalog_ids)]
+    if gone.size:
+        local.store.remove(gone)
+    missing = np.setdiff1d(catalog_ids, have)
+    added = 0
+    if missing.size:
+        vecs, ids = _embed_rows(encoder, local.geometry,
+                                home.catalog.images(ids=missing.tolist()))
+        if len(ids):
+            local.add(ids, vecs)
+        added = len(ids)
+    if gone.size or missing.size:
+        local.save(home, model)
+    return added
+
+
+def remove_local(home: Home, model: ModelRow, image_ids: Sequence[int]) -> int:
+    """Remove the tiles of these images from the local store; returns the vectors removed."""
+    if not has_local(home, model):
+        return 0
+    local = load_local(home, model)
+    present = local.store.ids()
+    gone = present[np.isin(image_of(present), np.asarray(list(image_ids), dtype=np.int64))]
+    if not gone.size:
+        return 0
+    n = local.store.remove(gone)
+    local.save(home, model)
+    return int(n)
+
+
+def local_status(home: Home, model: ModelRow) -> dict[str, object]:
+    """Whether a model has local vectors and how they compare with the catalog."""
+    if not has_local(home, model):
+        return {"local": False}
+    local = load_local(home, model)
+    catalog_ids = np.asarray(home.catalog.image_ids(), dtype=np.int64)
+    have = np.unique(image_of(local.store.ids()))
+    stale = (local.model_sha256 is not None and local.model_sha256 != model.checkpoint_sha256)
+    return {"local": True, "local_ntotal": local.store.ntotal,
+            "local_missing": int(np.setdiff1d(catalog_ids, have).size),
+            "local_extra": int(np.setdiff1d(have, catalog_ids).size),
+            "local_stale_model": bool(stale)}
+
+
+def search_tiles(
+    local: LocalIndex, vector: np.ndarray, k: int,
+    sizes_of: Callable[[list[int]], dict[int, tuple[int, int]]],
+    *, allowed_images: np.ndarray | None = None,
+) -> list[tuple[int, float, Box]]:
+    """Best-matching images for query vectors (q, D) of one region, e.g. at several scales:
+    (image id, score, box), best first.
+
+    Each image counts once, with its best tile over all the query vectors. `sizes_of(ids)` gives the
+    catalog (width, height) of image ids; ids it leaves out (deleted since)
+    are skipped.
+    """
+    store = local.store
+    if store.ntotal == 0:
+        return []
+    present = store.ids()
+    allowed = None
+    if allowed_images is not None:
+        allowed = present[np.isin(image_of(present), allowed_images)]
+        if not allowed.size:
+            return []
+    per_image = -(-store.ntotal // max(1, np.unique(image_of(present)).size))  # ceil
+    fetch = min(store.ntotal, max(4 * k * per_image, 256))
+    while True:
+        scores, ids = store.search(local.centered(vector), fetch, allowed_ids=allowed)
+        img_of = np.where(ids >= 0, ids >> TILE_BITS, -1)  # (q, fetch)
+        cand = [int(i) for i in np.unique(img_of) if i >= 0]
+        sizes = sizes_of(cand)
+        cand = [i for i in cand if i in sizes]
+        if len(cand) >= k or fetch >= store.ntotal:
+            break
+        fetch = min(store.ntotal, fetch * 4)
+    # an image's score: the mean over the query squares of its best tile for each (a tile
+    # below the fetched ones counts as the lowest fetched score), so the image that matches
+    # the region at every scale beats one that matches a single scale by chance
+    floor = np.where(np.isfinite(scores[:, -1]), scores[:, -1], -1.0)  # (q,)
+    per = {i: floor.astype(np.float64) for i in cand}
+    tile = {i: [-1] * len(scores) for i in cand}
+    for j in range(len(scores)):
+        for sc, lid, img in zip(scores[j], ids[j], img_of[j], strict=True):
+            img = int(img)
+            if img in per and tile[img][j] < 0:  # results are best first
+                per[img][j], tile[img][j] = float(sc), int(lid) & ((1 << TILE_BITS) - 1)
+    ranked = sorted(cand, key=lambda i: -float(per[i].mean()))
+    out = []
+    for img in ranked[:k]:
+        boxes = local.geometry.boxes(*sizes[img])
+        t = tile[img][int(np.argmax(per[img]))]
+        if 0 <= t < len(boxes):
+            out.append((img, float(per[img].mean()), boxes[t]))
+    return out
+
+
+__all__ = ["ADD_HINT", "Geometry", "LocalIndex", "build_local", "check_box", "choose_geometry",
+           "embed_tiles", "has_local", "load_local", "local_status", "remove_local",
+           "search_tiles", "square_around", "sync_local"]

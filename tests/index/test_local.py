@@ -1,0 +1,172 @@
+"""Local (tile) vectors: search by region, and their life with the images they come from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from latentsight.embedder.errors import StoreError
+from latentsight.index.local import Geometry, choose_geometry, has_local, load_local
+from PIL import Image
+
+from tests.cli import run
+from tests.imagegen import texture
+
+W, H = 96, 64  # not square: tiles are cut at native resolution, never squashed
+
+
+def _overlap(a, b) -> int:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return max(0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0, min(ay + ah, by + bh) - max(ay, by))
+
+
+def write_defects(root: Path, n: int, seed: int) -> dict[str, tuple[int, int, int, int]]:
+    """n faint stripe backgrounds, each with a 24x24 patch of bright or dark stripes (the label)
+    in a direction of its own;
+    returns file name -> the patch's box."""
+    rng = np.random.default_rng(seed)
+    boxes = {}
+    for i in range(n):
+        kind = ("bright", "dark")[i % 2]
+        bg = texture("stripes_h", rng, W)[:H, :W].astype(np.float64)
+        img = np.clip(128 + (bg - 128) * 0.3, 0, 255).astype(np.uint8)  # a faint background
+        x, y = int(rng.integers(0, W - 24)), int(rng.integers(0, H - 24))
+        yy, xx = np.mgrid[0:24, 0:24]
+        angle = np.pi * i / n  # a different stripe direction in every image
+        stripes = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / 12)
+        patch = (stripes + 1) * 60 + (120 if kind == "bright" else 0)
+        img[y : y + 24, x : x + 24] = patch.astype(np.uint8)
+        d = root / kind
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").save(d / f"{seed}-{i:03d}.png")
+        boxes[f"{seed}-{i:03d}.png"] = (x, y, 24, 24)
+    return boxes
+
+
+@pytest.fixture(scope="module")
+def local_home(tmp_path_factory):
+    """A home of 16 patched images, a tiny AE, its index with local vectors."""
+    import torch
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.manager import build_index
+    from latentsight.training.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("local")
+    boxes = write_defects(root / "imgs", 16, seed=0)
+    home = Home(root / "home")
+    ingest_paths(home, [root / "imgs"], labels_from_folders=True, progress=False, workers=0)
+    cfg = TrainConfig(model="ae", epochs=1, batch_size=16, name="loc-ae", device="cpu",
+                      aux="none", model_config={"image_size": 32, "depth": 3, "latent_dim": 16,
+                                                "width": 8})
+    train(home, cfg, progress=False)
+    build_index(home, home.catalog.model("loc-ae"), device="cpu", progress=False, workers=0,
+                local=True)
+    return home, boxes, root
+
+
+def test_geometry_comes_from_the_images_and_tiles_fit():
+    g = choose_geometry([(600, 240)] * 3, image_size=64)
+    assert g.tiles == (120, 60)
+    boxes = g.boxes(600, 240)
+    assert all(w == h and x + w <= 600 and y + h <= 240 for x, y, w, h in boxes)
+    assert {b[2] for b in boxes} == {120, 60}
+    assert Geometry.from_dict(json.loads(json.dumps(g.as_dict()))) == g
+
+
+def test_box_search_returns_the_source_image_first_with_an_overlapping_box(local_home):
+    from latentsight.index.search import Searcher
+
+    home, boxes, _root = local_home
+    s = Searcher(home, "loc-ae", device="cpu")
+    rows = home.catalog.images()
+    first = 0
+    for row in rows:
+        box = boxes[Path(row.path).name]
+        hits = s.search(row.id, k=3, box=box)
+        assert len({h.id for h in hits}) == len(hits) == 3  # one hit per image
+        if hits[0].id == row.id:
+            first += 1
+            assert _overlap(hits[0].box, box) > 0
+    # a 1-epoch toy encoder: measured 16 of 16 first; allow a few near-identical patches
+    assert first >= 12, f"the source image came first for {first} of {len(rows)} crops"
+    # label filter inside the region search
+    row = rows[0]
+    other = "bright" if row.label == "dark" else "dark"
+    hits = s.search(row.id, k=5, box=boxes[Path(row.path).name], label=other)
+    assert hits and all(h.label == other for h in hits)
+
+
+def test_cli_search_box_json_and_bad_box(local_home):
+    home, boxes, _root = local_home
+    row = home.catalog.images()[3]
+    box = boxes[Path(row.path).name]
+    out = json.loads(run("search", str(row.id), "--box", ",".join(map(str, box)), "--k", "2",
+                         "--json", "--home", str(home.root), "--device", "cpu"))
+    assert out[0]["id"] == row.id and len(out[0]["box"]) == 4
+    assert _overlap(out[0]["box"], box) > 0
+    run("search", str(row.id), "--box", "1,2,3", "--home", str(home.root), code=2)
+    run("search", str(row.id), "--box", f"0,0,{W + 1},10", "--home", str(home.root), code=2)
+
+
+def test_local_vectors_follow_ingest_delete_rebuild_and_verify(local_home):
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.manager import build_index, delete_images, status
+
+    home, _boxes, root = local_home
+    model = home.catalog.model("loc-ae")
+    before = load_local(home, model).store.ntotal
+    new = write_defects(root / "more", 2, seed=7)
+    rep = ingest_paths(home, [root / "more"], labels_from_folders=True, progress=False,
+                       workers=0)
+    st = status(home, model)
+    assert st.local and st.local_missing == 0 and st.local_ntotal > before and st.ok
+    from latentsight.index.search import Searcher
+
+    new_id = rep.ids[0]
+    name = Path(home.catalog.image(new_id).path).name
+    hits = Searcher(home, "loc-ae", device="cpu").search(new_id, k=1, box=new[name])
+    assert hits[0].id == new_id
+
+    out = delete_images(home, rep.ids)
+    assert out["local_vectors_removed"] == st.local_ntotal - before
+    st = status(home, model)
+    assert st.ok and st.local_ntotal == before
+
+    # damage: drop one image's tiles behind the catalog's back -> verify says so -> rebuild
+    local = load_local(home, model)
+    victim = int(home.catalog.image_ids()[0])
+    ids = local.store.ids()
+    local.store.remove(ids[(ids >> 16) == victim])
+    local.save(home, model)
+    st = status(home, model)
+    assert st.local_missing == 1 and not st.ok
+    out = run("index", "verify", "--home", str(home.root), code=1)
+    assert "local vectors" in out
+    run("index", "rebuild", "--home", str(home.root), "--device", "cpu", "--workers", "0")
+    st = status(home, model)
+    assert st.ok and st.local_ntotal == before
+    build_index(home, model, device="cpu", progress=False, workers=0)  # keeps them
+    assert has_local(home, model)
+
+
+def test_an_index_without_local_vectors_keeps_working_and_says_how_to_add_them(trained_home):
+    from latentsight.index.manager import status
+    from latentsight.index.search import Searcher
+
+    model = trained_home.catalog.model("test-ae")
+    assert not has_local(trained_home, model)
+    s = Searcher(trained_home, "test-ae", device="cpu")
+    assert len(s.search(1, k=3)) == 3
+    with pytest.raises(StoreError, match="index build --local"):
+        s.search(1, k=3, box=(0, 0, 16, 16))
+    assert status(trained_home, model).ok
+    res = run("search", "1", "--box", "0,0,16,16", "--home", str(trained_home.root),
+              "--device", "cpu", code=2)
+    del res
+    out = run("index", "verify", "--home", str(trained_home.root))
+    assert "latentsight index build --local" in out
