@@ -664,7 +664,9 @@ SCORERS: dict[str, type[TileScorer]] = {
     for cls in (MSEScorer, SSIMScorer, LocalMSEScorer, LocalSSIMScorer, KNNScorer, TextureScorer,
                 CombinedScorer)
 }
-DEFAULT_SCORER = "texture"  # chosen by benchmarks/anomaly.py (docs/benchmarks.md)
+# `detector` (embedder/detector.py) builds on TextureScorer and adds itself to SCORERS.
+import latentsight.embedder.detector  # noqa: E402, F401, I001
+DEFAULT_SCORER = "texture"  # chosen by benchmarks/anomaly.py (docs/anomaly.md)
 
 
 def make_scorer(name: str, encoder: Encoder, **params: Any) -> TileScorer:

@@ -8,7 +8,15 @@ from typing import Annotated, Any
 import typer
 
 from latentsight.cli import app
-from latentsight.cli.common import DbUrlOpt, DeviceOpt, HomeOpt, JsonOpt, echo_json, handle_errors
+from latentsight.cli.common import (
+    DbUrlOpt,
+    DeviceOpt,
+    HomeOpt,
+    JsonOpt,
+    echo_json,
+    err,
+    handle_errors,
+)
 
 # CLI option -> model config field. An option left out keeps the model's default;
 # an option the chosen model has no field for is an error, not silently ignored.
@@ -183,6 +191,22 @@ def _train_scanner(h: Any, cfg: Any, normal_label: str, json_out: bool, *, score
         typer.echo(f"trained {res.name} on {res.n_train} images labeled {normal_label!r}; "
                    f"{res.scorer} threshold calibrated on {res.n_calib} held-out ones "
                    f"({_calibration_text(fpr, contamination, threshold)}); now the active model")
+        g = res.geometry
+        if g:
+            grid = f", global grid {g['grid'][0]}x{g['grid'][1]}" if g.get("grid") else ""
+            typer.echo(f"geometry (from the training images, median {g['median_size'][0]}x"
+                       f"{g['median_size'][1]} px): scale {g['scale']:g}, tiles {g['tile']} px"
+                       f"{grid}")
+        c = res.calibration
+        if c:
+            typer.echo(f"threshold {c['threshold']:.3f}; held-out normal scores: min "
+                       f"{c['min']:.3f}, median {c['median']:.3f}, 90% {c['p90']:.3f}, max "
+                       f"{c['max']:.3f}")
+            from latentsight.training.anomaly import fpr_note
+
+            note = fpr_note(c["n"], contamination if contamination is not None else fpr)
+            if note:
+                err(f"warning: {note}")
         typer.echo("next: latentsight scan FOLDER --report report/")
 
 
