@@ -6,8 +6,8 @@
 
 Three parts, each learned from the `reference` (training) normals:
 
-- `pca`: the image resized to a `grid` (gh x gw, aspect from the training
-  images, long side `grid` pixels) is reconstructed from the first
+- `pca`: the image resized to a grid (gh x gw, aspect from the training
+  images, long side `global_grid` cells) is reconstructed from the first
   `components` principal components of the training images; the squared
   error map is average-pooled over `grid_window` grid cells and its maximum
   is the part's score. Catches what breaks the layout of aligned images
@@ -94,19 +94,22 @@ class DetectorScorer(TextureScorer):
 
     name = "detector"
 
-    def __init__(self, encoder: Encoder, *, parts: Sequence[str] = PARTS, grid: int = 64,
+    def __init__(self, encoder: Encoder, *, parts: Sequence[str] = PARTS, global_grid: int = 64,
                  grid_shape: Sequence[int] | None = None, components: int = 64,
-                 grid_window: int = 8, gauss_window: int = 2, **kwargs: Any) -> None:
-        super().__init__(encoder, **kwargs)
+                 grid_window: int = 8, gauss_window: int = 2, stride: int | None = None,
+                 **kwargs: Any) -> None:
+        # tiles 3/4 of a tile apart (texture's default: 1/2): ~half the tiles, same cells
+        stride = stride or max(1, encoder.image_size * 3 // 4)
+        super().__init__(encoder, stride=stride, **kwargs)
         self.parts = tuple(parts)
-        self.grid = grid
+        self.global_grid = global_grid  # `grid` is the texture part's cell grid
         self.grid_shape = list(grid_shape) if grid_shape is not None else None
         self.components = components
         self.grid_window = grid_window
         self.gauss_window = gauss_window
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "parts": list(self.parts), "grid": self.grid,
+        return {**super().params(), "parts": list(self.parts), "global_grid": self.global_grid,
                 "grid_shape": self.grid_shape, "components": self.components,
                 "grid_window": self.grid_window, "gauss_window": self.gauss_window}
 
@@ -127,13 +130,14 @@ class DetectorScorer(TextureScorer):
             msg = f"The 'parts' must be a non-empty subset of {list(PARTS)}. " \
                   f"Got {list(self.parts)} instead."
             raise ValueError(msg)
-        if self.components < 1 or self.grid < 4 or self.grid_window < 1:
-            msg = ("The 'components', 'grid' and 'grid_window' options must be >= 1, 4, 1. "
-                   f"Got {self.components}, {self.grid}, {self.grid_window} instead.")
+        if self.components < 1 or self.global_grid < 4 or self.grid_window < 1:
+            msg = ("The 'components', 'global_grid' and 'grid_window' options must be >= 1, "
+                   f"4, 1. Got {self.components}, {self.global_grid}, {self.grid_window} "
+                   "instead.")
             raise ValueError(msg)
         ref = list(reference) if reference is not None and len(reference) else None
         learn = ref or list(images)
-        geo = choose_geometry([p.shape[:2] for p in learn], grid=self.grid)
+        geo = choose_geometry([p.shape[:2] for p in learn], grid=self.global_grid)
         if self.grid_shape is not None:
             geo["grid"] = [int(v) for v in self.grid_shape]
         geo["scale"] = float(self.scale)
@@ -183,7 +187,7 @@ class DetectorScorer(TextureScorer):
         gh, gw = self.geometry_["grid"]
         out = []
         for p in images:
-            x = torch.from_numpy(np.ascontiguousarray(to_channels(p, self.encoder.channels)))
+            x = torch.from_numpy(np.array(to_channels(p, self.encoder.channels)))
             x = x.float().div_(255.0)[None]  # (1, C, H, W)
             out.append(F.interpolate(x, size=(gh, gw), mode="area").flatten())
         return torch.stack(out)
@@ -280,10 +284,20 @@ class DetectorScorer(TextureScorer):
         self._check_fitted()
         return [self.score_and_map(p)[1] for p in images]
 
-    def part_decision(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Each part's standardized score (N,), for benchmarks and reports."""
+    def part_decision(self, images: Sequence[np.ndarray]
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """decision_function(images) and each part's standardized score (N,), in one pass.
+
+        Returns (scores (N,), {part: z (N,)}); higher = more anomalous.
+        """
         self._check_fitted()
-        z = (self._part_scores(images) - self.part_loc_) / self.part_spread_
+        raw = self._part_scores(images)
+        z = (raw - self.part_loc_) / self.part_spread_
+        return self._combine(raw) / self.scale_, {p: z[:, i] for i, p in enumerate(self.parts)}
+
+    def calibration_parts(self) -> dict[str, np.ndarray]:
+        """Each part's standardized scores of the calibration images (from fit)."""
+        z = (self.part_scores_ - self.part_loc_) / self.part_spread_
         return {p: z[:, i] for i, p in enumerate(self.parts)}
 
     # ---- persistence --------------------------------------------------------------------

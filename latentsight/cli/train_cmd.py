@@ -116,8 +116,9 @@ def train(
         help="With --normal-label: a fixed threshold in score units (1.0 = the --fpr one).",
         show_default=False)] = None,
     scorer: Annotated[str | None, typer.Option(
-        help="With --normal-label: texture (default, chosen by benchmarks/anomaly.py), knn, "
-        "mse, ssim, local-mse, local-ssim or combined (texture + knn); see docs/anomaly.md.",
+        help="With --normal-label: detector (default, chosen by its worst protocol in "
+        "benchmarks/anomaly.py), texture, knn, mse, ssim, local-mse, local-ssim or combined "
+        "(texture + knn); see docs/anomaly.md.",
         show_default=False)] = None,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
