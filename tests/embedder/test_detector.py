@@ -119,7 +119,9 @@ def test_detector_parts_and_validation(encoder):
     imgs = [grain(rng) for _ in range(12)]
     for parts in (("pca",), ("gauss", "texture")):
         sc = make_scorer("detector", encoder, parts=parts, fpr=0.1).fit(imgs)  # two-fold
-        assert set(sc.part_decision(imgs[:2])) == set(parts)
+        scores, z = sc.part_decision(imgs[:2])
+        assert set(z) == set(parts)
+        np.testing.assert_allclose(scores, sc.decision_function(imgs[:2]), rtol=1e-6)
         again = scorer_from_state(encoder, sc.state(), sc.arrays())
         np.testing.assert_allclose(again.decision_function(imgs[:3]),
                                    sc.decision_function(imgs[:3]), rtol=1e-5)
