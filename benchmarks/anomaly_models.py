@@ -1,7 +1,7 @@
 """Anomaly benchmark on NEU-CLS: one-class protocol, synthetic defects, scan throughput.
 
-    nice -n 5 python benchmarks/anomaly_models.py [--epochs 8] [--classes crazing,patches] [--seed 0]
-        [--scale 1.0] [--stride 48] [--no-write]
+    nice -n 5 python benchmarks/anomaly_models.py [--epochs 8] [--classes crazing,patches]
+        [--seed 0] [--scale 1.0] [--stride 48] [--no-write]
 
 (a) One-class protocol per class: train (normal images only) on 80% of the
     class, calibrate on a held-out part of that 80%, test on the class's
