@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/augment.py
 	$(BIN)/python benchmarks/anomaly.py
+	$(BIN)/python benchmarks/anomaly_models.py
 	nice -n 5 $(BIN)/python benchmarks/index.py
 
 $(VENV)/.installed-fuzz: pyproject.toml | $(BIN)/python

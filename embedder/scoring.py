@@ -16,7 +16,8 @@ image score reduces the stitched map: a global mean (`mse`, `ssim`) or the
 maximum of the map pooled over `window`-pixel squares (`local-mse`,
 `local-ssim`, `knn`, `texture`), so that a defect a few pixels wide is not
 averaged away. `knn` compares the model's local features with those of
-normal images; `texture` (the default) compares local texture statistics.
+normal images; `texture` compares local texture statistics; `detector` (the default,
+embedder/detector.py) takes the maximum of global and local standardized scores.
 
 Score normalization: raw scores are divided by `scale_`, the raw score that
 the calibration images exceed at the target false-positive rate `fpr` (or the
@@ -540,8 +541,8 @@ class TextureScorer(KNNScorer):
     grains fall, so a smooth spot, a scratch or a foreign patch in a busy
     texture stands out, where raw pixel patches of two normal grains differ
     as much as a grain and a smooth spot. The model is used only for the
-    tile size; `knn` is the learned (latent) counterpart. The default scorer,
-    chosen by benchmarks/anomaly.py.
+    tile size; `knn` is the learned (latent) counterpart. The default before
+    `detector` (embedder/detector.py), which uses it as its local part.
     """
 
     name = "texture"
@@ -664,7 +665,10 @@ SCORERS: dict[str, type[TileScorer]] = {
     for cls in (MSEScorer, SSIMScorer, LocalMSEScorer, LocalSSIMScorer, KNNScorer, TextureScorer,
                 CombinedScorer)
 }
-DEFAULT_SCORER = "texture"  # chosen by benchmarks/anomaly.py (docs/benchmarks.md)
+# `detector` (embedder/detector.py) builds on TextureScorer and adds itself to SCORERS.
+import latentsight.embedder.detector  # noqa: E402, F401, I001
+# chosen by its worst protocol in benchmarks/anomaly.py (docs/anomaly.md)
+DEFAULT_SCORER = "detector"
 
 
 def make_scorer(name: str, encoder: Encoder, **params: Any) -> TileScorer:

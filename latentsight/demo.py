@@ -240,13 +240,11 @@ def run_scan_demo(home: Home, data: Path, *, epochs: int = 8, device: str = "aut
             device=device,
             model_config={"image_size": 32, "depth": 3, "latent_dim": 64, "width": 16},
         )
-        # Digits are shapes, not textures: the learned kNN scorer beats the default texture
-        # statistics here (AUROC 1.000 against 0.979; docs/benchmarks.md, "Anomaly").
-        res = train_scorer(home, "digit_0", cfg, scorer="knn", fpr=0.01, progress=False)
+        # The default scorer (`detector`), the engine scans, the dashboard and the GAN gate use.
+        res = train_scorer(home, "digit_0", cfg, fpr=0.01, progress=False)
         say(f"[scan 1/3] trained {res.name} on {res.n_train} images of digit 0 only; threshold "
             f"calibrated on {res.n_calib} held-out ones (target false-positive rate 0.01); "
-            "scorer knn (learned features: digits are shapes; the default, texture, is for "
-            "surfaces; --scorer picks one)")
+            f"scorer {res.scorer} (the default; --scorer picks another)")
     ev = evaluate_anomaly(home, normal_label="digit_0", model=DEMO_SCANNER, device=device,
                           max_per_label=40, progress=False)
     say(f"[scan 2/3] digit 0 = normal, digits 1-9 = anomalies: AUROC {ev['auroc']:.3f}, "

@@ -29,6 +29,9 @@ ALLOWED = {
     # deprecated alias: `from latentsight.embedder.errors import StoreError` keeps working for
     # old callers, resolved on first use only (a DeprecationWarning says where it moved)
     ("latentsight.embedder.errors", "latentsight.index.errors"),
+    # the scorer registry's one plug-in: `detector` builds on the scorers and registers itself;
+    # scoring.py imports it last, once SCORERS holds every class it builds on
+    ("latentsight.embedder.scoring", "latentsight.embedder.detector"),
 }
 # scripts, not modules: Streamlit pages, `python -m latentsight`, Alembic's env
 PAGES = ("latentsight.dashboard.app", "latentsight.dashboard.views.", "latentsight.__main__",

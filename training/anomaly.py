@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from latentsight.embedder.detector import choose_geometry
 from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.images import decode_file
 from latentsight.embedder.progress import bar_disabled
@@ -46,12 +47,15 @@ class ScorerResult:
     n_train: int
     n_calib: int
     metrics: dict[str, Any]
+    geometry: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         train = {k: v for k, v in self.metrics.items() if k not in ("history", "n_train")}
         return {**train, "name": self.name, "scorer": self.scorer,
                 "normal_label": self.normal_label, "threshold": self.threshold,
-                "n_train": self.n_train, "n_calib": self.n_calib}
+                "n_train": self.n_train, "n_calib": self.n_calib, "geometry": self.geometry,
+                "calibration": self.calibration}
 
 
 def normal_rows(home: Home, label: str) -> list[ImageRow]:
@@ -105,7 +109,7 @@ def train_scorer(
     contamination: float | None = None,
     threshold: float | None = None,
     holdout: float = 0.2,
-    scale: float = 1.0,
+    scale: float | None = None,
     scorer_params: dict[str, Any] | None = None,
     build: bool = True,
     workers: int | None = None,
@@ -116,12 +120,20 @@ def train_scorer(
     The model is trained on random tile crops (`cfg.crops`); its fitted scorer
     is stored with it (see index.manager.save_scorer) and, with `build`, its
     vector index is built so scans can show the nearest normal images.
+    The working geometry (the scale of the local tiles and the global grid)
+    is chosen from the training images' sizes (`choose_geometry`) unless
+    `scale` is given; it is recorded in the result's `geometry`.
     """
     cfg = cfg or TrainConfig()
     rows = normal_rows(home, normal_label)
     tr_rows, cal_rows = split_normals(rows, holdout, cfg.seed)
+    geometry = choose_geometry([(r.height, r.width) for r in tr_rows])
+    if scale is None:
+        scale = geometry["scale"]
+    geometry["scale"] = scale
     mc = {**SCAN_MODEL_CONFIG, **cfg.model_config}
     mc["image_size"] = tile_size_for(rows, mc["image_size"], scale, mc.get("depth", 4))
+    geometry["tile"] = mc["image_size"]
     # Reconstruction-only training on native-resolution tiles: the retrieval defaults
     # (InfoNCE, random resized crops, rotations) were not measured for scanning.
     cfg = replace(cfg, crops=True, tile_scale=scale, image_ids=[r.id for r in tr_rows],
@@ -140,14 +152,38 @@ def train_scorer(
     kwargs = {"reference": decode_rows(ref_rows, encoder.mode)} if _uses_reference(sc) else {}
     sc.fit(cal_px, **kwargs)
     extra = {"normal_label": normal_label, "train_ids": [r.id for r in tr_rows],
-             "calib_ids": [r.id for r in cal_rows]}
+             "calib_ids": [r.id for r in cal_rows], "geometry": geometry}
     save_scorer(home, model, sc, extra)
     if build:
         build_index(home, home.catalog.model(res.name), device=cfg.device, progress=progress,
                     workers=workers)
+    geometry.update(getattr(sc, "geometry_", {}), scale=scale, tile=mc["image_size"])
     return ScorerResult(name=res.name, scorer=scorer, normal_label=normal_label,
                         threshold=float(sc.threshold_), n_train=len(tr_rows),
-                        n_calib=len(cal_px), metrics=res.metrics)
+                        n_calib=len(cal_px), metrics=res.metrics, geometry=geometry,
+                        calibration=calibration_summary(sc))
+
+
+def calibration_summary(sc: Any) -> dict[str, Any]:
+    """The calibrated threshold, the spread of the calibration scores and achievable FPRs."""
+    cal = np.asarray(sc.calibration_scores_, dtype=np.float64)
+    n = len(cal)
+    q = np.quantile(cal, [0.0, 0.5, 0.9, 1.0])
+    out = {"n": n, "threshold": float(sc.threshold_), "min": float(q[0]),
+           "median": float(q[1]), "p90": float(q[2]), "max": float(q[3]),
+           "min_fpr": 1.0 / n if n else math.nan}
+    for f in (0.01, 0.05):
+        out[f"threshold@{f}"] = float(sc.threshold_for_fpr(f)) if f >= 1.0 / n else None
+    return out
+
+
+def fpr_note(n_calib: int, fpr: float) -> str | None:
+    """A warning when `n_calib` normals cannot resolve `fpr`, with the achievable rate."""
+    if n_calib * fpr >= 1:
+        return None
+    need = math.ceil(1 / fpr)
+    return (f"{n_calib} held-out normals cannot resolve FPR {fpr:g} (need >= {need}); the "
+            f"smallest achievable is {1 / n_calib:.3g}: the threshold is their maximum score.")
 
 
 def _uses_reference(scorer: object) -> bool:
@@ -178,6 +214,22 @@ def binary_metrics(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[
         "fpr": fp / max(1, int((y == 0).sum())),
         "threshold": float(threshold),
     }
+
+
+def at_fpr(sc: Any, scores: np.ndarray, y: np.ndarray,
+           rates: tuple[float, ...] = (0.01, 0.05)) -> dict[str, dict[str, Any]]:
+    """TPR and FPR on (scores, y) at the thresholds the calibration normals set for `rates`.
+
+    A rate the calibration set is too small for gets the note of `fpr_note`
+    (its threshold is then the calibration maximum).
+    """
+    n_cal = len(sc.calibration_scores_)
+    out = {}
+    for f in rates:
+        t = float(sc.threshold_for_fpr(f))
+        out[str(f)] = {"threshold": t, "tpr": float((scores[y == 1] > t).mean()),
+                       "fpr": float((scores[y == 0] > t).mean()), "note": fpr_note(n_cal, f)}
+    return out
 
 
 def evaluate_anomaly(
@@ -231,6 +283,7 @@ def evaluate_anomaly(
         keep.append(i)
     y = y[keep]
     out = binary_metrics(np.asarray(scores), y, float(sc.threshold_))
+    out["at_fpr"] = at_fpr(sc, np.asarray(scores), y)
     per_label: dict[str, float] = {}
     normal = np.asarray(scores)[y == 0]
     labels = [rows[i].label for i in keep]

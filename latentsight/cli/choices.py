@@ -20,8 +20,8 @@ Metric = _choices("Metric", ("cosine", "ip", "l2"))  # index.store.METRICS
 GanLoss = _choices("GanLoss", ("ns", "hinge", "wgan-gp"))  # training.gan.train.LOSSES
 ModelKind = _choices("ModelKind", ("ae", "vae", "vit"))  # embedder.models.REGISTRY
 Aux = _choices("Aux", ("none", "infonce"))  # training.train.AUX_OBJECTIVES
-Scorer = _choices("Scorer", ("combined", "knn", "local-mse", "local-ssim", "mse", "ssim",
-                             "texture"))  # embedder.scoring.SCORERS
+Scorer = _choices("Scorer", ("combined", "detector", "knn", "local-mse", "local-ssim", "mse",
+                             "ssim", "texture"))  # embedder.scoring.SCORERS
 
 
 def value(choice: Enum | str | None) -> str | None:

@@ -135,6 +135,11 @@ def eval_anomaly(
     typer.echo(f"AUROC {res['auroc']:.3f}  AUPR {res['aupr']:.3f}  F1 {res['f1']:.3f} at "
                f"threshold {res['threshold']:.3f}  (precision {res['precision']:.3f}, recall "
                f"{res['recall']:.3f}, false-positive rate {res['fpr']:.3f})")
+    for rate, r in res.get("at_fpr", {}).items():
+        typer.echo(f"at the calibrated threshold for FPR {rate} ({r['threshold']:.3f}): TPR "
+                   f"{r['tpr']:.3f}, FPR {r['fpr']:.3f}")
+        if r.get("note"):
+            err(f"warning: {r['note']}")
     rows = [{"label": k, "auroc": v} for k, v in res["auroc_per_label"].items()]
     if rows:
         typer.echo(table(rows, ["label", "auroc"]))

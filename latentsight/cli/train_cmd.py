@@ -9,7 +9,7 @@ import typer
 
 from latentsight.cli.app import app
 from latentsight.cli.choices import Aux, ModelKind, Scorer, value
-from latentsight.cli.common import Common, common_options, echo_json, handle_errors
+from latentsight.cli.common import Common, common_options, echo_json, err, handle_errors
 
 # CLI option -> model config field. An option left out keeps the model's default;
 # an option the chosen model has no field for is an error, not silently ignored.
@@ -110,8 +110,9 @@ def train(
         help="With --normal-label: a fixed threshold in score units (1.0 = the --fpr one).",
         show_default=False)] = None,
     scorer: Annotated[Scorer | None, typer.Option(
-        help="With --normal-label: texture (default, chosen by benchmarks/anomaly.py), knn, "
-        "mse, ssim, local-mse, local-ssim or combined (texture + knn); see docs/anomaly.md.",
+        help="With --normal-label: detector (default, chosen by its worst protocol in "
+        "benchmarks/anomaly.py), texture, knn, mse, ssim, local-mse, local-ssim or combined "
+        "(texture + knn); see docs/anomaly.md.",
         show_default=False)] = None,
     *,
     opts: Common,
@@ -185,6 +186,22 @@ def _train_scanner(h: Any, cfg: Any, normal_label: str, json_out: bool, *, score
         typer.echo(f"trained {res.name} on {res.n_train} images labeled {normal_label!r}; "
                    f"{res.scorer} threshold calibrated on {res.n_calib} held-out ones "
                    f"({_calibration_text(fpr, contamination, threshold)}); now the active model")
+        g = res.geometry
+        if g:
+            grid = f", global grid {g['grid'][0]}x{g['grid'][1]}" if g.get("grid") else ""
+            typer.echo(f"geometry (from the training images, median {g['median_size'][0]}x"
+                       f"{g['median_size'][1]} px): scale {g['scale']:g}, tiles {g['tile']} px"
+                       f"{grid}")
+        c = res.calibration
+        if c:
+            typer.echo(f"threshold {c['threshold']:.3f}; held-out normal scores: min "
+                       f"{c['min']:.3f}, median {c['median']:.3f}, 90% {c['p90']:.3f}, max "
+                       f"{c['max']:.3f}")
+            from latentsight.training.anomaly import fpr_note
+
+            note = fpr_note(c["n"], contamination if contamination is not None else fpr)
+            if note:
+                err(f"warning: {note}")
         typer.echo("next: latentsight scan FOLDER --report report/")
 
 

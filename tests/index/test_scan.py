@@ -215,3 +215,48 @@ def test_train_scorer_and_contamination_options(anomaly_home):
                           str(anomaly_home.root))
     assert code == 2 and "only apply with --normal-label" in errout
     anomaly_home.catalog.set_active("scan-test")
+
+
+def test_train_prints_geometry_threshold_and_spread(anomaly_home):
+    code, out, errout = cli("train", "--normal-label", "good", "--epochs", "1", "--image-size",
+                            "16", "--latent-dim", "16", "--batch-size", "16", "--name",
+                            "cli-geometry", "--device", "cpu", "--home", str(anomaly_home.root))
+    assert code == 0, errout
+    assert "geometry (from the training images, median 32x32 px): scale 1" in out
+    assert re.search(r"threshold 1\.000; held-out normal scores: min [\d.]+, median", out)
+    # 8 held-out normals cannot resolve the default FPR 0.01: said so, with the achievable one
+    assert "cannot resolve FPR 0.01" in errout and "smallest achievable is 0.125" in errout
+    anomaly_home.catalog.set_active("scan-test")
+
+
+def test_eval_anomaly_gives_tpr_at_fpr_1_and_5_percent(anomaly_home):
+    code, out, errout = cli("eval", "anomaly", "--normal-label", "good", "--json",
+                            *home_args(anomaly_home))
+    assert code == 0, errout
+    at = json.loads(out)["at_fpr"]
+    assert set(at) == {"0.01", "0.05"}
+    for r in at.values():
+        assert 0 <= r["tpr"] <= 1 and 0 <= r["fpr"] <= 1 and "cannot resolve" in r["note"]
+
+
+def test_model_trained_before_the_detector_still_loads_and_scans(anomaly_home, scan_dir):
+    """A texture model as stored before this change: no geometry, scale 1.0."""
+    code, out, errout = cli("train", "--normal-label", "good", "--epochs", "1", "--image-size",
+                            "16", "--latent-dim", "16", "--batch-size", "16", "--name",
+                            "old-texture", "--scorer", "texture", "--device", "cpu", "--home",
+                            str(anomaly_home.root))
+    assert code == 0, errout
+    row = anomaly_home.catalog.model("old-texture")
+    cfg_path = anomaly_home.root / "models" / "old-texture" / "config.json"
+    doc = json.loads(cfg_path.read_text())
+    for state in (doc["scoring"], row.metrics["scoring"]):
+        state.pop("geometry", None)
+        state["params"]["scale"] = 1.0
+    cfg_path.write_text(json.dumps(doc))
+    anomaly_home.catalog.update_model_metrics(row.id, {"scoring": row.metrics["scoring"]})
+    code, out, errout = cli("scan", str(scan_dir), "--json", "--home", str(anomaly_home.root),
+                            "--model", "old-texture", "--device", "cpu")
+    assert code in (0, 1), errout
+    res = json.loads(out)
+    assert len(res) == 10 and all(r["score"] is not None for r in res)
+    anomaly_home.catalog.set_active("scan-test")

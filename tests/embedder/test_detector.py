@@ -1,0 +1,129 @@
+"""The default detector on small dark defects in a texture; geometry from the data.
+
+The contract (fit/decision_function/predict/maps/state) is covered for every
+registered scorer, `detector` included, by tests/embedder/test_scoring.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from latentsight.embedder.detector import MIN_SCALE, choose_geometry
+from latentsight.embedder.scoring import DEFAULT_SCORER, make_scorer, scorer_from_state
+from latentsight.index.scan import load_scorer
+from latentsight.training.defects import peak_inside
+from sklearn.metrics import roc_auc_score
+
+SIDE = 48
+
+
+def grain(rng: np.random.Generator, size: tuple[int, int] = (SIDE, SIDE)) -> np.ndarray:
+    """A busy random texture: blurred noise grains plus faint stripes, mid-gray."""
+    h, w = size
+    noise = rng.normal(0, 1, (h + 4, w + 4))
+    k = np.ones(3) / 3
+    noise = np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 1, noise)
+    noise = np.apply_along_axis(lambda c: np.convolve(c, k, "same"), 0, noise)[2:-2, 2:-2]
+    yy = np.arange(h)[:, None]
+    img = 140 + 45 * noise + 12 * np.sin(2 * np.pi * yy / rng.uniform(6, 9) + rng.uniform(0, 6))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def dark_defect(img: np.ndarray, kind: str, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A thin dark crack (a random walk 1-2 px wide) or a small dark spot, and its mask."""
+    h, w = img.shape
+    mask = np.zeros((h, w), bool)
+    if kind == "crack":
+        y, x = rng.uniform(8, h - 8), rng.uniform(8, w - 8)
+        ang = rng.uniform(0, np.pi)
+        for _ in range(18):
+            ang += rng.normal(0, 0.3)
+            y = float(np.clip(y + np.sin(ang), 1, h - 2))
+            x = float(np.clip(x + np.cos(ang), 1, w - 2))
+            mask[int(y), int(x)] = mask[int(y) + 1, int(x)] = True
+    else:
+        cy, cx = rng.uniform(6, h - 6, 2)
+        yy, xx = np.mgrid[0:h, 0:w]
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(2.5, 3.5) ** 2
+    out = img.astype(np.float64)
+    out[mask] = rng.uniform(25, 45)
+    return out.astype(np.uint8), mask
+
+
+@pytest.fixture(scope="module")
+def encoder(anomaly_home):
+    enc, _ = load_scorer(anomaly_home, anomaly_home.catalog.model("scan-test"), "cpu")
+    return enc
+
+
+@pytest.fixture(scope="module")
+def grain_default(encoder):
+    rng = np.random.default_rng(3)
+    ref = [grain(rng) for _ in range(40)]
+    calib = [grain(rng) for _ in range(30)]
+    return make_scorer(DEFAULT_SCORER, encoder, fpr=0.05).fit(calib, reference=ref)
+
+
+def test_default_finds_and_localizes_small_dark_cracks_and_spots(grain_default):
+    sc = grain_default
+    rng = np.random.default_rng(4)
+    normal = [grain(rng) for _ in range(24)]
+    bad, masks = [], []
+    for i in range(24):
+        d, m = dark_defect(grain(rng), ("crack", "spot")[i % 2], rng)
+        bad.append(d)
+        masks.append(m)
+    assert max(m.mean() for m in masks) < 0.03  # small: under 3% of the image
+    s_n, s_a = sc.decision_function(normal), sc.decision_function(bad)
+    auc = roc_auc_score(np.r_[np.zeros(24), np.ones(24)], np.r_[s_n, s_a])
+    inside = [peak_inside(m, mask, margin=2) for m, mask in zip(sc.anomaly_map(bad), masks,
+                                                                strict=True)]
+    assert auc >= 0.9, f"AUROC {auc:.3f}"
+    assert np.mean(inside) >= 0.8, f"heatmap maximum inside the defect for {np.mean(inside):.2f}"
+
+
+def test_geometry_from_non_square_images_of_mixed_sizes():
+    sizes = [(100, 300), (120, 340), (90, 280), (1000, 1500), (110, 320)]
+    g = choose_geometry(sizes)
+    assert g["median_size"] == [110, 320]
+    gh, gw = g["grid"]
+    assert gw == 64 and gh == round(64 * 110 / 320)  # the median aspect, long side 64 cells
+    assert g["scale"] == pytest.approx(256 / 320)
+    big = choose_geometry([(2000, 3000)] * 3)
+    assert big["scale"] == MIN_SCALE  # never downscaled so far that a small defect vanishes
+    small = choose_geometry([(40, 30)] * 3)
+    assert small["scale"] == 1.0 and small["grid"] == [40, 30]  # no more cells than pixels
+    with pytest.raises(ValueError, match="at least one image size"):
+        choose_geometry([])
+
+
+def test_detector_fits_and_scores_mixed_non_square_sizes(encoder):
+    rng = np.random.default_rng(8)
+    sizes = [(40, 72), (44, 80), (36, 64), (48, 96)]
+    ref = [grain(rng, sizes[i % 4]) for i in range(24)]
+    calib = [grain(rng, sizes[i % 4]) for i in range(16)]
+    sc = make_scorer("detector", encoder, fpr=0.1).fit(calib, reference=ref)
+    assert sc.geometry_["grid"] == [round(64 * 42 / 76), 64]
+    imgs = [grain(rng, (30, 100)), grain(rng, (64, 64))]
+    maps = sc.anomaly_map(imgs)
+    assert [m.shape for m in maps] == [(30, 100), (64, 64)]
+    again = scorer_from_state(encoder, sc.state(), sc.arrays())
+    np.testing.assert_allclose(again.decision_function(imgs), sc.decision_function(imgs),
+                               rtol=1e-5)
+    assert again.geometry_ == sc.geometry_
+
+
+def test_detector_parts_and_validation(encoder):
+    rng = np.random.default_rng(9)
+    imgs = [grain(rng) for _ in range(12)]
+    for parts in (("pca",), ("gauss", "texture")):
+        sc = make_scorer("detector", encoder, parts=parts, fpr=0.1).fit(imgs)  # two-fold
+        scores, z = sc.part_decision(imgs[:2])
+        assert set(z) == set(parts)
+        np.testing.assert_allclose(scores, sc.decision_function(imgs[:2]), rtol=1e-6)
+        again = scorer_from_state(encoder, sc.state(), sc.arrays())
+        np.testing.assert_allclose(again.decision_function(imgs[:3]),
+                                   sc.decision_function(imgs[:3]), rtol=1e-5)
+    with pytest.raises(ValueError, match="'parts' must be a non-empty subset"):
+        make_scorer("detector", encoder, parts=("nope",)).fit(imgs)
