@@ -498,18 +498,21 @@ class Catalog:
         with self.session() as s:
             return s.get(ScanResultRow, int(result_id))
 
-    def latest_scores(self, sha256s: Sequence[str] | None = None) -> dict[str, tuple[float, int]]:
-        """sha256 -> (score, scan-result id) from the newest finished scan that scored it."""
-        out: dict[str, tuple[float, int]] = {}
+    def latest_scores(
+        self, sha256s: Sequence[str] | None = None
+    ) -> dict[str, tuple[float, int, int]]:
+        """sha256 -> (score, scan-result id, scan id) from the newest finished scan of it."""
+        out: dict[str, tuple[float, int, int]] = {}
         with self.session() as s:
-            q = (select(ScanResultRow.sha256, ScanResultRow.score, ScanResultRow.id)
+            q = (select(ScanResultRow.sha256, ScanResultRow.score, ScanResultRow.id,
+                        ScanResultRow.scan_id)
                  .join(ScanRow, ScanRow.id == ScanResultRow.scan_id)
                  .where(ScanResultRow.score.is_not(None), ScanResultRow.sha256.is_not(None),
                         ScanRow.status == "done"))
             if sha256s is not None:
                 q = q.where(ScanResultRow.sha256.in_(list(sha256s)))
-            for sha, score, rid in s.execute(q.order_by(ScanResultRow.id)):
-                out[sha] = (float(score), int(rid))  # newer results overwrite older ones
+            for sha, score, rid, sid in s.execute(q.order_by(ScanResultRow.id)):
+                out[sha] = (float(score), int(rid), int(sid))  # newer results overwrite older
         return out
 
     def set_review(self, result_id: int, mark: str | None, reviewer: str) -> None:
