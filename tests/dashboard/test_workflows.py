@@ -8,7 +8,6 @@ from pathlib import Path
 from latentsight.index.catalog import ScanResultRow, ScanRow
 from latentsight.index.home import Home
 from latentsight.index.scan import scan_paths
-from PIL import Image
 
 from tests.dashboard.conftest import copy_home, reconstruction_scan
 from tests.dashboard.test_app import APP, open_page, ranked_ids, texts
