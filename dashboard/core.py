@@ -344,6 +344,8 @@ def selected_ids(selection: Any) -> list[int]:
         cd = p.get("customdata")
         if cd is None:
             continue
+        if isinstance(cd, dict):  # a base64-encoded array: the map sends plain lists instead
+            continue
         out.append(int(cd[0] if isinstance(cd, list | tuple) else cd))
     return list(dict.fromkeys(out))
 

@@ -5,6 +5,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 from latentsight.dashboard import core, loaders, ui
+from latentsight.embedder.errors import LatentsightError
 
 ui.follow_open()
 st.title("Latent map")
@@ -20,8 +21,12 @@ method = c1.radio("Projection", ["PCA", "t-SNE"], horizontal=True, key="method")
 color = c2.radio("Colour by", ["label", "source", "synthetic", "anomaly score", "scan flag"],
                  horizontal=True, key="color")
 limit = core.SAMPLE_ABOVE if method == "PCA" else core.TSNE_MAX
-data = loaders.projection(*loaders.home_location(), name, gen, built, ntotal,
-                          "pca" if method == "PCA" else "tsne", limit)
+try:
+    data = loaders.projection(*loaders.home_location(), name, gen, built, ntotal,
+                              "pca" if method == "PCA" else "tsne", limit)
+except LatentsightError as e:
+    st.error(str(e))
+    st.stop()
 ids = data["ids"]
 if len(ids) < data["total"]:
     st.info(f"Showing a random sample of {len(ids):,} of {data['total']:,} images "
@@ -69,6 +74,11 @@ def values(kind: str) -> list:
     return out
 
 
+def cd(a: np.ndarray) -> list[list[int]]:
+    """Catalog ids as plain lists: plotly would send a numpy array as base64 in the events."""
+    return [[int(i)] for i in a.tolist()]
+
+
 vals = values(color)
 hover = [f"id {i}<br>{(rows[i].label or '-') if i in rows else '-'}" for i in ids.tolist()]
 fig = go.Figure()
@@ -78,10 +88,10 @@ if color == "anomaly score":
         st.info("No scan has scored these images yet; run an anomaly scan to colour by score. "
                 "Unscored images are grey.")
     fig.add_scattergl(x=xy[~scored, 0], y=xy[~scored, 1], mode="markers", name="unscored",
-                      marker=dict(color="#c8c8c8", size=6), customdata=ids[~scored][:, None],
+                      marker=dict(color="#c8c8c8", size=6), customdata=cd(ids[~scored]),
                       hovertext=np.array(hover)[~scored], hoverinfo="text")
     fig.add_scattergl(x=xy[scored, 0], y=xy[scored, 1], mode="markers", name="scored",
-                      customdata=ids[scored][:, None], hovertext=np.array(hover)[scored],
+                      customdata=cd(ids[scored]), hovertext=np.array(hover)[scored],
                       hoverinfo="text",
                       marker=dict(color=[v for v in vals if v is not None], size=7,
                                   colorscale="Turbo", showscale=True,
@@ -96,14 +106,14 @@ else:
         m = arr == cat
         fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(cat),
                           marker=dict(color=colours[cat], size=7),
-                          customdata=ids[m][:, None], hovertext=np.array(hover)[m],
+                          customdata=cd(ids[m]), hovertext=np.array(hover)[m],
                           hoverinfo="text")
 if selection_ids or picked_id is not None:
     hi = np.array([i in selection_ids or i == picked_id for i in ids.tolist()])
     fig.add_scattergl(x=xy[hi, 0], y=xy[hi, 1], mode="markers", name="selected",
                       marker=dict(color="rgba(0,0,0,0)", size=12,
                                   line=dict(width=2, color="#111")),
-                      customdata=ids[hi][:, None], hoverinfo="skip")
+                      customdata=cd(ids[hi]), hoverinfo="skip")
 fig.update_layout(height=620, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso",
                   xaxis_title=f"{method} 1", yaxis_title=f"{method} 2",
                   legend=dict(orientation="h", yanchor="top", y=-0.08, x=0))
