@@ -133,3 +133,44 @@ def scorer(h: Home, model_id: int):
         return load_scorer(*home_location(), rows[0].name, key)
     except LatentsightError:
         return None
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def heatmap(root: str, db_url: str | None, model_id: int, model_key: str, path: str, size: int,
+            opacity: float):
+    """The anomaly (or reconstruction-error) overlay of one file under one model, cached per
+    (model, file, size, opacity); None when the model can draw none."""
+    h = load_home(root, db_url)
+    fitted = scorer(h, model_id)
+    if fitted is not None:
+        return core.anomaly_overlay(*fitted, path, size=size, opacity=opacity)
+    enc = encoder(h, model_id)
+    return core.heatmap_overlay(enc, path, size=size, opacity=opacity) if enc is not None \
+        else None
+
+
+def model_key(h: Home, model_id: int) -> str:
+    """What a model's cached heatmaps depend on: its checkpoint and its scorer's state."""
+    m = next((m for m in h.catalog.models() if m.id == model_id), None)
+    if m is None:
+        return ""
+    state = json.dumps((m.metrics or {}).get("scoring") or {}, sort_keys=True)
+    return m.checkpoint_sha256 + hashlib.sha256(state.encode()).hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def map_rows(root: str, db_url: str | None, model: str, generation: int, built_at: str,
+             ntotal: int, ids: tuple[int, ...]) -> dict[str, list]:
+    """label, source, synthetic and sha256 of the latent map's points (one catalog read per
+    index generation)."""
+    rows = {r.id: r for r in load_home(root, db_url).catalog.images(ids=list(ids))}
+    out: dict[str, list] = {"label": [], "source": [], "synthetic": [], "sha256": [],
+                            "path": []}
+    for i in ids:
+        r = rows.get(i)
+        out["label"].append((r.label or "-") if r else "-")
+        out["source"].append(r.source if r else "-")
+        out["synthetic"].append(bool(r.synthetic) if r else False)
+        out["sha256"].append(r.sha256 if r else None)
+        out["path"].append(r.path if r else "")
+    return out

@@ -81,7 +81,7 @@ if b.button("Refit the threshold from the reviews", key="refit",
         st.error(str(e))
 
 fitted = loaders.scorer(home, scan.model_id)
-enc = loaders.encoder(home, scan.model_id) if fitted is None else None
+mkey = loaders.model_key(home, scan.model_id)
 flagged_sha = {results[i].sha256 for i in fl.order}
 gen = core.index_generation(home, home.catalog.model())[0] if state.indexed else -1
 MARKS = {"flagged": ["-", "defect", "false_alarm"], "unflagged": ["-", "missed"]}
@@ -103,11 +103,9 @@ def row_of(i: int, kind: str) -> None:
         if thumb is not None:
             st.image(str(thumb), caption=f"score {r.score:.5f}", width="stretch")
     with cols[1]:
-        if fitted is not None:
-            img, what = core.anomaly_overlay(*fitted, r.path), "anomaly map"
-        else:
-            img = core.heatmap_overlay(enc, r.path) if enc is not None else None
-            what = "reconstruction error"
+        img = loaders.heatmap(*loaders.home_location(), scan.model_id, mkey, r.path,
+                              core.THUMB_SIZE, 1.0)
+        what = "anomaly map" if fitted is not None else "reconstruction error"
         if img is not None:
             st.image(img, caption=what, width="stretch")
         else:

@@ -35,42 +35,44 @@ if len(ids) == 0:
     st.info("The index is empty. Run: `latentsight index build`.")
     st.stop()
 
-rows = {r.id: r for r in home.catalog.images(ids=ids.tolist())}
-shown_ids, _ = home.catalog.page(labels=f["labels"], sources=f["sources"], tags=f["tags"],
-                                 synthetic=core.synthetic_flag(f["synthetic"]),
-                                 ids=ids.tolist(), limit=len(ids))
-keep = np.isin(ids, [r.id for r in shown_ids])
-xy, ids = data["xy"][keep], ids[keep]
+meta = loaders.map_rows(*loaders.home_location(), name, gen, built, ntotal,
+                        tuple(ids.tolist()))
+meta = {k: np.asarray(v, dtype=object) for k, v in meta.items()}
+if f["labels"] or f["sources"] or f["tags"] or f["synthetic"] != "all":
+    shown_rows, _ = home.catalog.page(labels=f["labels"], sources=f["sources"], tags=f["tags"],
+                                      synthetic=core.synthetic_flag(f["synthetic"]),
+                                      ids=ids.tolist(), limit=len(ids))
+    keep = np.isin(ids, [r.id for r in shown_rows])
+    xy, ids = data["xy"][keep], ids[keep]
+    meta = {k: v[keep] for k, v in meta.items()}
+else:
+    xy = data["xy"]
 if len(ids) == 0:
     st.info("No point matches the sidebar's filters.")
     st.stop()
+pos = {int(i): j for j, i in enumerate(ids.tolist())}
 picked_id = st.session_state.get("map_clicked")
 selection_ids = set(st.session_state.get("map_selected") or [])
 
 
 def values(kind: str) -> list:
+    if kind == "label":
+        return meta["label"].tolist()
+    if kind == "source":
+        return meta["source"].tolist()
+    if kind == "synthetic":
+        return ["synthetic" if v else "real" for v in meta["synthetic"].tolist()]
+    latest = home.catalog.latest_scores()
+    thresholds = {s.id: s.threshold for s in home.catalog.scans()}
     out = []
-    latest = home.catalog.latest_scores() if kind in ("anomaly score", "scan flag") else {}
-    thresholds = {s.id: s.threshold for s in home.catalog.scans()} if kind == "scan flag" else {}
-    for i in ids.tolist():
-        r = rows.get(i)
-        if r is None:
+    for sha in meta["sha256"].tolist():
+        hit = latest.get(sha)
+        if hit is None:
             out.append(None)
-        elif kind == "label":
-            out.append(r.label or "-")
-        elif kind == "source":
-            out.append(r.source)
-        elif kind == "synthetic":
-            out.append("synthetic" if r.synthetic else "real")
+        elif kind == "anomaly score":
+            out.append(hit[0])
         else:
-            hit = latest.get(r.sha256)
-            if hit is None:
-                out.append(None)
-            elif kind == "anomaly score":
-                out.append(hit[0])
-            else:
-                out.append("flagged" if hit[0] > thresholds.get(hit[2], np.inf)
-                           else "not flagged")
+            out.append("flagged" if hit[0] > thresholds.get(hit[2], np.inf) else "not flagged")
     return out
 
 
@@ -80,7 +82,7 @@ def cd(a: np.ndarray) -> list[list[int]]:
 
 
 vals = values(color)
-hover = [f"id {i}<br>{(rows[i].label or '-') if i in rows else '-'}" for i in ids.tolist()]
+hover = [f"id {i}<br>{lab}" for i, lab in zip(ids.tolist(), meta["label"].tolist(), strict=True)]
 fig = go.Figure()
 if color == "anomaly score":
     scored = np.array([v is not None for v in vals])
@@ -130,13 +132,13 @@ if chosen != st.session_state.get("map_last_event", []):
 
 st.caption("Lasso or box-select points to filter the grid below (drag mode in the chart's "
            "toolbar); click one point to open it.")
-if picked_id is not None and picked_id in rows:
+if picked_id is not None and picked_id in pos:
     c1, c2 = st.columns([1, 5])
     with c1:
-        ui.card(home, picked_id, f"#{picked_id} · {rows[picked_id].label or '-'}",
+        ui.card(home, picked_id, f"#{picked_id} · {meta['label'][pos[picked_id]]}",
                 key="map-picked")
     with c2:
-        st.caption(rows[picked_id].path)
+        st.caption(meta["path"][pos[picked_id]])
         if st.button("Search from this", key="open"):
             ui.open_in_search(picked_id)
 if selection_ids:

@@ -43,13 +43,13 @@ with left:
         a, b = st.columns(2)
         on = a.toggle("Anomaly heatmap", value=True, key="heat_on")
         opacity = b.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="heat_opacity", disabled=not on)
-        fitted = loaders.scorer(home, scan.model_id)
-        if on and fitted is not None:
-            size = max(pixels.shape[:2])
-            img = core.anomaly_overlay(*fitted, row.path, size=size, opacity=opacity)
+        if on:
+            img = loaders.heatmap(*loaders.home_location(), scan.model_id,
+                                  loaders.model_key(home, scan.model_id), row.path,
+                                  max(pixels.shape[:2]), float(opacity))
+            if img is None:
+                st.caption("The scan's model cannot draw a heatmap for this image.")
             shown = img if img is not None else pixels
-        elif on:
-            st.caption("The scan's model has no anomaly scorer to draw a heatmap with.")
     st.image(shown, caption=f"{row.width}×{row.height} {row.format} · {row.path}",
              width="stretch")
 with right:
