@@ -64,6 +64,9 @@ else:
         hits = None
     if hits is not None:
         st.subheader(f"{len(hits)} results")
+        if f["tags"]:
+            st.caption("Tags filter the browse grid below and the latent map; the search "
+                       "itself filters by label, source and synthetic.")
         if not hits:
             st.info("No catalog image matches the filters.")
         for col, (rank, hit) in ui.grid(list(enumerate(hits, 1))):
