@@ -70,7 +70,8 @@ def home_state(home: Home) -> HomeState:
     indexed = False
     if model is not None:
         row = cat.index_for(model.id)
-        indexed = row is not None and home.resolve(row.path).is_file()
+        # a FAISS index or a Milvus Lite database is a file; a Milvus server is a URI
+        indexed = row is not None and ("://" in row.path or home.resolve(row.path).exists())
     return HomeState(root=str(home.root), images=cat.count_images(),
                      model=model.name if model else None, indexed=indexed)
 

@@ -185,3 +185,22 @@ def test_synthesis_uses_the_gans_classes_and_a_chosen_gate(monkeypatch, gan_home
     assert ranked_ids(at)[0] == synth.id
     first = next(m.value for m in at.markdown if m.value.startswith("**1."))
     assert "synthetic" in first
+
+
+def test_search_and_the_latent_map_work_on_the_milvus_backend(monkeypatch, own_home):
+    import pytest
+
+    pytest.importorskip("milvus_lite")
+    from latentsight.index.manager import build_index
+
+    from tests.dashboard.test_app import map_figure, n_points
+
+    build_index(own_home, own_home.catalog.model(), backend="milvus", device="cpu",
+                progress=False, workers=0)
+    assert own_home.catalog.index_for(own_home.catalog.model().id).backend == "milvus"
+    target = own_home.catalog.image_ids()[2]
+    at = open_page(monkeypatch, own_home, "views/search.py",
+                   query={"kind": "id", "id": target})
+    assert ranked_ids(at) and ranked_ids(at)[0] == target, texts(at)
+    at = open_page(monkeypatch, own_home, "views/latent_map.py")
+    assert sum(n_points(t) for t in map_figure(at)["data"]) == own_home.catalog.count_images()
