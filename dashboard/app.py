@@ -29,6 +29,7 @@ pages = [
             url_path="classes"),
     st.Page("views/status.py", title="Status", icon=":material/monitor_heart:",
             url_path="status"),
+    st.Page("views/sample.py", title="Sample", icon=":material/image:", url_path="sample"),
 ]
 nav = st.navigation(pages)
 st.sidebar.caption(f"Home: `{loaders.home_location()[0]}`")

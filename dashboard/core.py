@@ -18,14 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from latentsight.dashboard.access import check_folder
 from latentsight.embedder.errors import CatalogError, DecodeError, LatentsightError
-from latentsight.embedder.images import decode_file
-from latentsight.index.catalog import ImageRow, ModelRow, ScanResultRow, ScanRow
+from latentsight.embedder.images import decode_file, looks_like_image
+from latentsight.index.catalog import ModelRow, ScanResultRow, ScanRow
 from latentsight.index.home import Home
+from latentsight.index.ingest import ingest_paths, iter_files
 from latentsight.index.paths import from_catalog
-from latentsight.index.search import Hit, Searcher
+from latentsight.index.scan import load_scorer, scan_paths
+from latentsight.index.search import Searcher
+from latentsight.training.gan.synth import synthesize as run_synthesis
+from latentsight.training.gan.train import load_generator
 from PIL import Image
-from sqlalchemy import select
 
 THUMB_SIZE = 128  # px, longest side of a cached thumbnail
 MAX_UPLOAD_MB = 10  # an upload above this is refused before decoding
@@ -68,7 +72,8 @@ def home_state(home: Home) -> HomeState:
     indexed = False
     if model is not None:
         row = cat.index_for(model.id)
-        indexed = row is not None and home.resolve(row.path).is_file()
+        # a FAISS index or a Milvus Lite database is a file; a Milvus server is a URI
+        indexed = row is not None and ("://" in row.path or home.resolve(row.path).exists())
     return HomeState(root=str(home.root), images=cat.count_images(),
                      model=model.name if model else None, indexed=indexed)
 
@@ -132,7 +137,7 @@ def scan_thumbnail(home: Home, result_id: int) -> Path | None:
     path = thumbs_dir(home) / f"scan-{int(result_id)}.png"
     if path.is_file():
         return path
-    row = scan_result(home, result_id)
+    row = home.catalog.scan_result(result_id)
     if row is None:
         return None
     try:
@@ -144,6 +149,8 @@ def scan_thumbnail(home: Home, result_id: int) -> Path | None:
 
 
 # ---- search -------------------------------------------------------------------------------
+
+SYNTHETIC_CHOICES = ("real only", "all", "synthetic only")  # the default first, as in the CLI
 
 
 def decode_upload(data: bytes, name: str, *, max_mb: int = MAX_UPLOAD_MB) -> np.ndarray:
@@ -165,40 +172,20 @@ def decode_upload(data: bytes, name: str, *, max_mb: int = MAX_UPLOAD_MB) -> np.
 _upload_pool: Any = None
 
 
-def search(
-    searcher: Searcher,
-    query: int | bytes,
-    *,
-    k: int = 10,
-    labels: Sequence[str] = (),
-    sources: Sequence[str] = (),
-    synthetic: bool | None = None,
-) -> list[Hit]:
-    """Nearest catalog images to a catalog id or uploaded bytes, with filters applied in the index.
+def search_options(labels: Sequence[str] = (), sources: Sequence[str] = (),
+                   synthetic: str = SYNTHETIC_CHOICES[0]) -> dict[str, Any]:
+    """The page's filters as `Searcher.search` keyword arguments (empty = no filter)."""
+    if synthetic not in SYNTHETIC_CHOICES:
+        msg = f"synthetic must be one of {SYNTHETIC_CHOICES}. Got {synthetic!r} instead."
+        raise ValueError(msg)
+    return {"label": list(labels) or None, "source": list(sources) or None,
+            "include_synthetic": synthetic != "real only",
+            "synthetic": True if synthetic == "synthetic only" else None}
 
-    `synthetic` None keeps every image, True only generated ones, False only real ones.
-    """
-    if not isinstance(query, int | bytes):
-        msg = f"A dashboard query is a catalog id or uploaded bytes. Got {type(query).__name__}."
-        raise TypeError(msg)
-    cat = searcher.home.catalog
-    vec = searcher.query_vector(query)
-    allowed = None
-    if labels or sources or synthetic is not None:
-        rows = cat.images(labels=list(labels) or None, sources=list(sources) or None)
-        allowed = np.asarray([r.id for r in rows if synthetic is None or r.synthetic == synthetic],
-                             dtype=np.int64)
-        if allowed.size == 0:
-            return []
-    scores, ids = searcher.store.search(vec, k, allowed_ids=allowed)
-    found = [int(i) for i in ids[0] if i >= 0]
-    rows_by_id = {r.id: r for r in cat.images(ids=found)}
-    return [
-        Hit(id=i, path=rows_by_id[i].path, label=rows_by_id[i].label,
-            source=rows_by_id[i].source, score=float(s))
-        for s, i in zip(scores[0].tolist(), ids[0].tolist(), strict=True)
-        if i >= 0 and i in rows_by_id
-    ]
+
+def synthetic_flag(choice: str) -> bool | None:
+    """A synthetic choice as a catalog filter: False real only, True synthetic only, None all."""
+    return {"real only": False, "all": None, "synthetic only": True}[choice]
 
 
 def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> bytes:
@@ -210,59 +197,15 @@ def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> bytes:
     return buf.getvalue().encode()
 
 
-def filter_values(home: Home) -> tuple[list[str], list[str]]:
-    """The labels and sources present in the catalog, sorted."""
-    with home.catalog.session() as s:
-        labels = s.scalars(select(ImageRow.label).distinct().where(ImageRow.label.is_not(None)))
-        labels = sorted(labels)
-        sources = sorted(s.scalars(select(ImageRow.source).distinct()))
-    return labels, sources
-
-
-def browse(
-    home: Home,
-    *,
-    labels: Sequence[str] = (),
-    sources: Sequence[str] = (),
-    synthetic: bool | None = None,
-    offset: int = 0,
-    limit: int = 24,
-) -> tuple[list[ImageRow], int]:
-    """One page of catalog images matching the filters, and how many match in all."""
-    from sqlalchemy import func
-
-    def where(q):
-        if labels:
-            q = q.where(ImageRow.label.in_(list(labels)))
-        if sources:
-            q = q.where(ImageRow.source.in_(list(sources)))
-        if synthetic is not None:
-            q = q.where(ImageRow.synthetic.is_(synthetic))
-        return q
-
-    with home.catalog.session() as s:
-        total = int(s.scalar(where(select(func.count(ImageRow.id)))) or 0)
-        q = where(select(ImageRow)).order_by(ImageRow.id).offset(offset).limit(limit)
-        return list(s.scalars(q)), total
-
-
 # ---- anomaly scans ------------------------------------------------------------------------
 
 
-def scans(home: Home) -> list[ScanRow]:
-    with home.catalog.session() as s:
-        return list(s.scalars(select(ScanRow).order_by(ScanRow.id.desc())))
-
-
-def scan_results(home: Home, scan_id: int) -> list[ScanResultRow]:
-    with home.catalog.session() as s:
-        q = select(ScanResultRow).where(ScanResultRow.scan_id == scan_id)
-        return list(s.scalars(q.order_by(ScanResultRow.id)))
-
-
-def scan_result(home: Home, result_id: int) -> ScanResultRow | None:
-    with home.catalog.session() as s:
-        return s.get(ScanResultRow, int(result_id))
+def default_scan(home: Home, scans: Sequence[ScanRow]) -> ScanRow | None:
+    """The newest scan that scored at least one image (else the newest scan)."""
+    for s in scans:
+        if s.n_images > 0 or (s.status == "running" and home.catalog.count_scan_results(s.id)):
+            return s
+    return scans[0] if scans else None
 
 
 @dataclass
@@ -274,26 +217,57 @@ class Flagging:
     normal: int
     failed: int
     order: list[int]  # indices into the results of the flagged ones, most anomalous first
+    unflagged: list[int]  # indices of the scored, unflagged ones, most anomalous first
 
 
 def reflag(results: Sequence[ScanResultRow], threshold: float) -> Flagging:
     """Flag every scored result with score > threshold (higher = more anomalous)."""
-    scored = [(i, r.score) for i, r in enumerate(results) if r.score is not None]
-    flagged = sorted((i for i, s in scored if s > threshold), key=lambda i: -results[i].score)
-    return Flagging(threshold=threshold, flagged=len(flagged), normal=len(scored) - len(flagged),
-                    failed=len(results) - len(scored), order=flagged)
+    scored = sorted(((i, r.score) for i, r in enumerate(results) if r.score is not None),
+                    key=lambda t: -t[1])
+    flagged = [i for i, s in scored if s > threshold]
+    rest = [i for i, s in scored if not s > threshold]
+    return Flagging(threshold=threshold, flagged=len(flagged), normal=len(rest),
+                    failed=len(results) - len(scored), order=flagged, unflagged=rest)
 
 
-def scan_csv(results: Sequence[ScanResultRow], threshold: float) -> bytes:
-    rows = [
-        {"path": r.path, "sha256": r.sha256 or "", "score": "" if r.score is None else r.score,
-         "flagged": "" if r.score is None else int(r.score > threshold), "error": r.error or ""}
-        for r in results
-    ]
-    return to_csv(rows, ["path", "sha256", "score", "flagged", "error"])
+def threshold_range(scores: Sequence[float], threshold: float) -> tuple[float, float, float]:
+    """(low, high, step) of a threshold slider that holds every score and the scan's threshold.
+
+    The scan's own threshold is never clamped, so the page's counts are the scan's.
+    """
+    lo, hi = min(min(scores), threshold), max(max(scores), threshold)
+    step = (hi - lo) / 200 if hi > lo else 1.0
+    return float(lo - step), float(hi + step), float(step)
 
 
-def heatmap_overlay(encoder: Any, path: str, *, size: int = THUMB_SIZE) -> Image.Image | None:
+REVIEW_LABELS = {"defect": "defect", "false_alarm": "false alarm", "missed": "missed"}
+
+
+def scan_csv(results: Sequence[ScanResultRow], threshold: float,
+             reviews: dict[int, Any] | None = None) -> bytes:
+    """The scan as CSV: path, sha256, score, flagged, error, and each analyst review."""
+    reviews = reviews or {}
+    rows = []
+    for r in results:
+        rev = reviews.get(r.id)
+        rows.append({
+            "path": r.path, "sha256": r.sha256 or "", "score": "" if r.score is None else r.score,
+            "flagged": "" if r.score is None else int(r.score > threshold),
+            "error": r.error or "", "review": rev.mark if rev else "",
+            "reviewer": rev.reviewer if rev else "",
+            "reviewed_at": rev.at.isoformat() if rev and rev.at else ""})
+    return to_csv(rows, ["path", "sha256", "score", "flagged", "error", "review", "reviewer",
+                         "reviewed_at"])
+
+
+def calibrated_models(home: Home) -> list[ModelRow]:
+    """Encoders with a fitted anomaly scorer (what a scan or a plausibility gate can use)."""
+    return [m for m in home.catalog.models()
+            if m.role == "encoder" and (m.metrics or {}).get("scoring")]
+
+
+def heatmap_overlay(encoder: Any, path: str, *, size: int = THUMB_SIZE,
+                    opacity: float = 1.0) -> Image.Image | None:
     """The image with its per-pixel reconstruction error overlaid in red; None when the
     model cannot reconstruct or the file cannot be read."""
     import torch
@@ -309,28 +283,16 @@ def heatmap_overlay(encoder: Any, path: str, *, size: int = THUMB_SIZE) -> Image
         return None
     err = (x - rec).abs().mean(dim=1)[0].numpy()  # (S, S)
     base = (x[0].mean(dim=0).numpy() * 255).astype(np.uint8)  # (S, S) gray
-    return overlay(base, err, size)
+    return overlay(base, err, size, opacity=opacity)
 
 
 # ---- latent map ---------------------------------------------------------------------------
 
 
-def catalog_vectors(home: Home, searcher: Searcher) -> tuple[np.ndarray, np.ndarray]:
-    """(ids (n,), vectors (n, d)) of the active model, read back from its index."""
-    store = searcher.store
-    ids = store.ids()
-    inner = getattr(store.index, "index", None)
-    try:
-        vecs = inner.reconstruct_n(0, store.ntotal)  # flat indexes keep every vector
-        return ids, np.asarray(vecs, dtype=np.float32)
-    except (RuntimeError, AttributeError):
-        pass
-    from latentsight.index.manager import embed_catalog_images
-
-    rows = home.catalog.images(ids=ids.tolist())
-    vecs, kept = embed_catalog_images(searcher.encoder, [r.id for r in rows],
-                                      [r.path for r in rows], progress=False, workers=0)
-    return kept, vecs
+def catalog_vectors(searcher: Searcher) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (n,), vectors (n, d)) of the searcher's model, read back from its store."""
+    ids = np.sort(searcher.store.ids())
+    return ids, searcher.store.vectors(ids)
 
 
 def project(
@@ -366,15 +328,40 @@ def sample_ids(ids: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
 
 def latest_scores_by_sha(home: Home) -> dict[str, float]:
     """Anomaly score per sha256 from the most recent finished scans (newer wins)."""
-    out: dict[str, float] = {}
-    with home.catalog.session() as s:
-        q = (select(ScanResultRow.sha256, ScanResultRow.score)
-             .join(ScanRow, ScanRow.id == ScanResultRow.scan_id)
-             .where(ScanResultRow.score.is_not(None), ScanResultRow.sha256.is_not(None))
-             .order_by(ScanRow.id))
-        for sha, score in s.execute(q):
-            out[sha] = float(score)
-    return out
+    return {sha: hit[0] for sha, hit in home.catalog.latest_scores().items()}
+
+
+def palette(n: int) -> list[str]:
+    """n distinct colours: plotly's 24 + 26 qualitative ones, then evenly spaced hues."""
+    import colorsys
+
+    import plotly.express as px
+
+    base = list(dict.fromkeys(px.colors.qualitative.Dark24 + px.colors.qualitative.Alphabet))
+    if n <= len(base):
+        return base[:n]
+    extra = []
+    for i in range(n - len(base)):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.85)
+        extra.append(f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}")
+    return base + extra
+
+
+def selected_ids(selection: Any) -> list[int]:
+    """Catalog ids of the points a plotly selection event holds (box, lasso or click)."""
+    if not selection:
+        return []
+    points = selection.get("points", []) if isinstance(selection, dict) else getattr(
+        selection, "points", [])
+    out = []
+    for p in points or []:
+        cd = p.get("customdata")
+        if cd is None:
+            continue
+        if isinstance(cd, dict):  # a base64-encoded array: the map sends plain lists instead
+            continue
+        out.append(int(cd[0] if isinstance(cd, list | tuple) else cd))
+    return list(dict.fromkeys(out))
 
 
 # ---- classes ------------------------------------------------------------------------------
@@ -386,15 +373,11 @@ def class_table(home: Home, sparse_below: float | None = None) -> list[dict[str,
     A class is sparse when it has fewer real images than `sparse_below`
     (default: half the median count of real images per class).
     """
-    from sqlalchemy import func
-
-    with home.catalog.session() as s:
-        q = (select(ImageRow.label, ImageRow.synthetic, func.count())
-             .where(ImageRow.label.is_not(None)).group_by(ImageRow.label, ImageRow.synthetic))
-        counts: dict[str, dict[str, int]] = {}
-        for label, synth, n in s.execute(q):
-            counts.setdefault(label, {"real": 0, "synthetic": 0})[
-                "synthetic" if synth else "real"] += int(n)
+    counts: dict[str, dict[str, int]] = {}
+    for kind, flag in (("real", False), ("synthetic", True)):
+        for label, n in home.catalog.label_counts(synthetic=flag).items():
+            if label is not None:
+                counts.setdefault(label, {"real": 0, "synthetic": 0})[kind] += int(n)
     if not counts:
         return []
     if sparse_below is None:
@@ -411,19 +394,34 @@ def generators(home: Home) -> list[ModelRow]:
 
 
 def synthetic_ids(home: Home, label: str, limit: int = 8) -> list[int]:
-    with home.catalog.session() as s:
-        q = (select(ImageRow.id).where(ImageRow.synthetic.is_(True), ImageRow.label == label)
-             .order_by(ImageRow.id.desc()).limit(limit))
-        return list(s.scalars(q))
+    rows, _ = home.catalog.page(labels=[label], synthetic=True, limit=limit, newest_first=True)
+    return [r.id for r in rows]
 
 
 # ---- status -------------------------------------------------------------------------------
 
 
+def server_folder(text: str, what: str = "folder") -> Path:
+    """A folder typed into the dashboard: absolute, existing, a directory (else CatalogError).
+
+    A relative path would resolve against the server's working directory, which the
+    analyst cannot see, so it is refused.
+    """
+    text = (text or "").strip()
+    if not text:
+        raise CatalogError(f"Type the {what}'s path on the server first.")
+    folder = Path(text).expanduser()
+    if not folder.is_absolute():
+        raise CatalogError(f"{text}: a relative path; give the {what}'s absolute path on the "
+                           "server (relative paths would resolve against the server's working "
+                           "directory).")
+    if not folder.is_dir():
+        raise CatalogError(f"{folder}: not a folder")
+    return folder
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Every file under a folder the user asked to ingest (recursively, sorted)."""
-    from latentsight.index.ingest import iter_files
-
     return [f for f, _root in iter_files([folder])]
 
 
@@ -438,12 +436,8 @@ def ingest_folder(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Ingest a folder in chunks of files, reporting (done, total) after each chunk."""
-    from latentsight.dashboard.access import check_folder
-    from latentsight.index.ingest import ingest_paths
-
-    folder = check_folder(home, folder)  # under LATENTSIGHT_DATA_ROOTS (dashboard/access.py)
-    if not folder.is_dir():
-        raise CatalogError(f"{folder}: not a folder")
+    # absolute, a folder, and under LATENTSIGHT_DATA_ROOTS (dashboard/access.py)
+    folder = check_folder(home, server_folder(str(folder)))
     files = list_images(folder)
     total = {"added": 0, "duplicates": 0, "skipped": 0, "indexed": 0, "failed": []}
     for start in range(0, len(files), chunk):
@@ -477,64 +471,34 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
                                                                 and math.isnan(v))}
 
 
-def data_url(path: Path | None, size: int = 64) -> str | None:
-    """A small inline JPEG of a cached thumbnail, for chart tooltips (None when absent)."""
-    import base64
-
-    if path is None:
-        return None
-    img = Image.open(path).convert("RGB")
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-# ---- the scan API (index/scan.py), when this build has it ---------------------------------
-
-
-def scan_api() -> Any | None:
-    """The `index.scan` module, or None when this build has no anomaly scanning."""
-    import importlib
-
-    try:
-        mod = importlib.import_module("latentsight.index.scan")
-    except ImportError:
-        return None
-    return mod if hasattr(mod, "scan_paths") else None
+# ---- scanning (index/scan.py) -------------------------------------------------------------
 
 
 def start_scan(
     home: Home,
     folder: str | Path,
     *,
+    model: str | None = None,
     fpr: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     poll: float = 0.5,
 ) -> Any:
-    """Scan a folder the user chose with the active model; reports (scored, total) while it runs.
-
-    The scan commits its results in small batches, so progress is read from the catalog.
-    Returns the scan API's summary. Raises CatalogError without the scan API.
+    """Scan a folder the user chose with a calibrated model; reports (scored, total) while it
+    runs. The scan commits its results in small batches, so progress is read from the catalog.
+    Returns the scan's summary.
     """
     import threading
 
-    from latentsight.dashboard.access import check_folder
-    from latentsight.embedder.images import looks_like_image
-
-    api = scan_api()
-    if api is None:
-        raise CatalogError("Scanning is not available in this build (no index/scan.py).")
-    folder = check_folder(home, folder)  # under LATENTSIGHT_DATA_ROOTS (dashboard/access.py)
-    if not folder.is_dir():
-        raise CatalogError(f"{folder}: not a folder")
+    # absolute, a folder, and under LATENTSIGHT_DATA_ROOTS (dashboard/access.py)
+    folder = check_folder(home, server_folder(str(folder)))
     total = sum(1 for f in list_images(folder) if looks_like_image(f))
-    before = max((s.id for s in scans(home)), default=0)
+    before = max((s.id for s in home.catalog.scans(limit=1)), default=0)
     out: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            out["summary"] = api.scan_paths(home, [str(folder)], fpr=fpr, progress=False)
+            out["summary"] = scan_paths(home, [str(folder)], model=model, fpr=fpr,
+                                        progress=False)
         except Exception as e:  # noqa: BLE001 - handed back to the page below
             out["error"] = e
 
@@ -543,8 +507,8 @@ def start_scan(
     while t.is_alive():
         t.join(poll)
         if on_progress is not None:
-            new = [s for s in scans(home) if s.id > before]
-            done = len(scan_results(home, new[0].id)) if new else 0
+            new = [s for s in home.catalog.scans(limit=1) if s.id > before]
+            done = home.catalog.count_scan_results(new[0].id) if new else 0
             on_progress(min(done, total), total)
     if "error" in out:
         raise out["error"]
@@ -553,54 +517,62 @@ def start_scan(
     return out["summary"]
 
 
-def anomaly_overlay(encoder: Any, scorer: Any, path: str, *,
-                    size: int = THUMB_SIZE) -> Image.Image | None:
-    """The scan API scorer's per-pixel anomaly map over the image, or None when unavailable."""
+def anomaly_overlay(encoder: Any, scorer: Any, path: str, *, size: int = THUMB_SIZE,
+                    opacity: float = 1.0) -> Image.Image | None:
+    """The scorer's per-pixel anomaly map over the image, or None when unavailable."""
     try:
         px = decode_file(from_catalog(path), mode=encoder.mode).pixels
         m = np.asarray(scorer.anomaly_map([px])[0], dtype=np.float32)  # (H, W)
     except (LatentsightError, OSError, ValueError, TypeError, AttributeError):
         return None
-    return overlay(px, m, size)
+    return overlay(px, m, size, opacity=opacity)
 
 
-def overlay(pixels: np.ndarray, amap: np.ndarray, size: int = THUMB_SIZE) -> Image.Image:
-    """A gray image with a per-pixel map (any scale, same H, W) added in red."""
+def overlay(pixels: np.ndarray, amap: np.ndarray, size: int = THUMB_SIZE, *,
+            opacity: float = 1.0) -> Image.Image:
+    """A gray image with a per-pixel map (any scale, same H, W) added in red at `opacity`."""
     gray = pixels.astype(np.float32).mean(axis=-1) if pixels.ndim == 3 else pixels.astype(
         np.float32)
     gray = gray / 255.0  # (H, W)
     m = amap - amap.min()
     m = m / m.max() if m.max() > 0 else m
-    rgb = np.stack([gray, gray, gray], axis=-1) * 0.6  # (H, W, 3)
-    rgb[..., 0] = np.clip(rgb[..., 0] + m, 0, 1)
+    o = float(np.clip(opacity, 0.0, 1.0))
+    rgb = np.stack([gray, gray, gray], axis=-1) * (1.0 - 0.4 * o)  # (H, W, 3)
+    rgb[..., 0] = np.clip(rgb[..., 0] + o * m, 0, 1)
     return make_thumbnail((rgb * 255).astype(np.uint8), size)
 
 
-# ---- the GAN (training/gan/), when this build has it --------------------------------------
+# ---- the GAN (training/gan/) --------------------------------------------------------------
 
 
-def synth_api() -> Any | None:
-    """`training.gan.synth` with its `synthesize`, or None when this build has no GAN."""
-    import importlib
-
-    try:
-        synth = importlib.import_module("latentsight.training.gan.synth")
-        train = importlib.import_module("latentsight.training.gan.train")
-    except ImportError:
-        return None
-    if not (hasattr(synth, "synthesize") and hasattr(train, "load_generator")):
-        return None
-    return synth
+def gan_classes(home: Home, gan: str) -> list[str]:
+    """The classes the generator `gan` was trained on (what it can be asked for)."""
+    model, _row = load_generator(home, gan)
+    return list(model.config.classes)
 
 
-def synthesize(home: Home, label: str, n: int, *, device: str = "auto") -> Any:
-    """Generate `n` gated images of `label` with the latest generator; returns its report."""
-    import importlib
+def plausibility_gate(home: Home, model: str, device: str = "cpu") -> Any:
+    """The anomaly scorer of the calibrated model `model` as a synthesis gate (True = reject)."""
+    import torch
 
-    synth = synth_api()
-    if synth is None:
-        raise CatalogError("Synthesis is not available in this build (no training/gan/).")
-    train = importlib.import_module("latentsight.training.gan.train")
-    model, row = train.load_generator(home, None)
-    return synth.synthesize(home, model, row, label, n, plausibility="auto", seed=0,
-                            device=device, notify=lambda _msg: None)
+    _encoder, scorer = load_scorer(home, home.catalog.model(model), device)
+
+    def gate(images: torch.Tensor) -> np.ndarray:
+        px = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (N, C, S, S)
+        arrays = [p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0) for p in px]
+        return np.asarray(scorer.predict(arrays)).astype(bool).reshape(-1)
+
+    return gate
+
+
+def synthesize(home: Home, label: str, n: int, *, gan: str, gate: str | None,
+               device: str = "auto") -> Any:
+    """Generate `n` images of `label` with the generator `gan`, gated by the calibrated model
+    `gate` (None = no plausibility gate); returns the synthesis report."""
+    if label not in gan_classes(home, gan):
+        msg = f"The generator {gan!r} does not know the class {label!r}."
+        raise CatalogError(msg)
+    model, row = load_generator(home, gan)
+    plaus = plausibility_gate(home, gate) if gate else None
+    return run_synthesis(home, model, row, label, n, plausibility=plaus, seed=0, device=device,
+                         notify=lambda _msg: None)

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ROOT = Path(importlib.util.find_spec("latentsight").origin).resolve().parents[1]  # on PYTHONPATH
@@ -157,74 +155,69 @@ def save_png(driver, path: Path, max_colors: int = 256) -> Path:
     return path
 
 
-def hover_tooltip(driver, steps: int = 14) -> bool:
-    """Move the mouse over the chart until a tooltip with a thumbnail shows; True if one did."""
+def lasso(driver, frac: float = 0.35) -> None:
+    """Draw a lasso (a square loop) over the middle of the latent map's plot area."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    chart = driver.find_element(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"]')
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
-    w, h = chart.size["width"], chart.size["height"]
-    for fy in np.linspace(0.3, 0.7, steps // 2):
-        for fx in np.linspace(0.3, 0.7, steps):
-            ActionChains(driver).move_to_element_with_offset(
-                chart, int((fx - 0.5) * w), int((fy - 0.5) * h)).perform()
-            time.sleep(0.15)
-            imgs = driver.find_elements(By.CSS_SELECTOR, "#vg-tooltip-element img")
-            if imgs and imgs[0].is_displayed():
-                return True
-    return False
+    drag = driver.find_element(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .nsewdrag')
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", drag)
+    w, h = drag.size["width"], drag.size["height"]
+    dx, dy = int(w * frac), int(h * frac)
+    chain = ActionChains(driver).move_to_element_with_offset(drag, -dx, -dy).click_and_hold()
+    for mx, my in ((2 * dx, 0), (0, 2 * dy), (-2 * dx, 0), (0, -2 * dy)):
+        for _ in range(6):  # plotly samples the path from mouse moves
+            chain = chain.move_by_offset(mx // 6, my // 6).pause(0.05)
+    chain.release().perform()
 
 
-def open_from_map(driver) -> str:
-    """Click the point under the mouse, then "Open in Search"; returns the Search page's text."""
-    from selenium.webdriver.common.action_chains import ActionChains
+def wait_text(driver, pattern: str, timeout: float = 120) -> str:
+    """Wait until the page text matches the regular expression; returns the match."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, page_text(driver))
+        if m:
+            return m.group(0)
+        time.sleep(0.5)
+    return ""
+
+
+def click_button(driver, label: str, index: int = 0) -> bool:
     from selenium.webdriver.common.by import By
 
-    ActionChains(driver).click().perform()
-    xpath = "//button[normalize-space(.)='Open in Search']"
-    deadline = time.monotonic() + 60
-    while not driver.find_elements(By.XPATH, xpath):
-        if time.monotonic() > deadline:
-            return ""
-        time.sleep(0.5)
-    settle(driver)
-    driver.find_element(By.XPATH, xpath).click()
-    deadline = time.monotonic() + 120
-    while "results" not in page_text(driver) or driver.find_element(
-            By.TAG_NAME, "h1").text.strip() != "Search":
-        if time.monotonic() > deadline:
-            return page_text(driver)
-        time.sleep(0.5)
-    settle(driver)
-    return page_text(driver)
+    found = driver.find_elements(By.XPATH, f"//button[normalize-space(.)='{label}']")
+    if len(found) <= index:
+        return False
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", found[index])
+    found[index].click()
+    return True
 
 
 def tour(url: str, out: Path, query_image: Path, *, height: int = 1800) -> dict[str, object]:
-    """Visit every page, upload `query_image` on Search; returns what was seen per page."""
+    """Visit every page, upload `query_image` on Search, lasso points on the latent map and
+    open one in the sample view; returns what was seen per page."""
     from selenium.webdriver.common.by import By
 
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, object] = {}
     with chromium(height=height) as driver:
         for slug, title, name in PAGES:
+            t0 = time.monotonic()
             driver.get(f"{url}/{slug}")
             wait_for(driver, "h1")
             settle(driver)
+            loaded = time.monotonic() - t0
             if title == "Search":
                 upload = wait_for(driver, 'input[type="file"]')[0]
                 upload.send_keys(str(query_image))
                 wait_for(driver, '[data-testid="stDownloadButton"]')
                 settle(driver)
                 driver.execute_script("window.scrollTo(0, 0)")
-            hover = None
             if slug == "latent_map":
-                wait_for(driver, '[data-testid="stVegaLiteChart"] canvas, '
-                                 '[data-testid="stVegaLiteChart"] svg')
+                wait_for(driver, '[data-testid="stPlotlyChart"] .nsewdrag')
                 settle(driver)
-                hover = hover_tooltip(driver)
-                tip = driver.find_elements(By.ID, "vg-tooltip-element")
-                hover_text = tip[0].text if hover and tip else ""
             text = page_text(driver)
             seen[title] = {
                 "title": driver.find_element(By.TAG_NAME, "h1").text.strip() == title
@@ -234,11 +227,24 @@ def tour(url: str, out: Path, query_image: Path, *, height: int = 1800) -> dict[
                 "images": len(driver.find_elements(By.CSS_SELECTOR,
                                                    '[data-testid="stImage"] img')),
                 "text": text,
-                "hover_image": hover,
+                "seconds": round(loaded, 2),
                 "screenshot": str(save_png(driver, out / name)),
             }
-            if hover:  # click the point under the mouse and open it in Search
-                seen["map point"] = {"tooltip": hover_text, "search": open_from_map(driver)}
+            if slug == "latent_map":  # lasso points: the grid below shows them; open one
+                lasso(driver)
+                selected = wait_text(driver, r"\d+ selected", timeout=60)
+                settle(driver)
+                info: dict[str, object] = {"selected": int(selected.split()[0]) if selected
+                                           else 0, "sample": ""}
+                if selected:
+                    save_png(driver, out / "latent-map-selection.png")
+                    if click_button(driver, "Open"):
+                        wait_text(driver, r"Nearest normal images", timeout=120)
+                        settle(driver)
+                        info["sample"] = driver.find_element(By.TAG_NAME, "h1").text
+                        info["sample_text"] = page_text(driver)
+                        save_png(driver, out / "sample.png")
+                seen["map lasso"] = info
     return seen
 
 
@@ -252,11 +258,10 @@ def main() -> None:
         for title, info in tour(url, args.out, args.query).items():
             if "screenshot" in info:
                 print(f"{title}: title {info['title']}, images {info['images']}, "
-                      f"exception {info['exception']}, hover thumbnail {info['hover_image']} "
+                      f"exception {info['exception']}, {info['seconds']}s "
                       f"-> {info['screenshot']}")
             else:
-                print(f"{title}: tooltip {info['tooltip']!r} opened in Search: "
-                      f"{'1. #' in info['search']}")
+                print(f"{title}: {info['selected']} points selected, opened {info['sample']!r}")
 
 if __name__ == "__main__":
     main()

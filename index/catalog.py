@@ -193,6 +193,35 @@ class ScanResultRow(Base):
     scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+REVIEW_MARKS = ("defect", "false_alarm", "missed")  # what an analyst says about a scan result
+
+
+class ReviewRow(Base):
+    """An analyst's mark on one scan result: defect, false alarm or missed; who and when."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(
+        ForeignKey("scan_results.id", ondelete="CASCADE"), unique=True, index=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    mark: Mapped[str] = mapped_column(String(16))
+    reviewer: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TagRow(Base):
+    """A free-text tag on a catalog image (filterable on every dashboard page)."""
+
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("image_id", "tag", name="uq_image_tag"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    tag: Mapped[str] = mapped_column(String(255), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class IngestFailureRow(Base):
     __tablename__ = "ingest_failures"
 
@@ -385,6 +414,92 @@ class Catalog:
             raise CatalogError(f"No image with id {image_id} in the catalog.")
         return row
 
+    def distinct_values(self) -> tuple[list[str], list[str]]:
+        """The labels and the sources present in the catalog, each sorted."""
+        with self.session() as s:
+            labels = s.scalars(select(ImageRow.label).distinct()
+                               .where(ImageRow.label.is_not(None)))
+            labels = sorted(labels)
+            sources = sorted(s.scalars(select(ImageRow.source).distinct()))
+        return labels, sources
+
+    def page(
+        self,
+        *,
+        labels: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        synthetic: bool | None = None,
+        tags: Sequence[str] | None = None,
+        ids: Sequence[int] | None = None,
+        offset: int = 0,
+        limit: int = 24,
+        newest_first: bool = False,
+    ) -> tuple[list[ImageRow], int]:
+        """One page of images matching every filter given, and how many match in all.
+
+        Empty `labels`, `sources` or `tags` do not filter; `tags` keeps images with any
+        of them; `ids` restricts to those images (an empty list matches nothing).
+        """
+
+        def where(q: Any) -> Any:
+            if labels:
+                q = q.where(ImageRow.label.in_(list(labels)))
+            if sources:
+                q = q.where(ImageRow.source.in_(list(sources)))
+            if synthetic is not None:
+                q = q.where(ImageRow.synthetic.is_(bool(synthetic)))
+            if tags:
+                q = q.where(ImageRow.id.in_(select(TagRow.image_id)
+                                            .where(TagRow.tag.in_(list(tags)))))
+            if ids is not None:
+                q = q.where(ImageRow.id.in_([int(i) for i in ids]))
+            return q
+
+        with self.session() as s:
+            total = int(s.scalar(where(select(func.count(ImageRow.id)))) or 0)
+            order = ImageRow.id.desc() if newest_first else ImageRow.id
+            q = where(select(ImageRow)).order_by(order).offset(max(0, int(offset)))
+            rows = list(s.scalars(q.limit(max(0, int(limit)))))
+        return rows, total
+
+    # ---- tags ---------------------------------------------------------------------------
+
+    def add_tag(self, image_ids: Sequence[int], tag: str) -> int:
+        """Tag images (already tagged ones are left alone); returns how many got the tag."""
+        tag = tag.strip()
+        if not tag or len(tag) > 255:
+            msg = f"A tag must be 1-255 characters. Got {tag!r} instead."
+            raise CatalogError(msg)
+        with self.session() as s:
+            have = set(s.scalars(select(TagRow.image_id).where(
+                TagRow.tag == tag, TagRow.image_id.in_([int(i) for i in image_ids]))))
+            new = [int(i) for i in dict.fromkeys(image_ids) if int(i) not in have]
+            s.add_all(TagRow(image_id=i, tag=tag) for i in new)
+            return len(new)
+
+    def remove_tag(self, image_ids: Sequence[int], tag: str) -> int:
+        with self.session() as s:
+            rows = list(s.scalars(select(TagRow).where(
+                TagRow.tag == tag, TagRow.image_id.in_([int(i) for i in image_ids]))))
+            for r in rows:
+                s.delete(r)
+            return len(rows)
+
+    def tags(self, image_ids: Sequence[int] | None = None) -> dict[int, list[str]]:
+        """image id -> its tags (sorted); every tagged image when `image_ids` is None."""
+        with self.session() as s:
+            q = select(TagRow.image_id, TagRow.tag).order_by(TagRow.tag)
+            if image_ids is not None:
+                q = q.where(TagRow.image_id.in_([int(i) for i in image_ids]))
+            out: dict[int, list[str]] = {}
+            for image_id, tag in s.execute(q):
+                out.setdefault(int(image_id), []).append(tag)
+            return out
+
+    def all_tags(self) -> list[str]:
+        with self.session() as s:
+            return sorted(s.scalars(select(TagRow.tag).distinct()))
+
     def label_counts(self, *, synthetic: bool | None = None) -> dict[str | None, int]:
         with self.session() as s:
             q = select(ImageRow.label, func.count())
@@ -399,6 +514,88 @@ class Catalog:
             for r in rows:
                 s.delete(r)
             return len(rows)
+
+    # ---- scans and reviews ----------------------------------------------------------------
+
+    def scans(self, limit: int | None = None) -> list[ScanRow]:
+        """Anomaly scans, newest first."""
+        with self.session() as s:
+            q = select(ScanRow).order_by(ScanRow.id.desc())
+            return list(s.scalars(q.limit(limit) if limit else q))
+
+    def scan(self, scan_id: int) -> ScanRow:
+        with self.session() as s:
+            row = s.get(ScanRow, int(scan_id))
+        if row is None:
+            raise CatalogError(f"No scan with id {scan_id} in the catalog.")
+        return row
+
+    def scan_results(self, scan_id: int) -> list[ScanResultRow]:
+        """Every result of a scan (scored or failed), in the order they were recorded."""
+        with self.session() as s:
+            q = select(ScanResultRow).where(ScanResultRow.scan_id == int(scan_id))
+            return list(s.scalars(q.order_by(ScanResultRow.id)))
+
+    def count_scan_results(self, scan_id: int) -> int:
+        with self.session() as s:
+            q = select(func.count(ScanResultRow.id)).where(ScanResultRow.scan_id == int(scan_id))
+            return int(s.scalar(q) or 0)
+
+    def scan_result(self, result_id: int) -> ScanResultRow | None:
+        with self.session() as s:
+            return s.get(ScanResultRow, int(result_id))
+
+    def latest_scores(
+        self, sha256s: Sequence[str] | None = None
+    ) -> dict[str, tuple[float, int, int]]:
+        """sha256 -> (score, scan-result id, scan id) from the newest finished scan of it."""
+        out: dict[str, tuple[float, int, int]] = {}
+        with self.session() as s:
+            q = (select(ScanResultRow.sha256, ScanResultRow.score, ScanResultRow.id,
+                        ScanResultRow.scan_id)
+                 .join(ScanRow, ScanRow.id == ScanResultRow.scan_id)
+                 .where(ScanResultRow.score.is_not(None), ScanResultRow.sha256.is_not(None),
+                        ScanRow.status == "done"))
+            if sha256s is not None:
+                q = q.where(ScanResultRow.sha256.in_(list(sha256s)))
+            for sha, score, rid, sid in s.execute(q.order_by(ScanResultRow.id)):
+                out[sha] = (float(score), int(rid), int(sid))  # newer results overwrite older
+        return out
+
+    def set_review(self, result_id: int, mark: str | None, reviewer: str) -> None:
+        """Mark a scan result (defect | false_alarm | missed) or clear its mark (None)."""
+        if mark is not None and mark not in REVIEW_MARKS:
+            msg = f"A review mark must be one of {', '.join(REVIEW_MARKS)}. Got {mark!r} instead."
+            raise CatalogError(msg)
+        reviewer = (reviewer or "").strip()[:255]
+        if mark is not None and not reviewer:
+            raise CatalogError("A review needs the reviewer's name.")
+        with self.session() as s:
+            res = s.get(ScanResultRow, int(result_id))
+            if res is None:
+                raise CatalogError(f"No scan result with id {result_id} in the catalog.")
+            row = s.scalar(select(ReviewRow).where(ReviewRow.result_id == res.id))
+            if mark is None:
+                if row is not None:
+                    s.delete(row)
+                return
+            if row is None:
+                s.add(ReviewRow(result_id=res.id, scan_id=res.scan_id, mark=mark,
+                                reviewer=reviewer, at=utcnow()))
+            else:
+                row.mark, row.reviewer, row.at = mark, reviewer, utcnow()
+
+    def reviews(self, *, scan_id: int | None = None,
+                model_id: int | None = None) -> dict[int, ReviewRow]:
+        """scan-result id -> its review, for one scan, one model's scans, or all."""
+        with self.session() as s:
+            q = select(ReviewRow)
+            if scan_id is not None:
+                q = q.where(ReviewRow.scan_id == int(scan_id))
+            if model_id is not None:
+                q = q.join(ScanRow, ScanRow.id == ReviewRow.scan_id).where(
+                    ScanRow.model_id == int(model_id))
+            return {r.result_id: r for r in s.scalars(q)}
 
     # ---- failures -----------------------------------------------------------------------
 

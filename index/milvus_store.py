@@ -317,6 +317,24 @@ class MilvusStore(VectorStore):
             it.close()
         return np.asarray(out, dtype=np.int64)
 
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        found: dict[int, list[float]] = {}
+        for s in range(0, len(ids), 1000):
+            chunk = [int(i) for i in ids[s : s + 1000]]
+            try:
+                rows = self.client.query(self.collection, filter=f"id in {chunk}",
+                                         output_fields=["id", "vector"], limit=len(chunk))
+            except Exception as e:  # noqa: BLE001
+                raise StoreError(f"Milvus query of {self.collection!r} failed: {e}") from e
+            found.update((int(r["id"]), r["vector"]) for r in rows)
+        missing = [int(i) for i in ids if int(i) not in found]
+        if missing:
+            msg = f"{len(missing)} id(s) not in the index (first: {missing[0]})."
+            raise StoreError(msg)
+        out = np.asarray([found[int(i)] for i in ids], dtype=np.float32)
+        return out.reshape(len(ids), self.dim)
+
     @property
     def ntotal(self) -> int:
         rows = self._call("count", self.client.query, self.collection, filter="",

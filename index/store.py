@@ -342,6 +342,15 @@ class VectorStore(abc.ABC):
     def ids(self) -> np.ndarray:
         """All ids in the store, int64."""
 
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored vectors (n, dim) float32 of `ids`, in the order given.
+
+        As stored: L2-normalized under the cosine metric; PQ codes decode to
+        approximations. An id not in the store is a StoreError.
+        """
+        msg = f"The {self.backend} store cannot read its vectors back."
+        raise StoreError(msg)
+
     @abc.abstractmethod
     def save(self, path: str | Path) -> None:
         """Persist atomically: readers see the old file or the new one, never half of one."""
@@ -772,6 +781,34 @@ class FaissStore(VectorStore):
         scores, pos = inner.search(q, k, params=params)
         ids = np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
         return scores, ids
+
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        import faiss
+
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            return np.zeros((0, self.dim), np.float32)
+        id_map = faiss.vector_to_array(self.index.id_map)
+        order = np.argsort(id_map, kind="stable")
+        at = np.clip(np.searchsorted(id_map[order], ids), 0, max(0, len(id_map) - 1))
+        pos = order[at] if len(id_map) else at
+        bad = ~np.isin(ids, id_map)
+        if bad.any():
+            msg = f"{int(bad.sum())} id(s) not in the index (first: {int(ids[bad][0])})."
+            raise StoreError(msg)
+        inner = faiss.downcast_index(self.index.index)
+        try:
+            out = inner.reconstruct_batch(pos.astype(np.int64))
+        except RuntimeError:  # IVF without a direct map: read a copy that has one
+            copy = faiss.clone_index(inner)
+            ivf = faiss.extract_index_ivf(copy)
+            ivf.make_direct_map()
+            try:
+                out = copy.reconstruct_batch(pos.astype(np.int64))
+            except RuntimeError as e:
+                msg = f"The faiss index {self.spec!r} cannot read vectors back: {_first_line(e)}"
+                raise StoreError(msg) from e
+        return np.asarray(out, dtype=np.float32).reshape(len(ids), self.dim)
 
     def save(self, path: str | Path) -> None:
         """Persist atomically: only the delta file while it is small, else the whole index.

@@ -1,62 +1,101 @@
-"""Anomalies: pick or start a scan, move the threshold, review flagged images, export CSV."""
+"""Anomalies: pick or start a scan, move the threshold, review flagged and unflagged images,
+refit the threshold from the reviews, export CSV."""
 
 import plotly.graph_objects as go
 import streamlit as st
 from latentsight.dashboard import core, loaders, ui
+from latentsight.embedder.errors import LatentsightError
 
+ui.follow_open()
 st.title("Anomalies")
 home = loaders.home()
 state = core.home_state(home)
+who = ui.reviewer()
 
 with st.expander("Start a scan on a folder", expanded=False):
     ui.scan_starter(home, state)
+if st.session_state.get("scan_started"):
+    st.success(st.session_state.pop("scan_started"))
 
-scans = core.scans(home)
+scans = home.catalog.scans()
 if not scans:
     st.info("No anomaly scans yet. Start one above, or run: "
             f"`latentsight scan FOLDER --home {state.root}`.")
     st.stop()
-
-scan = st.selectbox(
-    "Scan", scans, key="scan",
-    format_func=lambda s: f"#{s.id} · {s.started_at:%Y-%m-%d %H:%M} · {s.n_images} images · "
-                          f"{s.status}",
+by_id = {s.id: s for s in scans}
+if st.session_state.get("scan") not in by_id:
+    wanted = ui.url_int("scan")
+    st.session_state["scan"] = wanted if wanted in by_id else core.default_scan(home, scans).id
+models = {m.id: m.name for m in home.catalog.models()}
+scan_id = st.selectbox(
+    "Scan", list(by_id), key="scan",
+    format_func=lambda i: f"#{i} · {by_id[i].started_at:%Y-%m-%d %H:%M} · "
+                          f"{models.get(by_id[i].model_id, '?')} · {by_id[i].n_images} scored · "
+                          f"{by_id[i].n_failed} failed · {by_id[i].status}",
 )
-results = core.scan_results(home, scan.id)
+scan = by_id[scan_id]
+ui.set_url(scan=scan.id)
+results = home.catalog.scan_results(scan.id)
 scores = [r.score for r in results if r.score is not None]
 if not scores:
-    st.warning(f"Scan #{scan.id} has no scored images yet ({len(results)} results).")
+    failed = [r for r in results if r.error]
+    st.warning(f"Scan #{scan.id} scored no images ({len(results)} results, {len(failed)} "
+               "failed).")
+    if failed:
+        st.markdown("Why the files failed:")
+        st.dataframe([{"path": r.path, "reason": r.error} for r in failed], hide_index=True)
     st.stop()
 
-lo, hi = min(scores), max(scores)
-step = (hi - lo) / 200 if hi > lo else 1.0
-default = min(max(float(scan.threshold), lo), hi)
-threshold = st.slider("Threshold (score above it = anomalous)", float(lo), float(hi + step),
-                      float(default), step=float(step), key=f"thr-{scan.id}", format="%.5f")
+lo, hi, step = core.threshold_range(scores, float(scan.threshold))
+threshold = st.slider("Threshold (score above it = anomalous)", lo, hi, float(scan.threshold),
+                      step=step, key=f"thr-{scan.id}", format="%.5f")
 fl = core.reflag(results, threshold)
+reviews = home.catalog.reviews(scan_id=scan.id)
 
-c = st.columns(4)
+c = st.columns(5)
 c[0].metric("Flagged", fl.flagged)
 c[1].metric("Normal", fl.normal)
 c[2].metric("Failed to score", fl.failed)
 c[3].metric("Scan threshold", f"{scan.threshold:.5f}")
+c[4].metric("Reviewed", len(reviews))
 
 fig = go.Figure(go.Histogram(x=scores, nbinsx=50, marker_color="#4c78a8", name="images"))
 fig.add_vline(x=threshold, line_color="#e45756", line_dash="dash",
               annotation_text=f"threshold {threshold:.4f}")
-fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="anomaly score",
+fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="anomaly score",
                   yaxis_title="images", showlegend=False)
 st.plotly_chart(fig, key="hist")
-st.download_button("Export CSV", core.scan_csv(results, threshold), key="scan_csv",
-                   file_name=f"latentsight-scan-{scan.id}.csv", mime="text/csv")
+a, b = st.columns([1, 3])
+a.download_button("Export CSV", core.scan_csv(results, threshold, reviews), key="scan_csv",
+                  file_name=f"latentsight-scan-{scan.id}.csv", mime="text/csv")
+if b.button("Refit the threshold from the reviews", key="refit",
+            help="Same as: latentsight train --normal-label L --use-reviews"):
+    from latentsight.index.review import refit_threshold
 
-st.subheader("Flagged images")
-show = st.slider("Show the top", 1, 50, 8, key="top")
-fitted = loaders.scorer(home, scan.model_id)  # the scan API's scorer, when this build has it
-enc = loaders.encoder(home, scan.model_id) if fitted is None else None
+    try:
+        res = refit_threshold(home, model=models.get(scan.model_id))
+        st.success(f"{res.model}: threshold {res.old_threshold:.5f} -> {res.new_threshold:.5f} "
+                   f"(errors on the reviews {res.errors_before} -> {res.errors_after}); new "
+                   "scans use it.")
+    except LatentsightError as e:
+        st.error(str(e))
+
+fitted = loaders.scorer(home, scan.model_id)
+mkey = loaders.model_key(home, scan.model_id)
 flagged_sha = {results[i].sha256 for i in fl.order}
 gen = core.index_generation(home, home.catalog.model())[0] if state.indexed else -1
-for i in fl.order[:show]:
+MARKS = {"flagged": ["-", "defect", "false_alarm"], "unflagged": ["-", "missed"]}
+
+
+def mark(result_id: int, key: str) -> None:
+    value = st.session_state[key]
+    try:
+        home.catalog.set_review(result_id, None if value == "-" else value, who)
+    except LatentsightError as e:
+        st.session_state["review_error"] = str(e)
+
+
+def row_of(i: int, kind: str) -> None:
     r = results[i]
     cols = st.columns([1, 1, 3])
     with cols[0]:
@@ -64,17 +103,23 @@ for i in fl.order[:show]:
         if thumb is not None:
             st.image(str(thumb), caption=f"score {r.score:.5f}", width="stretch")
     with cols[1]:
-        if fitted is not None:
-            overlay, what = core.anomaly_overlay(*fitted, r.path), "anomaly map"
-        else:
-            overlay = core.heatmap_overlay(enc, r.path) if enc is not None else None
-            what = "reconstruction error"
-        if overlay is not None:
-            st.image(overlay, caption=what, width="stretch")
+        img = loaders.heatmap(*loaders.home_location(), scan.model_id, mkey, r.path,
+                              core.THUMB_SIZE, 1.0)
+        what = "anomaly map" if fitted is not None else "reconstruction error"
+        if img is not None:
+            st.image(img, caption=what, width="stretch")
         else:
             st.caption("no heatmap for this model")
     with cols[2]:
         st.caption(r.path)
+        rev = reviews.get(r.id)
+        key = f"rev-{r.id}"
+        options = MARKS[kind]
+        st.session_state.setdefault(key, rev.mark if rev and rev.mark in options else "-")
+        st.segmented_control("Review", options, key=key, on_change=mark, args=(r.id, key),
+                             format_func=lambda m: {"-": "not reviewed", **core.REVIEW_LABELS}[m])
+        if rev:
+            st.caption(f"{core.REVIEW_LABELS[rev.mark]} · {rev.reviewer} · {rev.at:%Y-%m-%d %H:%M}")
         near = r.nearest_ids or (loaders.neighbors(*loaders.home_location(), r.id, gen, 8)
                                  if state.indexed else [])
         rows = {x.id: x for x in home.catalog.images(ids=near)}
@@ -84,7 +129,25 @@ for i in fl.order[:show]:
             st.markdown("Nearest normal images")
             for col, j in zip(st.columns(4), normal, strict=False):
                 with col:
-                    ui.card(home, j, f"#{j} · {rows[j].label or '-'}")
+                    ui.card(home, j, f"#{j} · {rows[j].label or '-'}", key=f"n-{r.id}-{j}")
+
+
+if st.session_state.get("review_error"):
+    st.error(st.session_state.pop("review_error"))
+st.subheader(f"Flagged images ({fl.flagged})")
+show = st.slider("Show the top", 1, 50, 8, key="top")
+if not fl.order:
+    st.info(f"No image scores above the threshold {threshold:.5f}; lower it to see the most "
+            "anomalous ones, or review the unflagged images below.")
+for i in fl.order[:show]:
+    row_of(i, "flagged")
+
+with st.expander(f"Unflagged images, most anomalous first ({fl.normal}): mark the ones the "
+                 "scan missed"):
+    show_un = st.slider("Show the top", 1, 50, 8, key="top_unflagged")
+    for i in fl.unflagged[:show_un]:
+        row_of(i, "unflagged")
 if fl.failed:
     with st.expander(f"{fl.failed} file(s) could not be scored"):
-        st.dataframe([{"path": r.path, "error": r.error} for r in results if r.score is None])
+        st.dataframe([{"path": r.path, "error": r.error} for r in results if r.score is None],
+                     hide_index=True)

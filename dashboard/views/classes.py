@@ -4,6 +4,7 @@ import plotly.express as px
 import streamlit as st
 from latentsight.dashboard import core, loaders, ui
 
+ui.follow_open()
 st.title("Classes & synthesis")
 home = loaders.home()
 state = core.home_state(home)
@@ -26,7 +27,8 @@ bars = [{"label": r["label"], "images": r[kind], "kind": kind + (" (sparse)" if 
 fig = px.bar(bars, x="label", y="images", color="kind", height=360,
              color_discrete_map={"real": "#4c78a8", "real (sparse)": "#e45756",
                                  "synthetic": "#72b7b2"})
-fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), barmode="stack")
+fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), barmode="stack",
+                  legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
 st.plotly_chart(fig, key="counts")
 if sparse:
     st.warning(f"Sparse classes: {', '.join(sparse)}.")
@@ -34,7 +36,7 @@ else:
     st.success("No class is sparse at this threshold.")
 
 st.subheader("Synthesize")
-ui.synthesizer(home, state, [r["label"] for r in table], sparse)
+ui.synthesizer(home, state, sparse)
 
 st.subheader("Generated samples")
 made = [r for r in table if r["synthetic"]]
@@ -44,7 +46,7 @@ for r in made:
     st.markdown(f"**{r['label']}** · {r['synthetic']} synthetic, {r['real']} real")
     for col, i in ui.grid(core.synthetic_ids(home, r["label"], ui.COLUMNS)):
         with col:
-            ui.card(home, i, f"#{i}")
+            ui.card(home, i, f"#{i}", synthetic=True, key=f"syn-{i}")
 
 st.subheader("GAN evaluation")
 gens = core.generators(home)

@@ -1,25 +1,32 @@
-"""Latent map: a 2-D projection of the active model's embeddings; a point opens in Search."""
+"""Latent map: a 2-D projection of the active model's embeddings; box or lasso points to filter
+the grid below; click a point to open it."""
 
-import altair as alt
 import numpy as np
-import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 from latentsight.dashboard import core, loaders, ui
+from latentsight.embedder.errors import LatentsightError
 
+ui.follow_open()
 st.title("Latent map")
 home = loaders.home()
 state = core.home_state(home)
 if not ui.ready(state):
     st.stop()
-model = home.catalog.model()
-gen, built = core.index_generation(home, model)
+f = ui.filters(home, synthetic_default="all")
+name, gen, built, ntotal = loaders.index_key(home)
 
-c1, c2 = st.columns(2)
+c1, c2 = st.columns([1, 2])
 method = c1.radio("Projection", ["PCA", "t-SNE"], horizontal=True, key="method")
-color = c2.radio("Color by", ["label", "source", "anomaly score"], horizontal=True, key="color")
+color = c2.radio("Colour by", ["label", "source", "synthetic", "anomaly score", "scan flag"],
+                 horizontal=True, key="color")
 limit = core.SAMPLE_ABOVE if method == "PCA" else core.TSNE_MAX
-data = loaders.projection(*loaders.home_location(), model.name, gen, built,
-                          "pca" if method == "PCA" else "tsne", limit)
+try:
+    data = loaders.projection(*loaders.home_location(), name, gen, built, ntotal,
+                              "pca" if method == "PCA" else "tsne", limit)
+except LatentsightError as e:
+    st.error(str(e))
+    st.stop()
 ids = data["ids"]
 if len(ids) < data["total"]:
     st.info(f"Showing a random sample of {len(ids):,} of {data['total']:,} images "
@@ -28,54 +35,116 @@ if len(ids) == 0:
     st.info("The index is empty. Run: `latentsight index build`.")
     st.stop()
 
-rows = {r.id: r for r in home.catalog.images(ids=ids.tolist())}
-df = pd.DataFrame({
-    "x": data["xy"][:, 0], "y": data["xy"][:, 1], "id": ids,
-    "label": [(rows[i].label or "-") if i in rows else "-" for i in ids.tolist()],
-    "source": [rows[i].source if i in rows else "-" for i in ids.tolist()],
-    "path": [rows[i].path if i in rows else "" for i in ids.tolist()],
-})
-tooltip = ["id", "label", "source", "path"]
-if len(ids) <= core.HOVER_IMAGES_MAX:
-    df["image"] = loaders.hover_images(*loaders.home_location(), tuple(ids.tolist()))
-    tooltip = ["image", *tooltip]
+meta = loaders.map_rows(*loaders.home_location(), name, gen, built, ntotal,
+                        tuple(ids.tolist()))
+meta = {k: np.asarray(v, dtype=object) for k, v in meta.items()}
+if f["labels"] or f["sources"] or f["tags"] or f["synthetic"] != "all":
+    shown_rows, _ = home.catalog.page(labels=f["labels"], sources=f["sources"], tags=f["tags"],
+                                      synthetic=core.synthetic_flag(f["synthetic"]),
+                                      ids=ids.tolist(), limit=len(ids))
+    keep = np.isin(ids, [r.id for r in shown_rows])
+    xy, ids = data["xy"][keep], ids[keep]
+    meta = {k: v[keep] for k, v in meta.items()}
 else:
-    st.caption(f"Thumbnails on hover are shown for maps of up to {core.HOVER_IMAGES_MAX:,} "
-               "points; click a point to see it.")
-if color == "anomaly score":
-    by_sha = core.latest_scores_by_sha(home)
-    df["anomaly_score"] = [by_sha.get(rows[i].sha256, np.nan) if i in rows else np.nan
-                           for i in ids.tolist()]
-    if df["anomaly_score"].isna().all():
-        st.info("No scan has scored these images yet; run an anomaly scan to color by score.")
-    tooltip.append("anomaly_score")
-    enc_color = alt.condition("isValid(datum.anomaly_score)",
-                              alt.Color("anomaly_score:Q", scale=alt.Scale(scheme="turbo"),
-                                        title="anomaly score"),
-                              alt.value("#d0d0d0"))
-else:
-    enc_color = alt.Color(f"{color}:N")
-pick = alt.selection_point(name="pick", fields=["id"], on="click", nearest=True)
-chart = (
-    alt.Chart(df)
-    .mark_circle(size=28, opacity=0.8)
-    .encode(x=alt.X("x:Q", title=f"{method} 1"), y=alt.Y("y:Q", title=f"{method} 2"),
-            color=enc_color, tooltip=tooltip)
-    .add_params(pick)
-    .properties(height=620)
-    .interactive()
-)
-event = st.altair_chart(chart, key="map", on_select="rerun", selection_mode="pick")
+    xy = data["xy"]
+if len(ids) == 0:
+    st.info("No point matches the sidebar's filters.")
+    st.stop()
+pos = {int(i): j for j, i in enumerate(ids.tolist())}
+picked_id = st.session_state.get("map_clicked")
+selection_ids = set(st.session_state.get("map_selected") or [])
 
-points = (event.selection.get("pick") or []) if event and event.selection else []
-if not points:
-    st.caption("Hover a point to see its image; click it to open it in Search.")
+
+def values(kind: str) -> list:
+    if kind == "label":
+        return meta["label"].tolist()
+    if kind == "source":
+        return meta["source"].tolist()
+    if kind == "synthetic":
+        return ["synthetic" if v else "real" for v in meta["synthetic"].tolist()]
+    latest = home.catalog.latest_scores()
+    thresholds = {s.id: s.threshold for s in home.catalog.scans()}
+    out = []
+    for sha in meta["sha256"].tolist():
+        hit = latest.get(sha)
+        if hit is None:
+            out.append(None)
+        elif kind == "anomaly score":
+            out.append(hit[0])
+        else:
+            out.append("flagged" if hit[0] > thresholds.get(hit[2], np.inf) else "not flagged")
+    return out
+
+
+def cd(a: np.ndarray) -> list[list[int]]:
+    """Catalog ids as plain lists: plotly would send a numpy array as base64 in the events."""
+    return [[int(i)] for i in a.tolist()]
+
+
+vals = values(color)
+hover = [f"id {i}<br>{lab}" for i, lab in zip(ids.tolist(), meta["label"].tolist(), strict=True)]
+fig = go.Figure()
+if color == "anomaly score":
+    scored = np.array([v is not None for v in vals])
+    if not scored.any():
+        st.info("No scan has scored these images yet; run an anomaly scan to colour by score. "
+                "Unscored images are grey.")
+    fig.add_scattergl(x=xy[~scored, 0], y=xy[~scored, 1], mode="markers", name="unscored",
+                      marker=dict(color="#c8c8c8", size=6), customdata=cd(ids[~scored]),
+                      hovertext=np.array(hover)[~scored], hoverinfo="text")
+    fig.add_scattergl(x=xy[scored, 0], y=xy[scored, 1], mode="markers", name="scored",
+                      customdata=cd(ids[scored]), hovertext=np.array(hover)[scored],
+                      hoverinfo="text",
+                      marker=dict(color=[v for v in vals if v is not None], size=7,
+                                  colorscale="Turbo", showscale=True,
+                                  colorbar=dict(title="score")))
 else:
-    picked = int(points[0]["id"])
+    cats = sorted({v if v is not None else "unscored" for v in vals},
+                  key=lambda v: (v in ("unscored", "-"), v))
+    colours = dict(zip(cats, core.palette(len(cats)), strict=True))
+    colours.update({k: "#c8c8c8" for k in ("unscored", "-") if k in colours})
+    arr = np.array([v if v is not None else "unscored" for v in vals], dtype=object)
+    for cat in cats:
+        m = arr == cat
+        fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(cat),
+                          marker=dict(color=colours[cat], size=7),
+                          customdata=cd(ids[m]), hovertext=np.array(hover)[m],
+                          hoverinfo="text")
+if selection_ids or picked_id is not None:
+    hi = np.array([i in selection_ids or i == picked_id for i in ids.tolist()])
+    fig.add_scattergl(x=xy[hi, 0], y=xy[hi, 1], mode="markers", name="selected",
+                      marker=dict(color="rgba(0,0,0,0)", size=12,
+                                  line=dict(width=2, color="#111")),
+                      customdata=cd(ids[hi]), hoverinfo="skip")
+fig.update_layout(height=620, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso",
+                  xaxis_title=f"{method} 1", yaxis_title=f"{method} 2",
+                  legend=dict(orientation="h", yanchor="top", y=-0.08, x=0))
+event = st.plotly_chart(fig, key="map", on_select="rerun",
+                        selection_mode=("points", "box", "lasso"))
+chosen = core.selected_ids(event.selection if event else None)
+if chosen != st.session_state.get("map_last_event", []):
+    st.session_state["map_last_event"] = chosen
+    if chosen:  # a redraw may drop the chart's own selection: ours stays until cleared
+        if len(chosen) == 1:
+            st.session_state["map_clicked"] = chosen[0]
+        st.session_state["map_selected"] = chosen
+        st.rerun()
+
+st.caption("Lasso or box-select points to filter the grid below (drag mode in the chart's "
+           "toolbar); click one point to open it.")
+if picked_id is not None and picked_id in pos:
     c1, c2 = st.columns([1, 5])
     with c1:
-        ui.card(home, picked, f"#{picked} · {rows[picked].label or '-'}")
+        ui.card(home, picked_id, f"#{picked_id} · {meta['label'][pos[picked_id]]}",
+                key="map-picked")
     with c2:
-        st.caption(rows[picked].path)
-        if st.button("Open in Search", key="open"):
-            ui.open_in_search(picked)
+        st.caption(meta["path"][pos[picked_id]])
+        if st.button("Search from this", key="open"):
+            ui.open_in_search(picked_id)
+if selection_ids:
+    st.subheader(f"{len(selection_ids)} selected")
+    if st.button("Clear the selection", key="clear_sel"):
+        st.session_state["map_selected"] = []
+        st.session_state.pop("map_clicked", None)
+        st.rerun()
+    ui.browse_grid(home, f, ids=sorted(selection_ids), key="sel")

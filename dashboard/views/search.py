@@ -1,11 +1,12 @@
 """Search: query by upload or by a catalog image, optionally by a region of it (a box);
-results as a grid (the matching region drawn on each); CSV download."""
+results as a grid (the matching region drawn on each); CSV; browse below."""
 
 import streamlit as st
 from latentsight.dashboard import core, loaders, ui
 from latentsight.embedder.errors import DecodeError, LatentsightError
 from PIL import ImageDraw
 
+ui.follow_open()
 st.title("Search")
 home = loaders.home()
 if not ui.ready(core.home_state(home)):
@@ -13,85 +14,19 @@ if not ui.ready(core.home_state(home)):
 searcher = loaders.searcher(home)
 if searcher is None:
     st.stop()
-labels, sources = core.filter_values(home)
-
+f = ui.filters(home)
 with st.sidebar:
     k = st.slider("Results (k)", 1, 50, 12, key="k")
-    f_labels = st.multiselect("Label", labels, key="f_labels")
-    f_sources = st.multiselect("Source", sources, key="f_sources")
-    f_synth = ui.synthetic_choice("f_synth")
     by_box = st.checkbox("Search by region (box)", key="by_box",
                          help="Match a region of the query against the tiles of every image "
                          "(needs: latentsight index build --local).")
+    box = None
     if by_box:
         b1, b2 = st.columns(2)
         box = (b1.number_input("x", 0, value=0, key="box_x"),
                b2.number_input("y", 0, value=0, key="box_y"),
                b1.number_input("w", 1, value=32, key="box_w"),
                b2.number_input("h", 1, value=32, key="box_h"))
-
-upload_tab, browse_tab = st.tabs(["Upload an image", "Pick from the catalog"])
-with upload_tab:
-    up = st.file_uploader(f"Query image (up to {core.MAX_UPLOAD_MB} MB)", key="upload",
-                          max_upload_size=core.MAX_UPLOAD_MB)
-    if up is not None and st.session_state.get("upload_seen") != up.file_id:
-        st.session_state["upload_seen"] = up.file_id
-        try:
-            pixels = core.decode_upload(up.getvalue(), up.name)
-            st.session_state["query"] = {"kind": "upload", "name": up.name,
-                                         "bytes": up.getvalue(), "pixels": pixels}
-        except DecodeError as e:
-            st.session_state["upload_error"] = f"Cannot use {e.path} as a query: {e.reason}."
-    if up is None:
-        st.session_state.pop("upload_error", None)
-    if st.session_state.get("upload_error"):
-        st.error(st.session_state["upload_error"])
-with browse_tab:
-    b_labels = st.multiselect("Label", labels, key="b_labels")
-    b_sources = st.multiselect("Source", sources, key="b_sources")
-    b_synth = ui.synthetic_choice("b_synth")
-    per_page = 2 * ui.COLUMNS
-    rows, total = core.browse(home, labels=b_labels, sources=b_sources, synthetic=b_synth,
-                              offset=0, limit=0)
-    pages = max(1, -(-total // per_page))
-    page = st.number_input(f"Page (of {pages}, {total} images)", 1, pages, 1, key="b_page")
-    rows, _ = core.browse(home, labels=b_labels, sources=b_sources, synthetic=b_synth,
-                          offset=(page - 1) * per_page, limit=per_page)
-    for col, row in ui.grid(rows):
-        with col:
-            ui.card(home, row.id, f"#{row.id} · {row.label or '-'}")
-            st.button("Search", key=f"pick-{row.id}", on_click=ui.set_query_id, args=(row.id,))
-    c1, c2 = st.columns([1, 3])
-    by_id = c1.number_input("Or a catalog id", min_value=1, step=1, value=None, key="by_id")
-    if c2.button("Search by id", key="search_by_id") and by_id is not None:
-        if by_id in {r.id for r in home.catalog.images(ids=[by_id])}:
-            ui.set_query_id(by_id)
-        else:
-            st.error(f"No image with id {by_id} in the catalog.")
-
-q = ui.query()
-if q is None:
-    st.info("Upload an image or pick one from the catalog to search.")
-    st.stop()
-
-st.subheader("Query")
-if q["kind"] == "id":
-    with st.columns(ui.COLUMNS)[0]:
-        ui.card(home, q["id"], f"#{q['id']}")
-else:
-    st.image(core.make_thumbnail(q["pixels"]), caption=q["name"])
-try:
-    if by_box:
-        hits = searcher.search(q["id"] if q["kind"] == "id" else q["pixels"], k=k,
-                               label=f_labels or None, source=f_sources or None,
-                               include_synthetic=f_synth is None, synthetic=f_synth,
-                               box=tuple(int(v) for v in box))
-    else:
-        hits = core.search(searcher, q["id"] if q["kind"] == "id" else q["bytes"], k=k,
-                           labels=f_labels, sources=f_sources, synthetic=f_synth)
-except (LatentsightError, ValueError) as e:
-    st.error(str(e))
-    st.stop()
 
 
 def boxed(path: str, box: list[int]):
@@ -108,20 +43,79 @@ def boxed(path: str, box: list[int]):
     return img
 
 
-st.subheader(f"{len(hits)} results")
-if not hits:
-    st.info("No catalog image matches the filters.")
-for col, (rank, hit) in ui.grid(list(enumerate(hits, 1))):
-    with col:
-        caption = f"**{rank}. #{hit.id}** · {hit.label or '-'} · {hit.score:.3f}"
-        if hit.box is not None:
-            st.image(boxed(hit.path, hit.box), width="stretch")
-            st.markdown(caption + f" · box {hit.box}")
-            st.caption(hit.path)
+upload_tab, id_tab = st.tabs(["Upload an image", "A catalog id"])
+with upload_tab:
+    up = st.file_uploader(f"Query image (up to {core.MAX_UPLOAD_MB} MB)", key="upload",
+                          max_upload_size=core.MAX_UPLOAD_MB)
+    if up is not None and st.session_state.get("upload_seen") != up.file_id:
+        st.session_state["upload_seen"] = up.file_id
+        try:
+            pixels = core.decode_upload(up.getvalue(), up.name)
+            st.session_state["query"] = {"kind": "upload", "name": up.name,
+                                         "bytes": up.getvalue(), "pixels": pixels}
+            st.session_state.pop("upload_error", None)
+        except DecodeError as e:
+            st.session_state["upload_error"] = f"Cannot use {e.path} as a query: {e.reason}."
+            st.session_state["query"] = None  # no stale results under the error
+    if up is None:
+        st.session_state.pop("upload_error", None)
+    if st.session_state.get("upload_error"):
+        st.error(st.session_state["upload_error"])
+with id_tab:
+    c1, c2 = st.columns([1, 3])
+    by_id = c1.number_input("Catalog id", min_value=1, step=1, value=None, key="by_id")
+    if c2.button("Search by id", key="search_by_id") and by_id is not None:
+        if home.catalog.images(ids=[by_id]):
+            ui.set_query_id(by_id)
         else:
-            ui.card(home, hit.id, caption, detail=hit.path)
-        st.button("Search from this", key=f"hit-{rank}", on_click=ui.set_query_id, args=(hit.id,))
-st.download_button("Download results (CSV)", key="csv",
-                   data=core.to_csv([{"rank": r, **h.as_dict()} for r, h in enumerate(hits, 1)],
-                                    ["rank", "id", "score", "label", "source", "path"]),
-                   file_name="latentsight-search.csv", mime="text/csv")
+            st.error(f"No image with id {by_id} in the catalog.")
+
+q = ui.query()
+ui.set_url(q=q["id"] if q and q["kind"] == "id" else None)
+if q is None:
+    if not st.session_state.get("upload_error"):
+        st.info("Upload an image, give a catalog id, or pick one from the catalog below.")
+else:
+    st.subheader("Query")
+    if q["kind"] == "id":
+        with st.columns(ui.COLUMNS)[0]:
+            ui.card(home, q["id"], f"#{q['id']}", key="query")
+    else:
+        st.image(core.make_thumbnail(q["pixels"]), caption=q["name"])
+    query_value = q["id"] if q["kind"] == "id" else q["bytes"]
+    try:
+        hits = searcher.search(query_value, k=k,
+                               **core.search_options(f["labels"], f["sources"], f["synthetic"]),
+                               box=None if box is None else tuple(int(v) for v in box))
+    except (LatentsightError, ValueError) as e:
+        st.error(str(e))
+        hits = None
+    if hits is not None:
+        st.subheader(f"{len(hits)} results")
+        if f["tags"]:
+            st.caption("Tags filter the browse grid below and the latent map; the search "
+                       "itself filters by label, source and synthetic.")
+        if not hits:
+            st.info("No catalog image matches the filters.")
+        for col, (rank, hit) in ui.grid(list(enumerate(hits, 1))):
+            with col:
+                caption = f"**{rank}. #{hit.id}** · {hit.label or '-'} · {hit.score:.3f}"
+                if hit.box is not None:
+                    st.image(boxed(hit.path, hit.box), width="stretch")
+                    st.markdown(caption + f" · box {hit.box}")
+                    st.caption(hit.path)
+                else:
+                    ui.card(home, hit.id, caption, detail=hit.path, synthetic=hit.synthetic,
+                            key=f"hit-{rank}")
+                st.button("Search from this", key=f"hit-{rank}", on_click=ui.set_query_id,
+                          args=(hit.id,))
+        st.download_button(
+            "Download results (CSV)", key="csv", file_name="latentsight-search.csv",
+            mime="text/csv",
+            data=core.to_csv([{"rank": r, **h.as_dict()} for r, h in enumerate(hits, 1)],
+                             ["rank", "id", "score", "label", "source", "synthetic", "path"]))
+
+st.divider()
+st.subheader("Browse the catalog")
+st.caption("The sidebar's filters apply here too. Search from an image, or open it.")
+ui.browse_grid(home, f, key="b")

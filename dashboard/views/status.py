@@ -8,6 +8,11 @@ from latentsight.index import manager
 
 st.title("Status")
 home = loaders.home()
+if st.session_state.get("ingest_report"):  # shown after the rerun that refreshed the counts
+    kind, text, details = st.session_state.pop("ingest_report")
+    getattr(st, kind)(text)
+    for d in details:
+        st.caption(d)
 state = core.home_state(home)
 models = home.catalog.models()
 failures = home.catalog.failures()
@@ -23,26 +28,31 @@ if step:
 
 with st.form("ingest"):
     st.markdown("**Ingest a folder**")
-    folder = st.text_input("Folder on the server", key="ingest_folder")
+    folder = st.text_input("Folder on the server (absolute path)", key="ingest_folder")
     a, b, d = st.columns(3)
     from_folders = a.checkbox("Labels from folder names", value=True, key="ingest_lff")
     label = b.text_input("Or one label for all", key="ingest_label")
     source = d.text_input("Source tag", value="dashboard", key="ingest_source")
     go_ingest = st.form_submit_button("Ingest")
-if go_ingest and folder.strip():
+if go_ingest:
     bar = st.progress(0.0, text="listing files...")
     try:
         rep = core.ingest_folder(
-            home, folder.strip(), labels_from_folders=from_folders and not label.strip(),
+            home, folder, labels_from_folders=from_folders and not label.strip(),
             label=label.strip() or None, source=source.strip() or "dashboard",
             on_progress=lambda done, total: bar.progress(
                 done / total if total else 1.0, text=f"{done}/{total} files"),
         )
-        st.success(f"added {rep['added']}, duplicates {rep['duplicates']}, failed "
-                   f"{len(rep['failed'])}, skipped (not images) {rep['skipped']}, added to index "
-                   f"{rep['indexed']}")
-        for f in rep["failed"]:
-            st.caption(f"failed: {f['path']}: {f['error']}")
+        n_files = rep["added"] + rep["duplicates"] + rep["skipped"] + len(rep["failed"])
+        text = (f"added {rep['added']}, duplicates {rep['duplicates']}, failed "
+                f"{len(rep['failed'])}, skipped (not images) {rep['skipped']}, added to index "
+                f"{rep['indexed']}")
+        kind = "success" if n_files else "warning"
+        if not n_files:
+            text = f"{folder.strip()}: no files found in the folder; nothing ingested."
+        st.session_state["ingest_report"] = (
+            kind, text, [f"failed: {f['path']}: {f['error']}" for f in rep["failed"]])
+        st.rerun()  # the counts above are the catalog's new ones
     except LatentsightError as e:
         st.error(str(e))
 
@@ -64,7 +74,8 @@ else:
                 fig.add_scatter(x=[e["epoch"] for e in hist], y=[e.get(key) for e in hist],
                                 mode="lines+markers", name=key)
         fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="epoch",
-                          yaxis_title="loss")
+                          yaxis_title="loss",
+                          legend=dict(orientation="h", yanchor="top", y=-0.25, x=0))
         st.plotly_chart(fig, key="curve_chart")
     else:
         st.caption("This model has no training history.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,8 @@ def dashboard(
     Listens on 127.0.0.1 unless told otherwise; any other address needs
     LATENTSIGHT_DASHBOARD_TOKEN (asked for before any page renders). Visitors
     may ingest and scan only under LATENTSIGHT_DATA_ROOTS (default: HOME/data).
-    Runs until interrupted (Ctrl-C). Example: latentsight dashboard --home demo-home
+    Runs until interrupted; Ctrl-C, SIGTERM and SIGHUP stop the server too.
+    Example: latentsight dashboard --home demo-home
     """
     from latentsight.dashboard.access import TOKEN_ENV, needs_token
 
@@ -69,11 +71,37 @@ def dashboard(
     else:
         env.pop(ENV_DB_URL, None)
     err(f"dashboard on http://{host}:{port}  (home {settings.home}; Ctrl-C to stop)")
-    proc = subprocess.Popen(streamlit_command(host, port), env=env)
+    raise typer.Exit(run_until_stopped(streamlit_command(host, port), env))
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP arrived (docker stop, systemd, kill)."""
+
+
+def run_until_stopped(cmd: list[str], env: dict[str, str], grace: float = 10.0) -> int:
+    """Run the server; on Ctrl-C, SIGTERM or SIGHUP stop it (SIGKILL after `grace` s).
+
+    Returns the server's exit status, 0 when we stopped it.
+    """
+    def stop(signum: int, _frame: object) -> None:
+        raise _Stop(signum)
+
+    handled = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+               if s is not None]
+    previous = {s: signal.signal(s, stop) for s in handled}
+    proc = subprocess.Popen(cmd, env=env)
     try:
-        code = proc.wait()
-    except KeyboardInterrupt:
+        return proc.wait()
+    except (KeyboardInterrupt, _Stop):
+        for s in handled:  # a second signal must not interrupt the shutdown below
+            signal.signal(s, signal.SIG_IGN)
         proc.terminate()
-        proc.wait(timeout=10)
-        code = 0
-    raise typer.Exit(code)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return 0
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

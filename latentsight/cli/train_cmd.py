@@ -114,6 +114,10 @@ def train(
         "benchmarks/anomaly.py), texture, knn, mse, ssim, local-mse, local-ssim or combined "
         "(texture + knn); see docs/anomaly.md.",
         show_default=False)] = None,
+    use_reviews: Annotated[bool, typer.Option(
+        "--use-reviews", help="With --normal-label: train nothing; refit the threshold of the "
+        "newest scanning model of label L (or --name) from the analysts' reviews of its "
+        "scans (defect / false alarm / missed).")] = False,
     *,
     opts: Common,
 ) -> None:
@@ -154,6 +158,9 @@ def train(
         **{k: v for k, v in overrides.items() if v is not None},
     )
     h = opts.open_home()
+    if use_reviews:
+        _refit_from_reviews(h, normal_label, name, opts.json)
+        return
     if normal_label is not None:
         _train_scanner(h, cfg, normal_label, opts.json, scorer=scorer, fpr=fpr,
                        contamination=contamination, threshold=threshold)
@@ -209,3 +216,18 @@ def _calibration_text(fpr: float, contamination: float | None, threshold: float 
     if threshold is not None:
         return f"fixed threshold {threshold}"
     return f"contamination {contamination}" if contamination is not None else f"FPR {fpr}"
+
+
+def _refit_from_reviews(h: Any, normal_label: str | None, name: str | None,
+                        json_out: bool) -> None:
+    from latentsight.index.review import refit_threshold
+
+    if normal_label is None and name is None:
+        raise ValueError("--use-reviews needs --normal-label L (or --name MODEL).")
+    res = refit_threshold(h, normal_label=normal_label, model=name)
+    if json_out:
+        echo_json(res.as_dict())
+    else:
+        typer.echo(f"{res.model}: threshold {res.old_threshold:.5f} -> {res.new_threshold:.5f} "
+                   f"from {res.defects} defect, {res.false_alarms} false alarm and {res.missed} "
+                   f"missed review(s); errors on them {res.errors_before} -> {res.errors_after}")

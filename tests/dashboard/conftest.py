@@ -15,8 +15,10 @@ from latentsight.index.home import Home
 from latentsight.index.manager import load_encoder
 
 
-def reconstruction_scan(home: Home, paths: list[str], bad: list[str]) -> int:
-    """Record a scan scored by mean reconstruction error (higher = more anomalous)."""
+def reconstruction_scan(home: Home, paths: list[str], bad: list[str],
+                        threshold: float | None = None) -> int:
+    """Record a scan scored by mean reconstruction error (higher = more anomalous);
+    the threshold is the scores' 80th percentile unless given."""
     model = home.catalog.model()
     enc = load_encoder(home, model, "cpu")
     scores = []
@@ -24,7 +26,8 @@ def reconstruction_scan(home: Home, paths: list[str], bad: list[str]) -> int:
         x = torch.from_numpy(prepare(decode_file(p, mode=enc.mode).pixels, enc.image_size,
                                      enc.channels))[None].float() / 255  # (1, C, S, S)
         scores.append(float((x - enc.reconstruct_tensor(x)).abs().mean()))
-    threshold = float(np.quantile(scores, 0.8))
+    if threshold is None:
+        threshold = float(np.quantile(scores, 0.8))
     with home.catalog.session() as s:
         scan = ScanRow(model_id=model.id, threshold=threshold, paths=sorted({str(Path(p).parent)
                                                                              for p in paths}),
@@ -57,3 +60,26 @@ def dash_home(tmp_path_factory, trained_home) -> Home:
 @pytest.fixture()
 def empty_home(tmp_path) -> Home:
     return Home(tmp_path / "empty")
+
+
+def copy_home(home: Home, dest: Path) -> Home:
+    """A private copy of a home (model and index paths are stored relative to it)."""
+    home.catalog.engine.dispose()
+    return Home(shutil.copytree(home.root, dest))
+
+
+@pytest.fixture()
+def own_home(dash_home, tmp_path) -> Home:
+    """A copy of `dash_home` a test may change."""
+    return copy_home(dash_home, tmp_path / "home")
+
+
+@pytest.fixture(scope="module")
+def gan_home(tmp_path_factory, dash_home) -> Home:
+    """A copy of `dash_home` with a tiny conditional GAN ("g1") trained on its classes."""
+    from tests.cli import run
+
+    home = copy_home(dash_home, tmp_path_factory.mktemp("gan") / "home")
+    run("gan", "train", "--steps", "4", "--batch-size", "8", "--g-width", "4", "--d-width", "4",
+        "--holdout", "0.25", "--name", "g1", "--device", "cpu", "--home", str(home.root))
+    return home

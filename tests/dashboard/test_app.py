@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_search_page_widgets(monkeypatch, dash_home):
     assert at.multiselect(key="f_labels").options
     assert at.file_uploader
     assert at.button(key=f"pick-{dash_home.catalog.image_ids()[0]}")
-    assert "Upload an image or pick one" in texts(at)
+    assert "Upload an image, give a catalog id, or pick one" in texts(at)
 
 
 def test_search_by_catalog_id_shows_the_query_first(monkeypatch, dash_home):
@@ -114,7 +115,7 @@ def test_oversized_upload_is_refused(monkeypatch, dash_home):
 
 def test_anomalies_threshold_reflags_live(monkeypatch, dash_home):
     at = open_page(monkeypatch, dash_home, "views/anomalies.py")
-    scan = at.selectbox(key="scan").value
+    scan = dash_home.catalog.scan(at.selectbox(key="scan").value)
     slider = at.slider(key=f"thr-{scan.id}")
     flagged = int(at.metric[0].value)
     assert flagged == scan.n_flagged and int(at.metric[2].value) == 1
@@ -124,16 +125,45 @@ def test_anomalies_threshold_reflags_live(monkeypatch, dash_home):
     assert int(at.metric[0].value) + int(at.metric[1].value) == scan.n_images - 1
 
 
-def test_latent_map_plots_every_point_with_hover_thumbnails(monkeypatch, dash_home):
-    at = open_page(monkeypatch, dash_home, "views/latent_map.py")
-    charts = at.get("vega_lite_chart")
+def map_figure(at: AppTest) -> dict:
+    import json
+
+    charts = at.get("plotly_chart")
     assert len(charts) == 1
-    raw = charts[0].proto.SerializeToString()  # the spec and its Arrow datasets
-    assert raw.count(b"data:image/jpeg;base64,") == dash_home.catalog.count_images()
+    return json.loads(charts[0].proto.spec)
+
+
+def n_points(trace: dict) -> int:
+    """Points in a plotly trace (plotly writes numpy arrays as base64 "bdata")."""
+    x = trace["x"]
+    if isinstance(x, dict):
+        return len(np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]))
+    return len(x)
+
+
+def test_latent_map_greys_unscored_points_and_keeps_them(monkeypatch, own_home):
+    from latentsight.index.catalog import ScanRow
+    from sqlalchemy import delete
+
+    from tests.dashboard.conftest import reconstruction_scan
+
+    with own_home.catalog.session() as s:
+        s.execute(delete(ScanRow))
+    scored = [r.path for r in own_home.catalog.images()][:10]  # the rest stay unscored
+    reconstruction_scan(own_home, scored, [])
+    at = open_page(monkeypatch, own_home, "views/latent_map.py")
+    n = own_home.catalog.count_images()
+    assert sum(n_points(t) for t in map_figure(at)["data"]) == n
     at.radio(key="color").set_value("anomaly score").run()
-    assert not at.exception and len(at.get("vega_lite_chart")) == 1
+    assert not at.exception
+    traces = {t["name"]: t for t in map_figure(at)["data"]}
+    assert n_points(traces["scored"]) == 10 and n_points(traces["unscored"]) == n - 10
+    assert traces["unscored"]["marker"]["color"] == "#c8c8c8"
+    at.radio(key="color").set_value("scan flag").run()
+    names = {t["name"] for t in map_figure(at)["data"]}
+    assert {"flagged", "not flagged", "unscored"} >= names and "unscored" in names
     at.radio(key="method").set_value("t-SNE").run()
-    assert not at.exception and len(at.get("vega_lite_chart")) == 1
+    assert not at.exception and len(at.get("plotly_chart")) == 1
 
 
 def test_classes_page_highlights_sparse_classes(monkeypatch, dash_home):
@@ -152,19 +182,11 @@ def test_status_page_shows_models_curves_and_index_health(monkeypatch, dash_home
     assert len(at.dataframe) >= 2
 
 
-def test_scan_and_synthesis_say_when_this_build_lacks_them(monkeypatch, dash_home):
-    from latentsight.dashboard import core
-
+def test_scan_and_synthesis_say_what_to_run_first(monkeypatch, dash_home):
     at = open_page(monkeypatch, dash_home, "views/anomalies.py")
-    if core.scan_api() is None:
-        assert "Scanning is not available in this build" in texts(at)
-    else:
-        assert at.text_input(key="scan_folder")
+    assert "No model is calibrated for anomaly scans" in texts(at)  # test-ae has no scorer
     at = open_page(monkeypatch, dash_home, "views/classes.py")
-    if core.synth_api() is None:
-        assert "Synthesis is not available in this build" in texts(at)
-    else:
-        assert "latentsight gan train" in texts(at) or at.selectbox(key="synth_label")
+    assert "latentsight gan train" in texts(at)
 
 
 def test_status_page_ingests_a_folder_into_catalog_and_index(monkeypatch, dash_home, tmp_path):
@@ -186,5 +208,7 @@ def test_status_page_ingests_a_folder_into_catalog_and_index(monkeypatch, dash_h
     assert not at.exception
     assert any("added 8" in s.value and "failed 1" in s.value for s in at.success)
     assert home.catalog.count_images() == before + 8
+    # the counts at the top are the catalog's new ones, without a reload
+    assert int(at.metric[0].value.replace(",", "")) == before + 8
     assert status(home, home.catalog.model()).ok  # the new images went into the index
     assert any("junk.png" in c.value for c in at.caption)

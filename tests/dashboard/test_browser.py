@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,8 @@ def browser_ready():
     pytest.importorskip("selenium")
 
 
-def test_every_page_loads_and_an_upload_finds_results(browser_ready, dash_home, tmp_path):
+def test_pages_load_an_upload_finds_results_and_a_lasso_opens_a_sample(browser_ready, dash_home,
+                                                                        tmp_path):
     query = dash_home.catalog.images()[5]
     with shoot.serve(dash_home.root, log=tmp_path / "dashboard.log") as url:
         seen = shoot.tour(url, tmp_path / "shots", query_image=Path(query.path))
@@ -34,10 +34,10 @@ def test_every_page_loads_and_an_upload_finds_results(browser_ready, dash_home, 
     assert f"1. #{query.id}" in search["text"]  # the uploaded file is its own best match
     assert "12 results" in search["text"] and search["images"] >= 1 + 12  # query + k=12 hits
     assert "Flagged" in seen["Anomalies"]["text"]
-    assert seen["Latent map"]["hover_image"], "no thumbnail in the latent map's hover tooltip"
-    picked = re.search(r"id\s+(\d+)", seen["map point"]["tooltip"])
-    assert picked, seen["map point"]["tooltip"]
-    assert f"1. #{picked[1]}" in seen["map point"]["search"]  # the clicked point is the query
+    lassoed = seen["map lasso"]
+    assert lassoed["selected"] > 0, "a lasso on the latent map selected nothing"
+    assert lassoed["sample"].startswith("#"), "Open on a selected point did not open its sample"
+    assert "Nearest normal images" in lassoed["sample_text"]
 
 
 def test_a_token_is_asked_for_before_any_page_renders(browser_ready, empty_home, tmp_path,

@@ -28,19 +28,22 @@ def test_upload_checks_name_the_upload_and_the_reason():
         core.decode_upload(b"\x89PNG" + b"0" * (1024 * 1024 + 1), "big.png", max_mb=1)
 
 
-def test_search_filters_by_synthetic_flag(dash_home):
+def test_search_options_are_searcher_arguments(dash_home):
     s = Searcher(dash_home, device="cpu")
     ids = dash_home.catalog.image_ids()
-    assert core.search(s, ids[0], k=5, synthetic=True) == []  # nothing synthetic here
-    hits = core.search(s, ids[0], k=5, synthetic=False)
+    assert s.search(ids[0], k=5, **core.search_options(synthetic="synthetic only")) == []
+    hits = s.search(ids[0], k=5, **core.search_options())
     assert [h.id for h in hits][0] == ids[0] and len(hits) == 5
-    with pytest.raises(TypeError):
-        core.search(s, "/etc/passwd", k=5)  # a typed path is never a dashboard query
+    assert core.search_options() == {"label": None, "source": None, "include_synthetic": False,
+                                     "synthetic": None}  # real images only, as the CLI
+    assert core.search_options(synthetic="all")["include_synthetic"] is True
+    with pytest.raises(ValueError, match="synthetic must be one of"):
+        core.search_options(synthetic="yes")
 
 
 def test_reflag_counts_move_with_the_threshold(dash_home):
-    scan = core.scans(dash_home)[0]
-    results = core.scan_results(dash_home, scan.id)
+    scan = dash_home.catalog.scans()[0]
+    results = dash_home.catalog.scan_results(scan.id)
     scores = sorted(r.score for r in results if r.score is not None)
     low, high = core.reflag(results, scores[0] - 1), core.reflag(results, scores[-1])
     assert low.flagged == len(scores) and high.flagged == 0
@@ -49,8 +52,41 @@ def test_reflag_counts_move_with_the_threshold(dash_home):
     assert mid.flagged == scan.n_flagged
     flagged = [results[i].score for i in mid.order]
     assert flagged == sorted(flagged, reverse=True) and min(flagged) > scan.threshold
+    assert len(mid.unflagged) == mid.normal and all(
+        results[i].score <= scan.threshold for i in mid.unflagged)
     csv_text = core.scan_csv(results, scan.threshold).decode()
     assert csv_text.count("\n") == len(results) + 1 and "not an image" in csv_text
+
+
+def test_threshold_range_never_clamps_the_scans_threshold():
+    lo, hi, step = core.threshold_range([0.5, 0.6, 0.9], 0.1)
+    assert lo < 0.1 < 0.9 < hi and step > 0
+    lo, hi, _ = core.threshold_range([0.5, 0.6], 3.0)
+    assert lo < 0.5 and hi > 3.0
+
+
+def test_palette_has_a_distinct_colour_per_label():
+    for n in (3, 10, 24, 40, 80):
+        colours = core.palette(n)
+        assert len(colours) == n == len(set(colours))
+
+
+def test_selected_ids_reads_plotly_points():
+    sel = {"points": [{"customdata": [5]}, {"customdata": [2]}, {"customdata": [5]}, {"x": 1}]}
+    assert core.selected_ids(sel) == [5, 2]
+    assert core.selected_ids(None) == [] and core.selected_ids({"points": []}) == []
+
+
+def test_typed_folders_must_be_absolute_and_given(tmp_path, monkeypatch):
+    from latentsight.embedder.errors import CatalogError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(CatalogError, match="Type the folder"):
+        core.server_folder("  ")
+    with pytest.raises(CatalogError, match="imgs: a relative path"):
+        core.server_folder("imgs")
+    assert core.server_folder(str(tmp_path / "imgs")) == tmp_path / "imgs"
 
 
 def test_class_table_marks_sparse_classes(tmp_path):

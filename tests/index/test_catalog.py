@@ -83,8 +83,9 @@ def test_migrations_reach_head_and_adopt_a_pre_migration_catalog(db_url):
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     # a catalog made by create_all before migrations, without the columns added since
     engine = make_engine(db_url)
+    later = {"indexes", "reviews", "tags"}  # changed or added by migrations after 0001
     Base.metadata.create_all(engine, tables=[t for n, t in Base.metadata.tables.items()
-                                             if n != "indexes"])
+                                             if n not in later])
     pk = "SERIAL PRIMARY KEY" if engine.dialect.name == "postgresql" else "INTEGER PRIMARY KEY"
     with engine.begin() as conn:
         conn.exec_driver_sql(

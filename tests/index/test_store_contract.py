@@ -176,6 +176,25 @@ def test_count_ids_and_self_search(case, data):
         np.testing.assert_array_equal(found, _exact(x, x[:6], ids, 5, b.metric))
 
 
+def test_vectors_reads_back_what_was_stored(case, data):
+    b, store, ids, _ = case
+    x, _ = data
+    pick = ids[[5, 0, 17]]
+    got = store.vectors(pick)
+    assert got.shape == (3, DIM) and got.dtype == np.float32
+    want = x[[5, 0, 17]]
+    if b.metric == "cosine":
+        want = want / np.linalg.norm(want, axis=1, keepdims=True)
+    if b.exact:
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    else:  # PQ / fp16 / graph stores decode approximately: still nearest to their own row
+        cos = (got / np.linalg.norm(got, axis=1, keepdims=True)) @ (
+            x / np.linalg.norm(x, axis=1, keepdims=True)).T
+        assert cos.argmax(1).tolist() == [5, 0, 17]
+    with pytest.raises(StoreError, match="not in the index"):
+        store.vectors([int(ids.max()) + 1000])
+
+
 def test_missing_slots_are_minus_one(case, data):
     _b, store, ids, _ = case
     x, _ = data
