@@ -21,7 +21,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 
 TOKEN_ENV = "LATENTSIGHT_DASHBOARD_TOKEN"

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 from latentsight.dashboard.access import check_folder
-from latentsight.embedder.errors import CatalogError, DecodeError, LatentsightError
+from latentsight.embedder.errors import DecodeError, LatentsightError
 from latentsight.embedder.images import decode_file, looks_like_image
 from latentsight.index.catalog import ModelRow, ScanResultRow, ScanRow
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.ingest import ingest_paths, iter_files
 from latentsight.index.paths import from_catalog

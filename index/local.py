@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 from latentsight.embedder.encoder import Encoder
-from latentsight.embedder.errors import CatalogError, DecodeError, StoreError
+from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.fsutil import atomic_write
 from latentsight.embedder.images import decode_file, prepare
 from latentsight.embedder.scoring import tile_positions
 from latentsight.index.catalog import ImageRow, ModelRow
+from latentsight.index.errors import CatalogError, StoreError
 from latentsight.index.home import Home
 from latentsight.index.paths import from_catalog
 from latentsight.index.store import FaissStore

@@ -17,8 +17,9 @@ import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from latentsight.embedder.errors import CatalogError, ModelError
+from latentsight.embedder.errors import ModelError
 from latentsight.index.catalog import ModelRow
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 
 log = logging.getLogger(__name__)

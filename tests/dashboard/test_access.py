@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from latentsight.dashboard import access, core
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from PIL import Image
 from streamlit.testing.v1 import AppTest

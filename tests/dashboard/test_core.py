@@ -78,7 +78,7 @@ def test_selected_ids_reads_plotly_points():
 
 
 def test_typed_folders_must_be_absolute_and_given(tmp_path, monkeypatch):
-    from latentsight.embedder.errors import CatalogError
+    from latentsight.index.errors import CatalogError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "imgs").mkdir()

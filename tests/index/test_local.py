@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from latentsight.embedder.errors import StoreError
+from latentsight.index.errors import StoreError
 from latentsight.index.local import Geometry, choose_geometry, has_local, load_local
 from PIL import Image
 

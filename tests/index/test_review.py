@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from latentsight.embedder.errors import CatalogError
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.review import best_threshold
 from latentsight.index.scan import load_scorer, scan_paths

@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
-from latentsight.embedder.errors import StoreError
+from latentsight.index.errors import StoreError
 from latentsight.index.home import Home
 from latentsight.index.ingest import ingest_paths
 from latentsight.index.manager import status

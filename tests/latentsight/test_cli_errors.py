@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from latentsight.embedder.errors import CatalogError
 from latentsight.index.catalog import MAX_TEXT_CHARS, Catalog
+from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.ingest import ingest_paths
 from PIL import Image
