@@ -25,6 +25,7 @@ def test_scan_from_the_page_picks_the_model_and_shows_the_new_scan(monkeypatch, 
     home = copy_home(anomaly_home, tmp_path / "home")
     first = scan_paths(home, [small_folder(home, tmp_path / "a", "good", 3)], progress=False)
     second = small_folder(home, tmp_path / "b", "checker", 4)
+    monkeypatch.setenv("LATENTSIGHT_DATA_ROOTS", str(second))  # typed folders: dashboard/access.py
     at = open_page(monkeypatch, home, "views/anomalies.py")
     assert at.selectbox(key="scan").value == first.scan_id
     assert at.selectbox(key="scan_model").options == ["scan-test (normal: good)"]  # bug 2
