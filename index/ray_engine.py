@@ -39,6 +39,7 @@ from latentsight.index.home import Home
 log = logging.getLogger(__name__)
 
 ENV_ADDRESS = "RAY_ADDRESS"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": every Ray process on loopback
 ACTOR_RETRIES = 3  # a batch whose actor died is rerun this often, then the job fails
 
 
@@ -56,13 +57,28 @@ def _ray():
     return ray
 
 
+def _loopback(address: str | None) -> bool:
+    """True for a Ray started in this process or one at a loopback address (127.x, localhost)."""
+    if address is None or address == "local":
+        return True
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def connect(address: str | None = None) -> Any:
     """Join the Ray cluster at `address` (or RAY_ADDRESS, or start one in this process)."""
-    ray = _ray()
     address = address or os.environ.get(ENV_ADDRESS) or None
+    if _loopback(address):
+        # Ray's single-machine mode: without it Ray swaps 127.0.0.1 for the machine's external
+        # address. Read when Ray is imported, so set first; .ci/start-ray.sh sets it too.
+        os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
+    ray = _ray()
     if ray.is_initialized():
         return ray
-    root = str(Path(__file__).resolve().parents[1])  # this checkout, for workers' imports
+    import latentsight
+
+    # the folder holding this `latentsight` package (a checkout or site-packages), for workers
+    root = str(Path(latentsight.__file__).resolve().parents[1])
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
@@ -138,7 +154,11 @@ class _ScanActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from latentsight.embedder import faults
-        from latentsight.index.scan import _score_one
+        from latentsight.embedder.probe import ProbePool
+        from latentsight.index.scan import SCAN_LIMITS, _score_one
+
+        if getattr(self, "pool", None) is None:  # the local scan's decoding path and limits
+            self.pool = ProbePool(1, SCAN_LIMITS)
 
         out: dict[str, list] = {k: [] for k in ("i", "sha256", "score", "anomalous", "error",
                                                 "vec")}
@@ -150,8 +170,11 @@ class _ScanActor:
             def capture(pixels: np.ndarray, vec: list = vec) -> None:
                 vec.append(self.encoder.embed_pixels([pixels])[0])
 
-            item = _score_one(os.fsdecode(bytes(raw)), self.encoder, self.scorer,
-                              self.threshold, capture, self.heat_dir)
+            path = os.fsdecode(bytes(raw))
+            pr = self.pool.probe_one(path, (0, self.encoder.channels))  # native resolution
+            if pr.skipped:
+                pr.error = pr.error or "not an image"
+            item = _score_one(path, pr, self.scorer, self.threshold, capture, self.heat_dir)
             out["i"].append(int(i))
             out["sha256"].append(item.sha256 or "")
             out["score"].append(np.nan if item.score is None else float(item.score))
@@ -223,7 +246,7 @@ def scan_paths_ray(
         ray = connect(address)
         n, gpus = _pool(ray, workers)
         state = (row.metrics or {}).get("scoring") or {}
-        arrays = local.checkpoint_dir(home, row) / local.SCORER_FILE
+        arrays = home.resolve(row.checkpoint_path) / local.SCORER_FILE
         ds = ray.data.from_items(_items(todo), override_num_blocks=max(1, len(todo) //
                                                                        local.COMMIT_EVERY))
         ds = ds.map_batches(

@@ -1,4 +1,4 @@
-"""The Ray engine against a real local Ray cluster (a head and one worker node on loopback).
+"""The Ray engine against a real local Ray cluster (one node on loopback, its worker processes).
 
 .ci/start-ray.sh starts it and exports LATENTSIGHT_TEST_RAY_ADDRESS; without it (and
 outside CI) these tests skip. A Ray scan must give the local engine's scores and flags,
