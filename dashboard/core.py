@@ -21,6 +21,7 @@ import numpy as np
 from latentsight.dashboard.access import check_folder
 from latentsight.embedder.errors import DecodeError, LatentsightError
 from latentsight.embedder.images import decode_file, looks_like_image
+from latentsight.index import classes
 from latentsight.index.catalog import ModelRow, ScanResultRow, ScanRow
 from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
@@ -371,23 +372,10 @@ def selected_ids(selection: Any) -> list[int]:
 def class_table(home: Home, sparse_below: float | None = None) -> list[dict[str, Any]]:
     """Per label: real and synthetic counts and whether the class is sparse.
 
-    A class is sparse when it has fewer real images than `sparse_below`
-    (default: half the median count of real images per class).
+    The rule of `latentsight classes` (index/classes.py): sparse when it has fewer real
+    images than `sparse_below` (default: half the median real count per label).
     """
-    counts: dict[str, dict[str, int]] = {}
-    for kind, flag in (("real", False), ("synthetic", True)):
-        for label, n in home.catalog.label_counts(synthetic=flag).items():
-            if label is not None:
-                counts.setdefault(label, {"real": 0, "synthetic": 0})[kind] += int(n)
-    if not counts:
-        return []
-    if sparse_below is None:
-        sparse_below = 0.5 * float(np.median([c["real"] for c in counts.values()]))
-    return [
-        {"label": lab, "real": c["real"], "synthetic": c["synthetic"],
-         "sparse": c["real"] < sparse_below}
-        for lab, c in sorted(counts.items())
-    ]
+    return classes.class_table(home.catalog, sparse_below=sparse_below).rows
 
 
 def generators(home: Home) -> list[ModelRow]:
