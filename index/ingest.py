@@ -31,7 +31,7 @@ from latentsight.index.manager import IndexMissingError, load_encoder, open_inde
 from latentsight.index.paths import to_catalog
 from tqdm import tqdm
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)  # `log` is the --log-commits flag below
 
 
 @dataclass
@@ -175,7 +175,7 @@ def _ingest_locked(
                 for pr, lab in rows
             ])
             if log and ids:
-                log.info("committed: ids %s", " ".join(map(str, ids)))
+                logger.info("committed: ids %s", " ".join(map(str, ids)))
             faults.point("ingest.after_commit")
             catalog.record_failures([(x.path, x.error_class, x.error) for x in failures])
             report.failed.extend(failures)
