@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Start a local Ray cluster on loopback: a head and one worker node (a second raylet), and
-# print its address.   eval "$(.ci/start-ray.sh)"   # exports LATENTSIGHT_TEST_RAY_ADDRESS
+# Start a local Ray cluster on this machine: a head and one worker node (a second raylet),
+# and print its address. Clients reach it on 127.0.0.1, but Ray itself turns
+# `--node-ip-address 127.0.0.1` into the machine's address on Linux and its raylets listen
+# on every interface: keep the machine's ports firewalled (see docs/scaling.md).   eval "$(.ci/start-ray.sh)"   # exports LATENTSIGHT_TEST_RAY_ADDRESS
 # Stop it with: .ci/stop-ray.sh (ray stop). Needs `pip install 'latentsight[ray]'`.
 # Worker ports are kept to 30000-30999, clear of the Milvus server's (13333, 19529-19531, 2112x).
 set -euo pipefail
