@@ -97,6 +97,13 @@ def connect(address: str | None = None) -> Any:
     return ray
 
 
+def disconnect(ray: Any) -> None:
+    """Leave the cluster once a job is done: Ray's driver threads print the cluster's late
+    worker notices on stdout, where --json output goes (the cluster itself keeps running)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        ray.shutdown()
+
+
 def _pool(ray: Any, workers: int | None) -> tuple[int, float]:
     """(actors, GPUs per actor): one actor per CPU of the cluster by default, a GPU each if any."""
     res = ray.cluster_resources()
@@ -283,6 +290,7 @@ def scan_paths_ray(
             raise RayError(msg) from e
         finally:
             bar.close()
+            disconnect(ray)
         summary.results.extend(new[i] for i in sorted(new))
     local._finish(home, scan.id, summary)
     if report_dir:
@@ -384,6 +392,7 @@ def ray_embedder(home: Home, model: Any, *, address: str | None = None,
             raise RayError(msg) from e
         finally:
             bar.close()
+            disconnect(ray)
         if failed and home is not None:
             home.catalog.record_failures(
                 [(to_catalog(p), c, f"cannot re-read for embedding: {m}") for p, c, m in failed])
