@@ -1,10 +1,9 @@
-#!/usr/bin/env bash
-# The test run proper, inside a private network namespace (`unshare --net`, from .ci/run):
-# loopback is its only interface, so PostgreSQL, the Milvus server, Ray and Streamlit, which
-# the tests start, can listen on and reach 127.0.0.1 and nothing else, whatever they bind.
-# Everything it needs is installed before (no network in here).
+# Sourced by .ci/run inside a private network namespace (`unshare --net`), before `make test`:
+# loopback is the namespace's only interface, so PostgreSQL, the Milvus server, Ray and
+# Streamlit, which the tests use, can listen on and reach 127.0.0.1 and nothing else, whatever
+# they bind. Everything is installed before (there is no network in here). It starts the
+# servers, exports their addresses and stops them when the shell exits.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 ip link set lo up
 
 # a PostgreSQL of this namespace (a server of the host's namespace is not reachable from here)
@@ -28,5 +27,3 @@ export LATENTSIGHT_TEST_MILVUS_URI LATENTSIGHT_MILVUS_TOKEN
 eval "$(RAY_BIN=.venv/bin/ray .ci/start-ray.sh)"
 export LATENTSIGHT_TEST_RAY_ADDRESS RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 echo "milvus + ray started in $(( $(date +%s) - t0 ))s" >&2
-
-make test
