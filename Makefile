@@ -35,6 +35,7 @@ lint: $(VENV)/.installed-dev
 
 ## Benchmarks on ../shared/datasets/neu-cls (skip when absent); results -> docs/benchmarks.md
 bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/limits.py
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/augment.py
