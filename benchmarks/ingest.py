@@ -8,13 +8,15 @@ Protocol (NEU-CLS, 64x64 grayscale default AE):
 2. `ingest_paths` adds the other 1200 images: read, SHA-256, decode in worker
    processes, catalog insert per batch, embed from the decoded arrays, index add,
    index save. Timed end to end -> images/s; with the default worker count and
-   with decoding in the ingest process (`workers=0`), alternating, `--repeats`
-   fresh homes each, medians.
+   with decoding in the ingest process (`workers=0`), a fresh home each.
 3. The same 1200 images, already decoded and resized to tensors, go through
    `model.embed` at the same batch size -> images/s ("bare forward").
 4. The limit, measured in the same run (benchmarks/limits.py): Pillow JPEG
-   decode of those files' bytes from memory plus SHA-256, per core and on all
-   cores.
+   decode (full and `Image.draft`) of those files' bytes from memory plus
+   SHA-256, per core and on all cores, and the bound of the forward and the
+   decoding sharing the cores.
+Each round runs every setting and then the bare forward, so each ratio is
+between runs under the same load; medians of the rounds.
 Figures: ingest / bare forward (target >= 0.6) and ingest / decode + hash limit.
 Results go to benchmarks/results/ingest.json and the "Ingest (issue 2)" section of
 docs/benchmarks.md.
@@ -32,17 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
-
-from latentsight.embedder.encoder import to_batch  # noqa: E402
-from latentsight.embedder.images import decode_file  # noqa: E402
-from latentsight.embedder.models import create, save_checkpoint  # noqa: E402
-from latentsight.index.home import Home  # noqa: E402
-from latentsight.index.ingest import ingest_paths  # noqa: E402
-from latentsight.index.manager import build_index  # noqa: E402
+# Heavy imports (torch, the index) happen inside the functions: the decoding workers are
+# spawned processes that re-import this script as their main module, and should not pay
+# for torch (`latentsight` itself runs as `python -m latentsight`, whose workers skip it).
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "neu-cls"
 
@@ -60,7 +56,12 @@ def link_subset(src: Path, dst: Path, lo: int, hi: int) -> list[Path]:
     return out
 
 
-def bare_forward(model: torch.nn.Module, files: list[Path], batch: int) -> float:
+def bare_forward(model: object, files: list[Path], batch: int) -> float:
+    """images/s of `model.embed` alone on the files, decoded and resized beforehand."""
+    import torch
+    from latentsight.embedder.encoder import to_batch
+    from latentsight.embedder.images import decode_file
+
     px = [decode_file(f, mode="L").pixels for f in files]
     xs = [to_batch(px[i : i + batch], 64, 1) for i in range(0, len(px), batch)]
     with torch.no_grad():
@@ -74,6 +75,12 @@ def bare_forward(model: torch.nn.Module, files: list[Path], batch: int) -> float
 
 def one_run(data: Path, tmp: Path, batch: int, workers: int | None) -> tuple[float, int, object]:
     """A fresh home: 600 images ingested and indexed, then 1200 more timed. images/s."""
+    import torch
+    from latentsight.embedder.models import create, save_checkpoint
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.manager import build_index
+
     first = link_subset(data, tmp / "first", 0, 100)
     rest = link_subset(data, tmp / "rest", 100, 300)
     home = Home(tmp / "home")
@@ -98,12 +105,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each worker setting")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of every setting")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args()
     if not args.data.is_dir():
         print(f"skip: NEU-CLS not found at {args.data}", file=sys.stderr)
         return 0
+    import torch
     from latentsight.embedder.images import default_workers
 
     from benchmarks.limits import decode_rates, sha256_rate
@@ -113,34 +121,57 @@ def main() -> int:
     if cores != default_workers():
         settings[f"{cores} workers (one per core)"] = cores
     runs: dict[str, list[float]] = {k: [] for k in settings}
-    model = rest = None
-    for r in range(args.repeats):  # the settings alternate, so load changes hit both alike
+    ratios: dict[str, list[float]] = {k: [] for k in settings}
+    forwards: list[float] = []
+    loads: list[float] = []
+    for r in range(args.repeats):  # one round = every setting, then the bare forward
+        got = {}
         for name, workers in settings.items():
             with tempfile.TemporaryDirectory() as tmp:
                 ips, n_first, (model, rest) = one_run(args.data, Path(tmp), args.batch, workers)
-                runs[name].append(ips)
                 rest = [p.resolve() for p in rest]
-            print(f"run {r} {name}: {ips:.0f} images/s", file=sys.stderr)
-    forward_ips = bare_forward(model, rest, args.batch)
+                got[name] = ips
+        fwd = bare_forward(model, rest, args.batch)  # right after, under the same load
+        forwards.append(fwd)
+        loads.append(os.getloadavg()[0])
+        for name, ips in got.items():
+            runs[name].append(ips)
+            ratios[name].append(ips / fwd)
+        print(f"round {r}: " + ", ".join(f"{k} {v:.0f}" for k, v in got.items())
+              + f"; forward {fwd:.0f} images/s (load {loads[-1]:.1f})", file=sys.stderr)
     blobs = [p.read_bytes() for p in rest[::6]]
     dec = decode_rates(blobs)
     sha_ips = sha256_rate() * 1e9 / dec["mean_file_bytes"]
-    limit_1core = 1 / (1 / dec["jpeg_full_ips"] + 1 / sha_ips)
+    full_1core = 1 / (1 / dec["jpeg_full_ips"] + 1 / sha_ips)
+    draft_1core = 1 / (1 / dec["jpeg_draft_ips"] + 1 / sha_ips)  # what ingest decodes now
     med = {k: float(statistics.median(v)) for k, v in runs.items()}
-    best = max(med.values())
+    med_ratio = {k: float(statistics.median(v)) for k, v in ratios.items()}
+    forward_ips = float(statistics.median(forwards))
+    default = next(iter(settings))
+    # the whole machine's bound when the forward (on every core) and decoding + hashing share
+    # the cores: core-seconds per image = cores / forward + 1 / decode_hash_1core
+    shared = cores / (cores / forward_ips + 1 / draft_1core)
     res = {
-        "images": len(rest), "first": n_first, "batch": args.batch,
+        "images": len(rest), "first": n_first, "batch": args.batch, "rounds": args.repeats,
         "ingest_images_per_s": {k: round(v, 1) for k, v in med.items()},
         "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+        "ratio_vs_forward_per_setting": {k: round(v, 3) for k, v in med_ratio.items()},
         "bare_forward_images_per_s": round(forward_ips, 1),
+        "bare_forward_runs": [round(x, 1) for x in forwards],
         "jpeg_full_decode_ips": round(dec["jpeg_full_ips"], 1),
         "jpeg_draft_decode_ips": round(dec["jpeg_draft_ips"], 1),
         "sha256_ips": round(sha_ips, 1),
-        "decode_hash_limit_1core": round(limit_1core, 1),
-        "decode_hash_limit_all_cores": round(limit_1core * cores, 1),
-        "ratio_vs_forward": round(best / forward_ips, 3),
-        "ratio_vs_decode_hash_all_cores": round(best / (limit_1core * cores), 3),
+        "decode_hash_limit_1core": round(full_1core, 1),
+        "decode_draft_hash_limit_1core": round(draft_1core, 1),
+        "decode_draft_hash_limit_all_cores": round(draft_1core * cores, 1),
+        "forward_plus_decode_bound": round(shared, 1),
+        "default_setting": default,
+        "ratio_vs_forward": round(med_ratio[default], 3),
+        "ratio_vs_forward_best": round(max(med_ratio.values()), 3),
+        "ratio_vs_decode_hash_all_cores": round(med[default] / (draft_1core * cores), 3),
+        "ratio_vs_shared_bound": round(med[default] / shared, 3),
         "cores": cores, "torch_threads": torch.get_num_threads(),
+        "load_during_rounds": [round(x, 1) for x in loads],
         "load": " / ".join(f"{v:.1f}" for v in os.getloadavg()),
         "machine": platform.processor() or platform.machine(),
     }
@@ -156,33 +187,43 @@ def main() -> int:
 def write_section(res: dict) -> None:
     from benchmarks.report import replace_section
 
-    n_runs = len(next(iter(res["runs"].values())))
-    rows = "".join(f"| ingest into existing index, {k} | {v} |\n"
-                   for k, v in res["ingest_images_per_s"].items())
+    rows = "".join(
+        f"| ingest into existing index, {k} | {v} | {res['ratio_vs_forward_per_setting'][k]} |\n"
+        for k, v in res["ingest_images_per_s"].items())
+    loads = ", ".join(str(x) for x in res["load_during_rounds"])
     body = (
         "`python benchmarks/ingest.py` — NEU-CLS: 600 images ingested and indexed first, then\n"
-        f"{res['images']} more ingested into the existing index (read + SHA-256 + decode in\n"
-        "worker processes + catalog insert per batch + embed + index add + save), beside the\n"
-        "bare `model.embed` forward on the same images already decoded, and the decode + hash\n"
-        f"limit measured in the same run (Pillow, from bytes in memory), batch {res['batch']},\n"
-        f"default AE at 64x64, {res['cores']} cores shared with other jobs (load "
-        f"{res['load']}); worker settings alternate, medians of {n_runs} runs.\n\n"
-        "| measure | images/s |\n|---|---|\n" + rows +
-        f"| bare forward (decoded tensors) | {res['bare_forward_images_per_s']} |\n"
-        f"| limit: JPEG decode (full) + SHA-256, one core | {res['decode_hash_limit_1core']} |\n"
-        f"| limit: the same on all {res['cores']} cores | {res['decode_hash_limit_all_cores']} |\n"
-        f"| (JPEG `Image.draft` decode alone, one core) | {res['jpeg_draft_decode_ips']} |\n"
-        f"| **ratio vs bare forward** (target >= 0.6) | **{res['ratio_vs_forward']}** |\n"
-        f"| **ratio vs decode + hash on all cores** | "
-        f"**{res['ratio_vs_decode_hash_all_cores']}** |\n"
-        "\nOn a loaded machine the forward pass (torch on both cores) slows far more than\n"
-        "decoding, so the ratio against it is only meaningful on a quiet machine (about\n"
-        "2,265 images/s there, where 0.6 of it is above the decode + hash limit on 2 cores).\n"
-        "\nReading: the forward pass is not the bound; decoding is. 0.6 of the forward would\n"
-        "need more images/s than Pillow decodes and hashes on every core of this machine, so\n"
-        "the figure to read is the ratio against the decode + hash limit. Ingest also pays\n"
-        "the worker start-up (a spawned process importing numpy and Pillow), the resize to\n"
-        "64x64, the catalog transaction and the index save on those same cores.\n"
+        f"{res['images']} more ingested into the existing index, timed end to end (worker\n"
+        "start-up, model and index load, read + SHA-256 + decode in worker processes, catalog\n"
+        "insert per batch, embed, index add, save). Each round runs every worker setting and\n"
+        "then the bare `model.embed` forward on the same images already decoded and resized,\n"
+        "so a ratio compares runs made under the same load; medians over "
+        f"{res['rounds']} rounds, batch {res['batch']},\n"
+        f"default AE at 64x64, {res['cores']} cores shared with other jobs (1-minute load "
+        f"average after each round: {loads}). Decode and hash limits measured in the same\n"
+        "run (Pillow, from bytes in memory, one core).\n\n"
+        "| measure | images/s | ratio vs bare forward |\n|---|---|---|\n" + rows +
+        f"| bare forward (decoded tensors, {res['torch_threads']} torch threads) | "
+        f"{res['bare_forward_images_per_s']} | 1 |\n"
+        f"| limit: JPEG decode (full) + SHA-256, one core | {res['decode_hash_limit_1core']} | |\n"
+        f"| limit: JPEG `Image.draft` decode (what ingest does at 64 px) + SHA-256, one core | "
+        f"{res['decode_draft_hash_limit_1core']} | |\n"
+        f"| limit: the same on all {res['cores']} cores | "
+        f"{res['decode_draft_hash_limit_all_cores']} | |\n"
+        f"| bound: forward and decode + hash sharing the {res['cores']} cores | "
+        f"{res['forward_plus_decode_bound']} | |\n"
+        f"| **ratio vs bare forward, default setting** (target >= 0.6) | "
+        f"**{res['ratio_vs_forward']}** | |\n"
+        f"| ratio vs the shared bound | {res['ratio_vs_shared_bound']} | |\n"
+        "\nReading: the forward pass is the bound here, not decoding (decode + hash on one core\n"
+        "is several times the forward on all cores), so the figure to read is the ratio\n"
+        "against the bare forward. Decoding and the forward share the same cores, so even a\n"
+        "perfect pipeline stays below 1.0 of the bare forward: the shared bound above is\n"
+        "what the machine allows. What made ingest faster than issue 2's 0.085: files go\n"
+        "to the workers 32 per task (one round trip per chunk, not per file), the workers\n"
+        "start while the model loads, JPEGs decode at the reduced size the model reads\n"
+        "(`Image.draft`), a batch's catalog rows are one multi-row INSERT, and a thread\n"
+        "embeds batch i while batch i is committed and batch i+1 decoded.\n"
     )
     replace_section("Ingest (issue 2)", body)
 

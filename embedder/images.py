@@ -161,6 +161,7 @@ def decode_bytes(
     mode: str = "L",
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_FILE_BYTES,
+    reduce_to: int = 0,
 ) -> DecodedImage:
     """Decode image bytes to a uint8 array in `mode` ("L" or "RGB").
 
@@ -168,6 +169,12 @@ def decode_bytes(
     (16-bit and 32-bit integer images are rescaled to 8 bits, never clipped;
     transparency is composited onto white). The first frame of an animation
     or a multipage file is used.
+
+    `reduce_to` > 0 lets a JPEG be decoded at 1/2, 1/4 or 1/8 of its size
+    (libjpeg's DCT scaling, `Image.draft`) while both sides stay at least
+    `reduce_to` pixels: what a model that reads `reduce_to`-pixel inputs
+    needs, at a fraction of the decoding cost. `pixels` is then the reduced
+    array; `width` and `height` are still the file's own.
 
     Raises:
         DecodeError: with `path` and the reason, for anything that is not a
@@ -192,8 +199,15 @@ def decode_bytes(
                 msg = f"{w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit"
                 raise DecodeError(path, msg)
             img.seek(0)
+            if reduce_to > 0 and fmt == "JPEG" and min(w, h) >= 2 * reduce_to:
+                img.draft(img.mode, (reduce_to, reduce_to))  # both sides stay >= reduce_to
             img.load()
+            drafted = img.size != (w, h)
+            if drafted and img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF Orientation
+                w, h = h, w  # exif_transpose below swaps the sides
             img = ImageOps.exif_transpose(img)
+            if not drafted:
+                w, h = img.size
         except (DecodeError, MemoryError):
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -213,8 +227,8 @@ def decode_bytes(
         raise DecodeError(path, f"cannot convert mode {source_mode}: {e}") from e
     return DecodedImage(
         pixels=pixels,
-        width=img.size[0],
-        height=img.size[1],
+        width=w,
+        height=h,
         source_mode=source_mode,
         format=fmt,
     )
@@ -226,11 +240,12 @@ def decode_file(
     mode: str = "L",
     max_bytes: int = MAX_FILE_BYTES,
     max_pixels: int = MAX_PIXELS,
+    reduce_to: int = 0,
 ) -> DecodedImage:
     """Read and decode one file. See `decode_bytes`; errors name the file."""
     data = read_bytes(path, max_bytes=max_bytes)
     return decode_bytes(data, path=str(path), mode=mode, max_pixels=max_pixels,
-                        max_bytes=max_bytes)
+                        max_bytes=max_bytes, reduce_to=reduce_to)
 
 
 def to_mode(img: Image.Image, mode: str) -> np.ndarray:

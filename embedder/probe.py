@@ -51,7 +51,7 @@ from latentsight.embedder.images import (
     read_bytes,
 )
 
-STARTUP_GRACE_S = 60.0  # the longest we wait for fresh workers to start (loaded machines)
+CHUNK = 32  # files per worker task: the round trip to a worker is paid once per chunk
 
 
 @dataclass
@@ -121,8 +121,11 @@ _OOM = "out of memory while decoding (over the decoder's memory limit)"
 
 def _decode(path: str, data: bytes, want: tuple[int, int] | None, limits: Limits) -> Probe:
     mode = "L" if (want is None or want[1] == 1) else "RGB"
+    # JPEG DCT scaling down to the model's input size; with no pixels wanted, to 1/8 (the
+    # whole entropy-coded stream is still decoded, so a corrupt file is still found)
+    reduce_to = 1 if want is None else want[0]
     img = decode_bytes(data, path=path, mode=mode, max_pixels=limits.max_pixels,
-                       max_bytes=limits.max_bytes)
+                       max_bytes=limits.max_bytes, reduce_to=reduce_to)
     if want is None:
         pixels = None
     elif want[0] == 0:
@@ -151,12 +154,20 @@ def _probe_upload(up: Upload, want: tuple[int, int] | None, limits: Limits) -> P
 _STARTED: Any = None  # in a worker: the pipe on which it says "starting file N"
 
 
-def _run_task(token: int, path: str | Upload, want: tuple[int, int] | None,
-              limits: Limits) -> Probe:
-    """A worker's task: say that this file's decoding starts now, then probe it."""
-    if _STARTED is not None:
-        _STARTED.put((token, time.monotonic()))  # written synchronously, before any decoding
-    return probe_file(path, want, limits)
+def _run_task(token: int, items: Sequence[str | Upload], want: tuple[int, int] | None,
+              limits: Limits) -> list[Probe]:
+    """A worker's task: a chunk of files, each announced (task, position, time) as it starts.
+
+    The announcement is written synchronously before the file is touched, so
+    the parent knows which file a hung or dead worker was on and when it
+    began that very file.
+    """
+    out = []
+    for j, item in enumerate(items):
+        if _STARTED is not None:
+            _STARTED.put((token, j, time.monotonic()))
+        out.append(probe_file(item, want, limits))
+    return out
 
 
 def _init_worker(parent_pid: int, started: Any, max_memory: int) -> None:
@@ -217,19 +228,38 @@ def _link_reason(path: str) -> str:
     return f"broken symbolic link (points to {os.readlink(path)!r}, which does not exist)"
 
 
+@dataclass
+class _Task:
+    """A chunk of files given to one worker, and what it said about them."""
+
+    idx: list[int]  # positions in the caller's list of paths
+    token: int
+    solo: bool  # a suspect retried alone: its failure is final
+    current: int = -1  # position in `idx` of the file the worker announced last
+    since: float | None = None  # when the worker started that file
+
+
 class ProbePool:
     """Spawned worker processes probing files with a time limit per file.
 
     Use as a context manager; `probe(paths, want)` returns one Probe per path,
-    in order. With `workers=0` files are probed in this process (no isolation).
+    in order. Files go to the workers in chunks (`chunk` files per task, fewer
+    when there are few files), so the cost of a task's round trip is shared;
+    the limits still hold per file. The workers start with the first use (or
+    `start()`, which returns at once) and serve every later call until
+    `close()`. With `workers=0` files are probed in this process (no isolation).
     """
 
-    def __init__(self, workers: int, limits: Limits = Limits()) -> None:
+    def __init__(self, workers: int, limits: Limits = Limits(), *, chunk: int = CHUNK) -> None:
         if workers < 0:
             msg = f"The 'workers' option must be >= 0. Got {workers} instead."
             raise ValueError(msg)
+        if chunk < 1:
+            msg = f"The 'chunk' option must be >= 1. Got {chunk} instead."
+            raise ValueError(msg)
         self.workers = workers
         self.limits = limits
+        self.chunk = chunk
         self._pool: ProcessPoolExecutor | None = None
         self._started: Any = None  # the current pool's start pipe (a new one per pool)
         self._tokens = itertools.count()
@@ -240,6 +270,12 @@ class ProbePool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def start(self) -> ProbePool:
+        """Start the workers now, without waiting for them (they start while the caller works)."""
+        if self.workers > 0:
+            self._executor()
+        return self
 
     def close(self) -> None:
         """Stop the workers: idle ones exit at once; one still stuck on a file is killed."""
@@ -255,7 +291,7 @@ class ProbePool:
                 p.join(timeout=5)
 
     def _executor(self) -> ProcessPoolExecutor:
-        """The current pool, started and warmed up (so that start-up time is not decode time)."""
+        """The current pool; a new one spawns all its workers at once, without waiting."""
         if self._pool is None:
             ctx = get_context("spawn")
             # A fresh pipe per pool: a worker killed while writing to it cannot block the next.
@@ -263,19 +299,22 @@ class ProbePool:
             pool = ProcessPoolExecutor(
                 self.workers, mp_context=ctx, initializer=_init_worker,
                 initargs=(os.getpid(), self._started, self.limits.max_memory))
-            warm = [pool.submit(_ready, 0.05) for _ in range(self.workers)]
-            wait(warm, timeout=STARTUP_GRACE_S)
+            for _ in range(self.workers):  # each submit spawns a worker while none is idle
+                pool.submit(_ready, 0.0)
             self._pool = pool
         return self._pool
 
-    def _start_times(self) -> dict[int, float]:
-        """Drain the start pipe: token -> when a worker started on that file."""
-        out: dict[int, float] = {}
+    def _drain_starts(self, inflight: dict[Future, _Task]) -> None:
+        """Read the start pipe: which file each task is on, and since when."""
         q = self._started
-        while q is not None and not q.empty():
-            token, t = q.get()
-            out[token] = t
-        return out
+        if q is None:
+            return
+        by_token = {t.token: t for t in inflight.values()}
+        while not q.empty():
+            token, j, t = q.get()
+            task = by_token.get(token)
+            if task is not None and j >= task.current:
+                task.current, task.since = j, t
 
     def _kill(self) -> None:
         """Kill every worker of the current pool (a hung decoder ignores anything gentler)."""
@@ -300,7 +339,8 @@ class ProbePool:
         return list(self.imap(paths, want))
 
     def imap(
-        self, paths: Sequence[str], want: tuple[int, int] | None, *, window: int | None = None
+        self, paths: Sequence[str | Upload], want: tuple[int, int] | None, *,
+        window: int | None = None,
     ) -> Iterator[Probe]:
         """Yield one Probe per path, in order, keeping up to `window` files in the workers.
 
@@ -311,78 +351,105 @@ class ProbePool:
             for p in paths:
                 yield probe_file(p, want, self.limits)
             return
-        window = max(2 * self.workers, window or 0)
-        results: dict[int, Probe] = {}
-        pending: deque[int] = deque(range(len(paths)))
-        suspects: deque[int] = deque()  # in flight when a worker died: retried one at a time
-        inflight: dict[Future, list] = {}  # future -> [index, token, started_at | None]
+        # native-resolution arrays can be large: fewer of them per task
+        chunk = self.chunk if want is None or want[0] > 0 else max(1, self.chunk // 8)
+        # few files: spread them over every worker rather than fill one chunk
+        chunk = max(1, min(chunk, -(-len(paths) // (2 * self.workers))))
+        window = max(2 * self.workers * chunk, window or 0)
+        state = _Run(paths, want, chunk, window)
         nxt = 0
         while nxt < len(paths):
-            while nxt in results:
-                yield results.pop(nxt)
+            while nxt in state.results:
+                yield state.results.pop(nxt)
                 nxt += 1
             if nxt >= len(paths):
                 return
-            self._step(paths, want, window, results, pending, suspects, inflight)
+            self._step(state)
 
-    def _step(self, paths, want, window, results, pending, suspects, inflight) -> None:
+    def _submit(self, state: _Run, idx: list[int], solo: bool) -> None:
+        token = next(self._tokens)
+        f = self._executor().submit(_run_task, token, [state.paths[i] for i in idx], state.want,
+                                    self.limits)
+        state.inflight[f] = _Task(idx, token, solo)
+
+    def _step(self, state: _Run) -> None:
         """Submit what fits, wait a little, collect results, handle dead and hung workers."""
-        solo = bool(suspects)
-        limit = 1 if solo else window
-        source = suspects if solo else pending
-        while source and len(inflight) < limit:
-            i = source.popleft()
-            token = next(self._tokens)
-            f = self._executor().submit(_run_task, token, paths[i], want, self.limits)
-            inflight[f] = [i, token, None]
+        pending, suspects, inflight, results = (state.pending, state.suspects, state.inflight,
+                                                state.results)
+        if suspects:  # one suspect at a time, alone in its worker: its failure is its own
+            if not inflight:
+                self._submit(state, [suspects.popleft()], solo=True)
+        else:
+            while pending and state.files_in_flight() < state.window:
+                n = min(state.chunk, len(pending))
+                self._submit(state, [pending.popleft() for _ in range(n)], solo=False)
         done, _ = wait(list(inflight), timeout=0.05, return_when=FIRST_COMPLETED)
-        started = self._start_times()
+        self._drain_starts(inflight)
         now = time.monotonic()
         broken = recycle = False
         for f in done:
-            i = inflight.pop(f)[0]
+            task = inflight.pop(f)
             try:
-                pr = f.result()
-                if pr.error_class == "MemoryError" and not solo:
+                probes = f.result()
+            except BrokenProcessPool:
+                broken = True
+                inflight[f] = task  # handled with the others below
+                continue
+            for i, pr in zip(task.idx, probes, strict=True):
+                if pr.error_class == "MemoryError" and not task.solo:
                     # the worker may have been left short by an earlier file: retry this one
                     # alone in a fresh worker, as after a crash
                     suspects.append(i)
                     recycle = True
                 else:
                     results[i] = pr
-            except BrokenProcessPool:
-                broken = True
-                if solo:
-                    results[i] = Probe(path=_shown(paths[i]), error_class="WorkerDied", error=(
-                        "the decoder process died while reading this file "
-                        "(crashed or killed); the file was skipped"))
+        if broken:
+            self._drain_starts(inflight)
+            for task in inflight.values():
+                if task.current < 0:  # never started a file: retried alone, to be sure
+                    suspects.extend(task.idx)
+                    continue
+                i = task.idx[task.current]  # the file its worker was on when a worker died
+                if task.solo:
+                    results[i] = Probe(path=_shown(state.paths[i]), error_class="WorkerDied",
+                                       error=("the decoder process died while reading this "
+                                              "file (crashed or killed); the file was skipped"))
                 else:
                     suspects.append(i)
-        if broken:
-            for f, (i, _tok, _t) in inflight.items():
-                f.cancel()
-                suspects.append(i)
+                # the chunk's other files (done but lost with the worker, or not begun) again
+                pending.extendleft(reversed([k for k in task.idx if k != i]))
             inflight.clear()
             self._kill()
             return
-        expired = []
-        for f, slot in inflight.items():
-            if slot[2] is None and slot[1] in started:
-                slot[2] = started[slot[1]]  # when the worker began this very file
-            if slot[2] is not None and now - slot[2] > self.limits.timeout_s:
-                expired.append(f)
+        expired = [f for f, t in inflight.items()
+                   if t.since is not None and now - t.since > self.limits.timeout_s]
         if expired or recycle:
             for f in expired:
-                i = inflight.pop(f)[0]
-                results[i] = Probe(path=_shown(paths[i]), error_class="Timeout", error=(
+                task = inflight[f]
+                i = task.idx[task.current]
+                results[i] = Probe(path=_shown(state.paths[i]), error_class="Timeout", error=(
                     f"decoding took over {self.limits.timeout_s:g}s; stopped"))
-            requeue = sorted(slot[0] for slot in inflight.values())
+                task.idx = [k for k in task.idx if k != i]
+            requeue = sorted(k for t in inflight.values() for k in t.idx)
+            solo = any(t.solo for t in inflight.values())
             inflight.clear()
             self._kill()
-            if recycle and not solo:
-                suspects.extend(requeue)
-            else:
-                (suspects if solo else pending).extendleft(reversed(requeue))
+            (suspects if solo else pending).extendleft(reversed(requeue))
+
+
+class _Run:
+    """The state of one `imap` call."""
+
+    def __init__(self, paths: Sequence[str | Upload], want: tuple[int, int] | None,
+                 chunk: int, window: int) -> None:
+        self.paths, self.want, self.chunk, self.window = paths, want, chunk, window
+        self.results: dict[int, Probe] = {}
+        self.pending: deque[int] = deque(range(len(paths)))
+        self.suspects: deque[int] = deque()  # in flight when a worker died: retried alone
+        self.inflight: dict[Future, _Task] = {}
+
+    def files_in_flight(self) -> int:
+        return sum(len(t.idx) for t in self.inflight.values())
 
 
 def _shown(item: str | Upload) -> str:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     inspect,
     select,
 )
@@ -350,11 +351,20 @@ class Catalog:
         return found
 
     def add_images(self, rows: Sequence[dict[str, Any]]) -> list[int]:
-        """Insert image rows in one transaction; returns their ids in order."""
+        """Insert image rows in one transaction; returns their ids in order.
+
+        One multi-row INSERT ... RETURNING where the database returns ids in
+        parameter order (SQLite, PostgreSQL), else one ORM object per row.
+        """
         for r in rows:
             check_text(r.get("label"), "label")
             check_text(r.get("source"), "source")
+        if not rows:
+            return []
         with self.session() as s:
+            if self.engine.dialect.insert_executemany_returning_sort_by_parameter_order:
+                stmt = insert(ImageRow).returning(ImageRow.id, sort_by_parameter_order=True)
+                return list(s.scalars(stmt, [dict(r) for r in rows]))
             objs = [ImageRow(**r) for r in rows]
             s.add_all(objs)
             s.flush()

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,62 +134,73 @@ def _ingest_locked(
     source: str, batch_size: int, workers: int | None, update_index: bool, progress: bool,
     limits: Limits, log: bool,
 ) -> IngestReport:
+    workers = max(1, default_workers()) if workers is None else workers
+    # the decoding workers start now and come up while the model and the index load
+    with ProbePool(workers, limits).start() as pool, ThreadPoolExecutor(1) as embedding:
+        return _ingest_with(home, paths, pool, embedding, label=label,
+                            labels_from_folders=labels_from_folders, source=source,
+                            batch_size=batch_size, update_index=update_index,
+                            progress=progress, log=log)
+
+
+def _ingest_with(
+    home: Home, paths: Sequence[str | Path], pool: ProbePool, embedding: ThreadPoolExecutor, *,
+    label: str | None, labels_from_folders: bool, source: str, batch_size: int,
+    update_index: bool, progress: bool, log: bool,
+) -> IngestReport:
+    """The ingest pipeline: the workers decode ahead, a thread embeds, this thread commits.
+
+    Batch i is embedded (torch, outside the GIL) while this thread writes it to
+    the catalog; its vectors go into the index while batch i+1 is committed.
+    The order that makes a kill safe is kept: a batch's catalog transaction
+    commits before its vectors reach the index, and the index file is saved
+    (atomically) only at the end, after `sync_index` has added whatever an
+    earlier, killed run committed but did not index.
+    """
     catalog = home.catalog
     model, encoder, store = _index_target(home) if update_index else (None, None, None)
     want = (encoder.image_size, encoder.channels) if encoder else None
     report = IngestReport()
     files = list(iter_files(paths))
     faults.on_listed([os.fspath(f) for f, _ in files])
-    workers = max(1, default_workers()) if workers is None else workers
     bar = tqdm(total=len(files), desc="ingest", unit="file", file=sys.stderr,
                disable=bar_disabled(progress))
     batches = [files[s : s + batch_size] for s in range(0, len(files), batch_size)]
-    with ProbePool(workers, limits) as pool:
-        # Pipeline: the workers decode the next batch while this process commits and embeds.
-        probes_iter = pool.imap([os.fspath(f) for f, _ in files], want, window=2 * batch_size)
-        for batch in batches:
-            probes = [next(probes_iter) for _ in batch]
-            rows, failures, seen = [], [], set()
-            known = catalog.known_sha256(p.sha256 for p in probes if p.sha256)
-            for (f, root), pr in zip(batch, probes, strict=True):
-                if pr.skipped:
-                    report.skipped += 1
-                elif pr.error is not None:
-                    failures.append(Failure(to_catalog(_abs(pr.path)), pr.error,
-                                            pr.error_class or "DecodeError"))
-                elif pr.sha256 in known or pr.sha256 in seen:
-                    report.duplicates += 1
-                else:
-                    row_label = _folder_label(f, root) if labels_from_folders else label
-                    if row_label is not None and len(row_label) > MAX_TEXT_CHARS:
-                        failures.append(Failure(to_catalog(_abs(pr.path)), (
-                            f"the folder name gives a {len(row_label)}-character label, over "
-                            f"the {MAX_TEXT_CHARS}-character limit"), "LabelError"))
-                        continue
-                    seen.add(pr.sha256)
-                    rows.append((pr, row_label))
-            faults.point("ingest.before_commit")
-            ids = catalog.add_images([
-                {"sha256": pr.sha256, "path": to_catalog(_abs(pr.path)),
-                 "byte_size": pr.byte_size, "width": pr.width, "height": pr.height,
-                 "mode": pr.mode, "format": pr.format, "label": lab, "source": source}
-                for pr, lab in rows
-            ])
-            if log and ids:
-                logger.info("committed: ids %s", " ".join(map(str, ids)))
-            faults.point("ingest.after_commit")
-            catalog.record_failures([(x.path, x.error_class, x.error) for x in failures])
-            report.failed.extend(failures)
-            report.added += len(ids)
-            report.ids.extend(ids)
-            if store is not None and ids:
-                x = np.stack([pr.pixels for pr, _lab in rows])  # (B, C, S, S) uint8
-                meta = [{"label": lab, "source": source, "synthetic": False} for _pr, lab in rows]
-                store.add(ids, encoder.embed_uint8(x), meta)  # metadata: for Milvus filters
-                report.indexed += len(ids)
-            bar.update(len(batch))
-            bar.set_postfix(added=report.added, dup=report.duplicates, failed=len(report.failed))
-        bar.close()
+    probes_iter = pool.imap([os.fspath(f) for f, _ in files], want, window=2 * batch_size)
+    to_index: tuple[Future, list[int], list[dict]] | None = None  # the previous batch's
+    for batch in batches:
+        probes = [next(probes_iter) for _ in batch]
+        rows, failures = _sort_batch(batch, probes, catalog, report, label=label,
+                                     labels_from_folders=labels_from_folders)
+        vectors = None
+        if store is not None and rows:
+            x = np.stack([pr.pixels for pr, _lab in rows])  # (B, C, S, S) uint8
+            vectors = embedding.submit(encoder.embed_uint8, x)  # (B, D), while we commit
+        faults.point("ingest.before_commit")
+        ids = catalog.add_images([
+            {"sha256": pr.sha256, "path": to_catalog(_abs(pr.path)),
+             "byte_size": pr.byte_size, "width": pr.width, "height": pr.height,
+             "mode": pr.mode, "format": pr.format, "label": lab, "source": source}
+            for pr, lab in rows
+        ])
+        if log and ids:
+            logger.info("committed: ids %s", " ".join(map(str, ids)))
+        faults.point("ingest.after_commit")
+        catalog.record_failures([(x.path, x.error_class, x.error) for x in failures])
+        report.failed.extend(failures)
+        report.added += len(ids)
+        report.ids.extend(ids)
+        if to_index is not None:
+            report.indexed += _add_vectors(store, *to_index)
+        to_index = None
+        if vectors is not None:
+            meta = [{"label": lab, "source": source, "synthetic": False} for _pr, lab in rows]
+            to_index = (vectors, ids, meta)  # metadata: for Milvus filters
+        bar.update(len(batch))
+        bar.set_postfix(added=report.added, dup=report.duplicates, failed=len(report.failed))
+    if to_index is not None:
+        report.indexed += _add_vectors(store, *to_index)
+    bar.close()
     faults.point("ingest.before_index")
     if model is not None and store is not None:
         # Adds what an earlier, killed run committed to the catalog but not to the index,
@@ -196,6 +208,39 @@ def _ingest_locked(
         report.indexed += sync_index(home, model, encoder=encoder, store=store,
                                      progress=progress, force_save=report.indexed > 0)
     return report
+
+
+def _sort_batch(
+    batch: list[tuple[Path, Path]], probes: list[Probe], catalog: Any, report: IngestReport, *,
+    label: str | None, labels_from_folders: bool,
+) -> tuple[list[tuple[Probe, str | None]], list[Failure]]:
+    """New images (with their labels) and failures of one batch; counts skips and duplicates."""
+    rows, failures, seen = [], [], set()
+    known = catalog.known_sha256(p.sha256 for p in probes if p.sha256)
+    for (f, root), pr in zip(batch, probes, strict=True):
+        if pr.skipped:
+            report.skipped += 1
+        elif pr.error is not None:
+            failures.append(Failure(to_catalog(_abs(pr.path)), pr.error,
+                                    pr.error_class or "DecodeError"))
+        elif pr.sha256 in known or pr.sha256 in seen:
+            report.duplicates += 1
+        else:
+            row_label = _folder_label(f, root) if labels_from_folders else label
+            if row_label is not None and len(row_label) > MAX_TEXT_CHARS:
+                failures.append(Failure(to_catalog(_abs(pr.path)), (
+                    f"the folder name gives a {len(row_label)}-character label, over "
+                    f"the {MAX_TEXT_CHARS}-character limit"), "LabelError"))
+                continue
+            seen.add(pr.sha256)
+            rows.append((pr, row_label))
+    return rows, failures
+
+
+def _add_vectors(store: Any, vectors: Future, ids: list[int], meta: list[dict]) -> int:
+    """Add one committed batch's vectors (embedded in the background) to the index."""
+    store.add(ids, vectors.result(), meta)
+    return len(ids)
 
 
 def _index_target(home: Home) -> tuple[ModelRow | None, Encoder | None, object | None]:
