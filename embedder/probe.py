@@ -219,6 +219,15 @@ def _ready(delay: float) -> int:
     return os.getpid()
 
 
+def _reap(procs: list[Any]) -> None:
+    """Wait for stopped workers; kill one that is still stuck on a file after 5 s."""
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+
+
 def _link_reason(path: str) -> str:
     try:
         os.stat(path)
@@ -278,17 +287,17 @@ class ProbePool:
         return self
 
     def close(self) -> None:
-        """Stop the workers: idle ones exit at once; one still stuck on a file is killed."""
+        """Stop the workers and return: idle ones exit; one still stuck on a file is killed.
+
+        The workers are waited for (and a stuck one killed after 5 s) by a
+        background thread, so the caller does not wait for their exit.
+        """
         pool, self._pool = self._pool, None
         if pool is None:
             return
         procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API
         pool.shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
+        threading.Thread(target=_reap, args=(procs,), name="probe-reaper", daemon=True).start()
 
     def _executor(self) -> ProcessPoolExecutor:
         """The current pool; a new one spawns all its workers at once, without waiting."""

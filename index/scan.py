@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -133,11 +134,35 @@ def scan_paths(
     CatalogError when a path does not exist, ModelError when the model has
     no calibrated scorer.
     """
-    from tqdm import tqdm
-
     for p in paths:
         if not os.path.lexists(p):
             raise CatalogError(f"{p}: no such file or folder")
+    workers = max(1, default_workers()) if workers is None else workers
+    # the decoding workers start now and come up while the model and its scorer load
+    with ProbePool(workers, limits).start() as pool, ThreadPoolExecutor(1) as writer:
+        summary, encoder, scorer, neighbors = _scan_with(
+            home, paths, pool, writer, model=model, fpr=fpr, threshold=threshold,
+            report_dir=report_dir, resume=resume, k_neighbors=k_neighbors,
+            include_synthetic=include_synthetic, device=device, progress=progress)
+    if report_dir:
+        write_report(home, summary, Path(report_dir), encoder=encoder, scorer=scorer,
+                     neighbors=neighbors)
+    return summary
+
+
+def _scan_with(
+    home: Home, paths: Sequence[str | os.PathLike[str]], pool: ProbePool,
+    writer: ThreadPoolExecutor, *, model: str | None, fpr: float | None,
+    threshold: float | None, report_dir: str | os.PathLike[str] | None, resume: bool,
+    k_neighbors: int, include_synthetic: bool, device: str, progress: bool,
+) -> tuple[ScanSummary, Encoder, TileScorer, _Neighbors]:
+    """The scan pipeline: the workers decode ahead, this thread scores, a thread writes heatmaps.
+
+    Every COMMIT_EVERY images, their nearest normals are searched in one batch
+    and their results committed in one transaction (what a kill can lose).
+    """
+    from tqdm import tqdm
+
     row = home.catalog.model(model)
     encoder, scorer = load_scorer(home, row, device)
     norm = normalize_paths(paths)
@@ -163,32 +188,54 @@ def scan_paths(
             summary.skipped += 1
     bar = tqdm(total=len(todo), desc=f"scan {row.name}", unit="img", file=sys.stderr,
                disable=bar_disabled(progress))
-    pending: list[ScanItem] = []
-    workers = max(1, default_workers()) if workers is None else workers
+    group: list[tuple[ScanItem, np.ndarray | None]] = []  # scored, not yet committed
+    writes: list[Future] = []  # heatmaps being written
     try:
-        with ProbePool(workers, limits) as pool:
-            probes = pool.imap(todo, (0, encoder.channels))  # native resolution
-            for f, pr in zip(todo, probes, strict=True):
-                if pr.skipped:
-                    summary.skipped += 1
-                    bar.update(1)
-                    continue
-                item = _score_one(f, pr, scorer, thr, neighbors, heat_dir)
-                summary.results.append(item)
-                pending.append(item)
-                if len(pending) >= COMMIT_EVERY:
-                    _commit(home, scan.id, pending)
-                    pending = []
+        for f, pr in zip(todo, pool.imap(todo, (0, encoder.channels)), strict=True):  # native
+            if pr.skipped:
+                summary.skipped += 1
                 bar.update(1)
-                bar.set_postfix(flagged=summary.n_flagged, failed=len(summary.failed))
-        _commit(home, scan.id, pending)
+                continue
+            item, amap = _score_image(f, pr, scorer, thr)
+            if item.anomalous and heat_dir is not None:
+                writes.append(writer.submit(write_overlay, pr.pixels, amap, thr,
+                                            heat_dir / heatmap_name(item.path, item.sha256)))
+            group.append((item, pr.pixels if item.error is None else None))
+            if len(group) >= COMMIT_EVERY:
+                _commit_group(home, scan.id, group, neighbors, summary)
+                group = []
+                writes = _check_writes(writes)
+            bar.update(1)
+            bar.set_postfix(flagged=summary.n_flagged, failed=len(summary.failed))
+        _commit_group(home, scan.id, group, neighbors, summary)
+        for w in writes:
+            w.result()  # a heatmap that could not be written fails the scan, as before
     finally:
         bar.close()
     _finish(home, scan.id, summary)
-    if report_dir:
-        write_report(home, summary, Path(report_dir), encoder=encoder, scorer=scorer,
-                     neighbors=neighbors)
-    return summary
+    return summary, encoder, scorer, neighbors
+
+
+def _check_writes(writes: list[Future]) -> list[Future]:
+    """Raise the error of a finished heatmap write, if any; the writes still running."""
+    for w in writes:
+        if w.done():
+            w.result()
+    return [w for w in writes if not w.done()]
+
+
+def _commit_group(home: Home, scan_id: int, group: list[tuple[ScanItem, np.ndarray | None]],
+                  neighbors: _Neighbors, summary: ScanSummary) -> None:
+    """The nearest normals of a group of scored images (one batch), then one commit."""
+    if not group:
+        return
+    scored = [(item, px) for item, px in group if px is not None]
+    for (item, _px), ids in zip(scored, neighbors.batch([px for _i, px in scored]),
+                                strict=True):
+        item.nearest_ids = ids
+    items = [item for item, _px in group]
+    summary.results.extend(items)
+    _commit(home, scan_id, items)
 
 
 class _Neighbors:
@@ -210,29 +257,42 @@ class _Neighbors:
                                   dtype=np.int64)
 
     def __call__(self, pixels: np.ndarray) -> list[int] | None:
+        return self.batch([pixels])[0]
+
+    def batch(self, images: list[np.ndarray]) -> list[list[int] | None]:
+        """The nearest normals of each image: one embedding batch, one search."""
         if self.store is None or self.allowed is None or not len(self.allowed):
-            return None
-        _, ids = self.store.search(self.encoder.embed_pixels([pixels]), self.k,
-                                   allowed_ids=self.allowed)
-        return [int(i) for i in ids[0] if i >= 0]
+            return [None] * len(images)
+        if not images:
+            return []
+        _, ids = self.store.search(self.encoder.embed_pixels(images), self.k,
+                                   allowed_ids=self.allowed)  # (n, k)
+        return [[int(i) for i in row if i >= 0] for row in ids]
+
+
+def _score_image(path: str, pr: Probe, scorer: TileScorer,
+                 thr: float) -> tuple[ScanItem, np.ndarray | None]:
+    """Score one decoded file (`pr`, from the decoding workers): its item and anomaly map."""
+    shown = to_catalog(path)  # valid Unicode for the catalog, reports and JSON
+    if pr.error is not None:
+        return ScanItem(path=shown, error=pr.error), None
+    try:
+        score, amap = scorer.score_and_map(pr.pixels)
+    except Exception as e:  # noqa: BLE001 - one hostile file must not end the scan
+        return ScanItem(path=shown, error=f"{type(e).__name__}: {e}"), None
+    return ScanItem(path=shown, sha256=pr.sha256, score=float(score),
+                    anomalous=bool(score > thr)), amap
 
 
 def _score_one(path: str, pr: Probe, scorer: TileScorer, thr: float,
-               neighbors: _Neighbors, heat_dir: Path | None) -> ScanItem:
-    """Score one decoded file (`pr`, from the decoding workers) and write its heatmap."""
-    shown = to_catalog(path)  # valid Unicode for the catalog, reports and JSON
-    if pr.error is not None:
-        return ScanItem(path=shown, error=pr.error)
-    sha, pixels = pr.sha256, pr.pixels
-    try:
-        score, amap = scorer.score_and_map(pixels)
-    except Exception as e:  # noqa: BLE001 - one hostile file must not end the scan
-        return ScanItem(path=shown, error=f"{type(e).__name__}: {e}")
-    flagged = bool(score > thr)
-    item = ScanItem(path=shown, sha256=sha, score=float(score), anomalous=flagged,
-                    nearest_ids=neighbors(pixels))
-    if flagged and heat_dir is not None:
-        write_overlay(pixels, amap, thr, heat_dir / heatmap_name(shown, sha))
+               neighbors: Any, heat_dir: Path | None) -> ScanItem:
+    """Score one decoded file, find its nearest normals and write its heatmap (one at a time)."""
+    item, amap = _score_image(path, pr, scorer, thr)
+    if item.error is not None:
+        return item
+    item.nearest_ids = neighbors(pr.pixels)
+    if item.anomalous and heat_dir is not None:
+        write_overlay(pr.pixels, amap, thr, heat_dir / heatmap_name(item.path, item.sha256))
     return item
 
 
