@@ -4,7 +4,7 @@
     sc.decision_function(images)   # (n,) higher = more anomalous, threshold_ = 1.0
     sc.geometry_                   # {"grid": [gh, gw], "scale": s} chosen from the data
 
-Three parts, each learned from the `reference` (training) normals:
+Four parts, each learned from the `reference` (training) normals:
 
 - `pca`: the image resized to a grid (gh x gw, aspect from the training
   images, long side `global_grid` cells) is reconstructed from the first
@@ -21,13 +21,18 @@ Three parts, each learned from the `reference` (training) normals:
   defects in unaligned textures (steel, fabric), where the global parts are
   blind.
 
-Each part's score is standardized on the calibration normals (median and
-standard deviation), passed through softplus (positive, monotone) and the
-image score is the maximum over parts, so a defect that one part sees
-is not averaged away by the others; chosen by the worst protocol of
+- `nn`: the distance of the grid image to its nearest training grid image
+  (raw-pixel 1-NN, at most MAX_NN_REF kept); catches a wrong shape.
+
+Each part's score is standardized on the calibration normals (median, and
+the 90% quantile minus the median: `spread="q90"`) and the image score is
+the Euclidean norm of the positive standardized scores (`combine="l2"`):
+a defect one part sees strongly counts, and evidence from several parts adds
+up. Models saved before (state without "version") keep their rule: softplus
+of the max of (s - median) / std. Chosen by the worst protocol of
 benchmarks/anomaly.py. The combined score is then calibrated like every
-scorer (threshold 1.0 at the target FPR). The map is the maximum of the
-parts' standardized, pooled maps at the (scaled) input size.
+scorer (threshold 1.0 at the target FPR). The map combines the parts'
+standardized, pooled maps the same way at the (scaled) input size.
 """
 
 from __future__ import annotations
@@ -107,8 +112,8 @@ def _combine_z(z: np.ndarray, how: str, axis: int) -> np.ndarray:
 
 
 class DetectorScorer(TextureScorer):
-    """Max of standardized global (PCA reconstruction, per-position Gaussian) and local
-    (texture kNN) scores; see the module docstring. The default scorer."""
+    """L2 norm of the positive standardized global (PCA reconstruction, per-position
+    Gaussian, 1-NN) and local (texture kNN) scores; see the module docstring. The default."""
 
     name = "detector"
 
