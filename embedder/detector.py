@@ -4,7 +4,7 @@
     sc.decision_function(images)   # (n,) higher = more anomalous, threshold_ = 1.0
     sc.geometry_                   # {"grid": [gh, gw], "scale": s} chosen from the data
 
-Three parts, each learned from the `reference` (training) normals:
+Four parts, each learned from the `reference` (training) normals:
 
 - `pca`: the image resized to a grid (gh x gw, aspect from the training
   images, long side `global_grid` cells) is reconstructed from the first
@@ -21,13 +21,18 @@ Three parts, each learned from the `reference` (training) normals:
   defects in unaligned textures (steel, fabric), where the global parts are
   blind.
 
-Each part's score is standardized on the calibration normals (median and
-standard deviation), passed through softplus (positive, monotone) and the
-image score is the maximum over parts, so a defect that one part sees
-is not averaged away by the others; chosen by the worst protocol of
+- `nn`: the distance of the grid image to its nearest training grid image
+  (raw-pixel 1-NN, at most MAX_NN_REF kept); catches a wrong shape.
+
+Each part's score is standardized on the calibration normals (median, and
+the 90% quantile minus the median: `spread="q90"`) and the image score is
+the Euclidean norm of the positive standardized scores (`combine="l2"`):
+a defect one part sees strongly counts, and evidence from several parts adds
+up. Models saved before (state without "version") keep their rule: softplus
+of the max of (s - median) / std. Chosen by the worst protocol of
 benchmarks/anomaly.py. The combined score is then calibrated like every
-scorer (threshold 1.0 at the target FPR). The map is the maximum of the
-parts' standardized, pooled maps at the (scaled) input size.
+scorer (threshold 1.0 at the target FPR). The map combines the parts'
+standardized, pooled maps the same way at the (scaled) input size.
 """
 
 from __future__ import annotations
@@ -44,8 +49,16 @@ from latentsight.embedder.scoring import SCORERS, TextureScorer, TileScorer, to_
 
 log = logging.getLogger(__name__)
 
-PARTS = ("pca", "gauss", "texture")
-GLOBAL_PARTS = ("pca", "gauss")
+PARTS = ("pca", "gauss", "texture", "nn")
+GLOBAL_PARTS = ("pca", "gauss", "nn")
+DEFAULT_PARTS = ("pca", "gauss", "texture", "nn")
+COMBINES = ("l2", "mean", "max")
+SPREADS = ("q90", "std")
+# Saved-state format: 1 = before `combine`/`spread`/`nn` (max of (s - median) / std);
+# a state without "version" is 1 and loads with those rules.
+VERSION = 2
+# the global 1-NN part keeps at most this many reference grid images
+MAX_NN_REF = 2000
 # Geometry defaults: the local (texture) part works at native size up to this long side,
 # which keeps a 300x300 scan above 20 images/s on 2 cores; smaller defects than
 # 1 / MIN_SCALE of their size are never downscaled further.
@@ -88,15 +101,26 @@ def _pool_same(m: torch.Tensor, w: int) -> torch.Tensor:
     return s / n
 
 
+def _combine_z(z: np.ndarray, how: str, axis: int) -> np.ndarray:
+    """Standardized part scores -> one score along `axis`: "l2" = the Euclidean norm of
+    the positive parts (a defect one part sees strongly counts, and evidence from several
+    parts adds up, without the near-zero parts diluting it as a mean does); "mean" /
+    "max" = softplus of the mean / maximum (version 1 used "max")."""
+    if how == "l2":
+        return np.sqrt(np.square(np.maximum(z, 0.0)).sum(axis=axis))
+    return np.logaddexp(0.0, z.mean(axis=axis) if how == "mean" else z.max(axis=axis))
+
+
 class DetectorScorer(TextureScorer):
-    """Max of standardized global (PCA reconstruction, per-position Gaussian) and local
-    (texture kNN) scores; see the module docstring. The default scorer."""
+    """L2 norm of the positive standardized global (PCA reconstruction, per-position
+    Gaussian, 1-NN) and local (texture kNN) scores; see the module docstring. The default."""
 
     name = "detector"
 
-    def __init__(self, encoder: Encoder, *, parts: Sequence[str] = PARTS, global_grid: int = 64,
-                 grid_shape: Sequence[int] | None = None, components: int = 64,
-                 grid_window: int = 8, gauss_window: int = 2, stride: int | None = None,
+    def __init__(self, encoder: Encoder, *, parts: Sequence[str] = DEFAULT_PARTS,
+                 global_grid: int = 64, grid_shape: Sequence[int] | None = None,
+                 components: int = 64, grid_window: int = 8, gauss_window: int = 2,
+                 combine: str = "l2", spread: str = "q90", stride: int | None = None,
                  **kwargs: Any) -> None:
         # tiles 3/4 of a tile apart (texture's default: 1/2): ~half the tiles, same cells
         stride = stride or max(1, encoder.image_size * 3 // 4)
@@ -107,11 +131,14 @@ class DetectorScorer(TextureScorer):
         self.components = components
         self.grid_window = grid_window
         self.gauss_window = gauss_window
+        self.combine = combine
+        self.spread = spread
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "parts": list(self.parts), "global_grid": self.global_grid,
                 "grid_shape": self.grid_shape, "components": self.components,
-                "grid_window": self.grid_window, "gauss_window": self.gauss_window}
+                "grid_window": self.grid_window, "gauss_window": self.gauss_window,
+                "combine": self.combine, "spread": self.spread}
 
     # ---- fit ----------------------------------------------------------------------------
 
@@ -134,6 +161,10 @@ class DetectorScorer(TextureScorer):
             msg = ("The 'components', 'global_grid' and 'grid_window' options must be >= 1, "
                    f"4, 1. Got {self.components}, {self.global_grid}, {self.grid_window} "
                    "instead.")
+            raise ValueError(msg)
+        if self.combine not in COMBINES or self.spread not in SPREADS:
+            msg = (f"The 'combine' and 'spread' options must be one of {list(COMBINES)} and "
+                   f"{list(SPREADS)}. Got {self.combine!r} and {self.spread!r} instead.")
             raise ValueError(msg)
         ref = list(reference) if reference is not None and len(reference) else None
         learn = ref or list(images)
@@ -162,8 +193,11 @@ class DetectorScorer(TextureScorer):
         if ref is not None and "texture" in self.parts:
             raw[:, self.parts.index("texture")] = self._texture_cal
         self.part_loc_ = np.median(raw, axis=0)
-        self.part_spread_ = np.maximum(raw.std(axis=0), 1e-6 * np.maximum(
-            np.abs(self.part_loc_), 1e-6))
+        if self.spread == "q90":  # robust: the normals' upper tail, not their outliers
+            spread = np.quantile(raw, 0.9, axis=0) - self.part_loc_
+        else:
+            spread = raw.std(axis=0)
+        self.part_spread_ = np.maximum(spread, 1e-6 * np.maximum(np.abs(self.part_loc_), 1e-6))
         self._calibrate(self._combine(raw))
         self.part_scores_ = raw
         log.info("detector: grid %s, scale %.3f, parts %s", geo["grid"], self.scale,
@@ -205,6 +239,12 @@ class DetectorScorer(TextureScorer):
             self.grid_components_ = vt[:k].float().numpy()  # (k, D)
         else:
             self.grid_components_ = np.zeros((0, x.shape[1]), dtype=np.float32)
+        if "nn" in self.parts:
+            keep = np.arange(len(x))
+            if len(x) > MAX_NN_REF:
+                keep = np.sort(np.random.default_rng(self.seed).choice(
+                    len(x), MAX_NN_REF, replace=False))
+            self.grid_ref_ = x[torch.from_numpy(keep)].float().numpy()  # (R, D)
 
     # ---- scoring ------------------------------------------------------------------------
 
@@ -225,6 +265,15 @@ class DetectorScorer(TextureScorer):
             z = ((x - mean) / torch.from_numpy(self.grid_std_)).abs()
             z = z.view(c, gh, gw).mean(0)[None, None]
             out["gauss"] = _pool_same(z, min(self.gauss_window, gh, gw))
+        if "nn" in self.parts:
+            ref = torch.from_numpy(self.grid_ref_)  # (R, D)
+            d2 = (ref * ref).sum(1) - 2 * (ref @ x) + (x * x).sum()
+            j = int(d2.argmin())
+            diff = (x - ref[j]) ** 2
+            e = diff.view(c, gh, gw).mean(0)[None, None]
+            # map: the squared difference to the nearest normal, pooled; score: the distance
+            m = _pool_same(e, min(self.grid_window, gh, gw))
+            out["nn"] = (m, float(diff.sum().sqrt()))
         return out
 
     def _part_maps(self, pixels: np.ndarray) -> tuple[np.ndarray, list[torch.Tensor]]:
@@ -237,6 +286,11 @@ class DetectorScorer(TextureScorer):
                 m = m[None, None]
                 scores.append(self._texture_reduce(m))
                 maps.append(m)
+            elif part == "nn":
+                m, score = glob[part]
+                scores.append(score)
+                # in score units: the pooled squared difference summed over the grid, rooted
+                maps.append((m * float(m[0, 0].numel() * self.encoder.channels)).sqrt())
             else:
                 m = glob[part]
                 scores.append(float(m.max()))
@@ -252,9 +306,8 @@ class DetectorScorer(TextureScorer):
             np.zeros((0, len(self.parts)))
 
     def _combine(self, raw: np.ndarray) -> np.ndarray:
-        """(N, P) raw part scores -> (N,) softplus of the max standardized score."""
-        z = (raw - self.part_loc_) / self.part_spread_
-        return np.logaddexp(0.0, z.max(axis=1))
+        """(N, P) raw part scores -> (N,) combined score (>= 0), see `_combine_z`."""
+        return _combine_z((raw - self.part_loc_) / self.part_spread_, self.combine, axis=1)
 
     def _raw_scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not hasattr(self, "part_loc_"):  # inside fit, before the parts are standardized
@@ -267,12 +320,11 @@ class DetectorScorer(TextureScorer):
         score = float(self._combine(raw[None])[0]) / self.scale_
         h = max(int(round(pixels.shape[0] * self.scale)), 1)
         w = max(int(round(pixels.shape[1] * self.scale)), 1)
-        best = None
+        zs = []
         for i, m in enumerate(maps):
             m = F.interpolate(m.float(), size=(h, w), mode="bilinear", align_corners=False)
-            z = (m[0, 0] - float(self.part_loc_[i])) / float(self.part_spread_[i])
-            best = z if best is None else torch.maximum(best, z)
-        amap = F.softplus(best).numpy() / self.scale_
+            zs.append((m[0, 0].numpy() - self.part_loc_[i]) / self.part_spread_[i])
+        amap = _combine_z(np.stack(zs), self.combine, axis=0).astype(np.float32) / self.scale_
         return score, self._upsample(amap, pixels.shape[:2])
 
     def decision_function(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -295,6 +347,12 @@ class DetectorScorer(TextureScorer):
         z = (raw - self.part_loc_) / self.part_spread_
         return self._combine(raw) / self.scale_, {p: z[:, i] for i, p in enumerate(self.parts)}
 
+    def part_raw(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Each part's raw (unstandardized) score, float64 (N, P) in `parts` order; the
+        calibration images' are `part_scores_`. For measuring other combination rules."""
+        self._check_fitted()
+        return self._part_scores(images)
+
     def calibration_parts(self) -> dict[str, np.ndarray]:
         """Each part's standardized scores of the calibration images (from fit)."""
         z = (self.part_scores_ - self.part_loc_) / self.part_spread_
@@ -303,7 +361,7 @@ class DetectorScorer(TextureScorer):
     # ---- persistence --------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "geometry_": self.geometry_,
+        return {**super().state(), "version": VERSION, "geometry_": self.geometry_,
                 "part_loc_": [float(v) for v in self.part_loc_],
                 "part_spread_": [float(v) for v in self.part_spread_]}
 
@@ -312,9 +370,13 @@ class DetectorScorer(TextureScorer):
         if any(p in self.parts for p in GLOBAL_PARTS):
             out.update({"grid_mean": self.grid_mean_, "grid_std": self.grid_std_,
                         "grid_components": self.grid_components_})
+        if "nn" in self.parts:
+            out["grid_ref"] = self.grid_ref_
         return out
 
     def load_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> DetectorScorer:
+        if int(state.get("version", 1)) < 2:  # saved before `combine` and `spread` existed
+            self.combine, self.spread = "max", "std"
         self.geometry_ = state["geometry_"]
         self.part_loc_ = np.asarray(state["part_loc_"], dtype=np.float64)
         self.part_spread_ = np.asarray(state["part_spread_"], dtype=np.float64)
@@ -322,6 +384,8 @@ class DetectorScorer(TextureScorer):
             self.grid_mean_ = np.asarray(arrays["grid_mean"], dtype=np.float32)
             self.grid_std_ = np.asarray(arrays["grid_std"], dtype=np.float32)
             self.grid_components_ = np.asarray(arrays["grid_components"], dtype=np.float32)
+        if "nn" in self.parts:
+            self.grid_ref_ = np.asarray(arrays["grid_ref"], dtype=np.float32)
         if "texture" in self.parts:
             return super().load_state(state, arrays)
         return TileScorer.load_state(self, state, arrays)

@@ -117,7 +117,7 @@ def test_detector_fits_and_scores_mixed_non_square_sizes(encoder):
 def test_detector_parts_and_validation(encoder):
     rng = np.random.default_rng(9)
     imgs = [grain(rng) for _ in range(12)]
-    for parts in (("pca",), ("gauss", "texture")):
+    for parts in (("pca",), ("gauss", "texture"), ("nn",)):
         sc = make_scorer("detector", encoder, parts=parts, fpr=0.1).fit(imgs)  # two-fold
         scores, z = sc.part_decision(imgs[:2])
         assert set(z) == set(parts)
@@ -127,3 +127,46 @@ def test_detector_parts_and_validation(encoder):
                                    sc.decision_function(imgs[:3]), rtol=1e-5)
     with pytest.raises(ValueError, match="'parts' must be a non-empty subset"):
         make_scorer("detector", encoder, parts=("nope",)).fit(imgs)
+
+
+def test_detector_saved_before_combine_and_spread_loads_with_the_old_rule(encoder):
+    """A state of format 1 (no "version", no combine/spread params) keeps max of (s - median)
+    / std over its parts, not the newer defaults: its scores are unchanged after loading."""
+    rng = np.random.default_rng(10)
+    imgs = [grain(rng) for _ in range(12)]
+    sc = make_scorer("detector", encoder, parts=("pca", "gauss", "texture"), combine="max",
+                     spread="std", fpr=0.1).fit(imgs)
+    state = sc.state()
+    del state["version"], state["params"]["combine"], state["params"]["spread"]
+    old = scorer_from_state(encoder, state, sc.arrays())
+    assert (old.combine, old.spread) == ("max", "std")
+    test = [grain(rng) for _ in range(3)] + [dark_defect(grain(rng), "spot", rng)[0]]
+    np.testing.assert_allclose(old.decision_function(test), sc.decision_function(test),
+                               rtol=1e-5)
+    assert old.anomaly_map(test[-1:])[0].shape == (SIDE, SIDE)
+    with pytest.raises(ValueError, match="'combine' and 'spread'"):
+        make_scorer("detector", encoder, combine="median").fit(imgs)
+
+
+def test_detector_saved_before_the_l2_rule_still_loads_and_scores_the_same():
+    """tests/embedder/data/detector_v1.*: a version-1 detector (max of std-standardized parts)
+    saved by the code before `combine`/`spread`/`nn`, with the scores it gave."""
+    import json
+    from pathlib import Path
+
+    from latentsight.embedder.encoder import Encoder
+    from latentsight.embedder.models import create
+    from safetensors.numpy import load_file
+
+    data = Path(__file__).parent / "data"
+    state = json.loads((data / "detector_v1.json").read_text())
+    arrays = load_file(str(data / "detector_v1.safetensors"))
+    enc = Encoder(create("ae", image_size=32, depth=3, width=8, latent_dim=16), device="cpu")
+    sc = scorer_from_state(enc, state, arrays)
+    assert (sc.combine, sc.spread) == ("max", "std")
+    rng = np.random.default_rng(3)
+    test = [np.clip(120 + 40 * rng.normal(size=(32, 32)), 0, 255).astype(np.uint8)
+            for _ in range(4)]
+    test[0][10:14, 10:20] = 10
+    np.testing.assert_allclose(sc.decision_function(test), state["expected_scores"], rtol=1e-5)
+    assert sc.state()["version"] == 2 and sc.state()["params"]["combine"] == "max"
