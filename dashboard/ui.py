@@ -93,6 +93,21 @@ def filters(home: Home, *, synthetic_default: str = core.SYNTHETIC_CHOICES[0]) -
     return {"labels": f_labels, "sources": f_sources, "tags": f_tags, "synthetic": f_synth}
 
 
+def tag_filter(home: Home) -> list[str]:
+    """The sidebar's tag filter alone (pages whose images are scan results: Anomalies),
+    the same key and URL parameter as `filters`."""
+    tags = home.catalog.all_tags()
+    if "f_tags" not in st.session_state:
+        st.session_state["f_tags"] = [v for v in url_list("tag") if v in tags]
+    st.session_state["f_tags"] = [v for v in st.session_state["f_tags"] if v in tags]
+    with st.sidebar:
+        chosen = st.multiselect("Tag", tags, key="f_tags",
+                                help="Only images with any of these tags (tag images in their "
+                                     "sample view)")
+    set_url(tag=chosen)
+    return chosen
+
+
 def reviewer() -> str:
     """Who is reviewing (sidebar), recorded with every review mark."""
     with st.sidebar:

@@ -11,6 +11,7 @@ st.title("Anomalies")
 home = loaders.home()
 state = core.home_state(home)
 who = ui.reviewer()
+tags = ui.tag_filter(home)
 
 with st.expander("Start a scan on a folder", expanded=False):
     ui.scan_starter(home, state)
@@ -134,18 +135,28 @@ def row_of(i: int, kind: str) -> None:
 
 if st.session_state.get("review_error"):
     st.error(st.session_state.pop("review_error"))
-st.subheader(f"Flagged images ({fl.flagged})")
+flagged_list, unflagged_list = fl.order, fl.unflagged
+tagged_note = ""
+if tags:  # scan results are files: a result carries the tags of the catalog image it is
+    tagged_sha = {r.sha256 for r in home.catalog.images(ids=sorted(
+        home.catalog.tagged_ids(tags)))}
+    flagged_list = [i for i in fl.order if results[i].sha256 in tagged_sha]
+    unflagged_list = [i for i in fl.unflagged if results[i].sha256 in tagged_sha]
+    tagged_note = f", {len(flagged_list)} tagged {', '.join(tags)}"
+st.subheader(f"Flagged images ({fl.flagged}{tagged_note})")
 show = st.slider("Show the top", 1, 50, 8, key="top")
 if not fl.order:
     st.info(f"No image scores above the threshold {threshold:.5f}; lower it to see the most "
             "anomalous ones, or review the unflagged images below.")
-for i in fl.order[:show]:
+elif not flagged_list:
+    st.info(f"No flagged image carries the tag(s) {', '.join(tags)} (sidebar).")
+for i in flagged_list[:show]:
     row_of(i, "flagged")
 
-with st.expander(f"Unflagged images, most anomalous first ({fl.normal}): mark the ones the "
-                 "scan missed"):
+with st.expander(f"Unflagged images, most anomalous first ({len(unflagged_list)}): mark the "
+                 "ones the scan missed"):
     show_un = st.slider("Show the top", 1, 50, 8, key="top_unflagged")
-    for i in fl.unflagged[:show_un]:
+    for i in unflagged_list[:show_un]:
         row_of(i, "unflagged")
 if fl.failed:
     with st.expander(f"{fl.failed} file(s) could not be scored"):
