@@ -66,18 +66,30 @@ fig.add_vline(x=threshold, line_color="#e45756", line_dash="dash",
 fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="anomaly score",
                   yaxis_title="images", showlegend=False)
 st.plotly_chart(fig, key="hist")
-a, b = st.columns([1, 3])
+a, b, c2 = st.columns([1, 2, 2])
 a.download_button("Export CSV", core.scan_csv(results, threshold, reviews), key="scan_csv",
                   file_name=f"latentsight-scan-{scan.id}.csv", mime="text/csv")
+with c2:
+    refit_normals = st.checkbox(
+        "Also refit the normal set", key="refit_normals",
+        help="False alarms join the normal images and images marked defect or missed leave "
+             "them; the scorer is fitted again on them (no training), then the threshold. "
+             "Same as: latentsight train --normal-label L --use-reviews --refit-normals")
 if b.button("Refit the threshold from the reviews", key="refit",
             help="Same as: latentsight train --normal-label L --use-reviews"):
     from latentsight.index.review import refit_threshold
 
     try:
-        res = refit_threshold(home, model=models.get(scan.model_id))
+        with st.spinner("Refitting the scorer on the reviewed normal set..." if refit_normals
+                        else "Refitting the threshold..."):
+            res = refit_threshold(home, model=models.get(scan.model_id),
+                                  reviewer_note=f"dashboard, {who}", refit_normals=refit_normals)
+        normals = (f" Normal set: {res.normals_added} false alarm(s) joined, "
+                   f"{res.normals_removed} defect(s) left, {res.normal_set} images."
+                   if res.refit_normals else "")
         st.success(f"{res.model}: threshold {res.old_threshold:.5f} -> {res.new_threshold:.5f} "
                    f"(errors on the reviews {res.errors_before} -> {res.errors_after}); new "
-                   "scans use it.")
+                   f"scans use it.{normals}")
     except LatentsightError as e:
         st.error(str(e))
 
