@@ -228,13 +228,19 @@ def drag_box(driver, chart=None, start: tuple[float, float] = (0.2, 0.2),
     chain.release().perform()
 
 
-def field(driver, label: str, kind: str = "stTextInput"):
-    """The input of a Streamlit text or number field by its label."""
+def field(driver, label: str, kind: str = "stTextInput", timeout: float = 30):
+    """The input of a Streamlit text or number field by its label (waits for it)."""
     from selenium.webdriver.common.by import By
 
-    for box in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{kind}"]'):
-        if box.find_element(By.TAG_NAME, "label").text.strip() == label:
-            return box.find_element(By.TAG_NAME, "input")
+    deadline = time.monotonic() + timeout
+    while True:
+        for box in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{kind}"]'):
+            labels = box.find_elements(By.TAG_NAME, "label")
+            if labels and labels[0].text.strip() == label and box.is_displayed():
+                return box.find_element(By.TAG_NAME, "input")
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
     msg = f"no {kind} labelled {label!r}"
     raise LookupError(msg)
 
@@ -247,7 +253,10 @@ def choose(driver, label: str, option: str, timeout: float = 60) -> None:
         if box.find_element(By.TAG_NAME, "label").text.strip() != label:
             continue
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
-        box.find_element(By.CSS_SELECTOR, '[data-baseweb="select"]').click()
+        opener = next(iter(box.find_elements(By.CSS_SELECTOR, '[data-baseweb="select"]')
+                           or box.find_elements(By.CSS_SELECTOR, '[role="combobox"]')
+                           or box.find_elements(By.TAG_NAME, "input")))
+        _click(driver, opener)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for opt in driver.find_elements(By.CSS_SELECTOR, '[role="option"]'):
