@@ -190,6 +190,79 @@ def synthetic_flag(choice: str) -> bool | None:
     return {"real only": False, "all": None, "synthetic only": True}[choice]
 
 
+def search_hits(searcher: Searcher, query: Any, *, k: int, tags: Sequence[str] = (),
+                box: tuple[int, int, int, int] | None = None, **options: Any) -> list[Any]:
+    """`Searcher.search`, keeping only images with any of `tags` (when given).
+
+    The vector search filters by label, source and synthetic itself; tags live in the
+    catalog only, so a tagged search asks for more hits (4k, then doubling) and keeps the
+    tagged ones until it has k or has seen the whole index.
+    """
+    if not tags:
+        return searcher.search(query, k=k, box=box, **options)
+    tagged = searcher.home.catalog.tagged_ids(tags)
+    if not tagged:
+        return []
+    total = searcher.home.catalog.count_images()
+    want = max(4 * k, 50)
+    while True:
+        hits = searcher.search(query, k=min(want, total), box=box, **options)
+        kept = [h for h in hits if h.id in tagged]
+        if len(kept) >= k or want >= total or len(hits) < min(want, total):
+            return kept[:k]
+        want *= 2
+
+
+def default_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The centre quarter of an image: where a region box starts before the analyst moves it."""
+    w, h = max(1, width // 2), max(1, height // 2)
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def clamp_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """A drawn box (x0, y0, x1, y1 in pixel coordinates, any order) -> (x, y, w, h) inside
+    the image, at least one pixel."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    x = int(min(max(0, math.floor(x0 + 0.5)), width - 1))
+    y = int(min(max(0, math.floor(y0 + 0.5)), height - 1))
+    w = int(max(1, min(width - x, math.floor(x1 + 0.5) - x)))
+    h = int(max(1, min(height - y, math.floor(y1 + 0.5) - y)))
+    return x, y, w, h
+
+
+def boxed(pixels: np.ndarray, box: Sequence[int], size: int = THUMB_SIZE,
+          colour: tuple[int, int, int] = (255, 40, 40)) -> Image.Image:
+    """A thumbnail of decoded pixels with the region box (x, y, w, h) outlined."""
+    from PIL import ImageDraw
+
+    img = make_thumbnail(pixels, size)
+    sx, sy = img.width / pixels.shape[1], img.height / pixels.shape[0]
+    x, y, w, h = box
+    ImageDraw.Draw(img).rectangle([x * sx, y * sy, (x + w) * sx - 1, (y + h) * sy - 1],
+                                  outline=colour, width=2)
+    return img
+
+
+def boxed_file(path: str, box: Sequence[int], size: int = THUMB_SIZE) -> Image.Image | None:
+    """A catalog file's thumbnail with its matching region outlined; None when unreadable."""
+    try:
+        px = decode_file(from_catalog(path), mode="RGB").pixels
+    except (LatentsightError, OSError):
+        return None
+    return boxed(px, box, size)
+
+
+def png_data_uri(pixels: np.ndarray) -> str:
+    """Decoded pixels as a PNG data URI (how the region picker draws the image)."""
+    import base64
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> bytes:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")

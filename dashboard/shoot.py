@@ -46,10 +46,13 @@ def free_port() -> int:
 
 @contextmanager
 def serve(home: Path, *, port: int | None = None, log: Path | None = None,
-          timeout: float = 180) -> Iterator[str]:
-    """Run `latentsight dashboard` on a loopback port; yields its URL, stops it afterwards."""
+          timeout: float = 180, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `latentsight dashboard` on a loopback port; yields its URL, stops it afterwards.
+
+    `env`: extra environment variables for the server (LATENTSIGHT_DATA_ROOTS, ...).
+    """
     port = port or free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     cmd = [sys.executable, "-m", "latentsight", "dashboard", "--home", str(home),
            "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
@@ -187,11 +190,96 @@ def wait_text(driver, pattern: str, timeout: float = 120) -> str:
 def click_button(driver, label: str, index: int = 0) -> bool:
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.XPATH, f"//button[normalize-space(.)='{label}']")
+    found = [b for b in driver.find_elements(By.XPATH, f"//button[normalize-space(.)='{label}']")
+             if b.is_displayed()]
     if len(found) <= index:
         return False
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", found[index])
-    found[index].click()
+    _click(driver, found[index])
+    return True
+
+
+def _click(driver, element) -> None:
+    """Scroll an element to the middle of the view and click it (by script when the
+    browser says another element would get the click)."""
+    from selenium.common.exceptions import WebDriverException
+
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    try:
+        element.click()
+    except WebDriverException:
+        driver.execute_script("arguments[0].click()", element)
+
+
+def drag_box(driver, chart=None, start: tuple[float, float] = (0.2, 0.2),
+             end: tuple[float, float] = (0.7, 0.7)) -> None:
+    """Drag a box (fractions of the plot area) on a plotly chart in select mode."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    root = chart or driver.find_element(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')
+    drag = root.find_element(By.CSS_SELECTOR, ".nsewdrag")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", drag)
+    w, h = drag.size["width"], drag.size["height"]
+    x0, y0 = int(w * (start[0] - 0.5)), int(h * (start[1] - 0.5))
+    dx, dy = int(w * (end[0] - start[0])), int(h * (end[1] - start[1]))
+    chain = ActionChains(driver).move_to_element_with_offset(drag, x0, y0).click_and_hold()
+    for _ in range(6):
+        chain = chain.move_by_offset(dx // 6, dy // 6).pause(0.05)
+    chain.release().perform()
+
+
+def field(driver, label: str, kind: str = "stTextInput", timeout: float = 30):
+    """The input of a Streamlit text or number field by its label (waits for it)."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for box in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{kind}"]'):
+            labels = box.find_elements(By.TAG_NAME, "label")
+            if labels and labels[0].text.strip() == label and box.is_displayed():
+                return box.find_element(By.TAG_NAME, "input")
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    msg = f"no {kind} labelled {label!r}"
+    raise LookupError(msg)
+
+
+def choose(driver, label: str, option: str, timeout: float = 60) -> None:
+    """Pick `option` (its shown text, or the start of it) in the selectbox labelled `label`."""
+    from selenium.webdriver.common.by import By
+
+    for box in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]'):
+        if box.find_element(By.TAG_NAME, "label").text.strip() != label:
+            continue
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+        opener = next(iter(box.find_elements(By.CSS_SELECTOR, '[data-baseweb="select"]')
+                           or box.find_elements(By.CSS_SELECTOR, '[role="combobox"]')
+                           or box.find_elements(By.TAG_NAME, "input")))
+        _click(driver, opener)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for opt in driver.find_elements(By.CSS_SELECTOR, '[role="option"]'):
+                if opt.text.strip().startswith(option):
+                    opt.click()
+                    return
+            time.sleep(0.3)
+        msg = f"no option {option!r} in {label!r}"
+        raise LookupError(msg)
+    msg = f"no selectbox labelled {label!r}"
+    raise LookupError(msg)
+
+
+def click_text(driver, css: str, text: str, index: int = 0) -> bool:
+    """Click the `index`-th element matching css whose text is `text` (checkbox labels,
+    expander headers, segmented-control buttons)."""
+    from selenium.webdriver.common.by import By
+
+    found = [e for e in driver.find_elements(By.CSS_SELECTOR, css)
+             if e.is_displayed() and text in e.text.strip().splitlines()]  # icons: own line
+    if len(found) <= index:
+        return False
+    _click(driver, found[index])
     return True
 
 

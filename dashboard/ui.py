@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import streamlit as st
 from latentsight.dashboard import core
 from latentsight.embedder.errors import LatentsightError
@@ -90,6 +91,21 @@ def filters(home: Home, *, synthetic_default: str = core.SYNTHETIC_CHOICES[0]) -
     set_url(label=f_labels, source=f_sources, tag=f_tags,
             synthetic=None if f_synth == core.SYNTHETIC_CHOICES[0] else f_synth)
     return {"labels": f_labels, "sources": f_sources, "tags": f_tags, "synthetic": f_synth}
+
+
+def tag_filter(home: Home) -> list[str]:
+    """The sidebar's tag filter alone (pages whose images are scan results: Anomalies),
+    the same key and URL parameter as `filters`."""
+    tags = home.catalog.all_tags()
+    if "f_tags" not in st.session_state:
+        st.session_state["f_tags"] = [v for v in url_list("tag") if v in tags]
+    st.session_state["f_tags"] = [v for v in st.session_state["f_tags"] if v in tags]
+    with st.sidebar:
+        chosen = st.multiselect("Tag", tags, key="f_tags",
+                                help="Only images with any of these tags (tag images in their "
+                                     "sample view)")
+    set_url(tag=chosen)
+    return chosen
 
 
 def reviewer() -> str:
@@ -189,6 +205,115 @@ def browse_grid(home: Home, f: dict, *, ids: Sequence[int] | None = None, key: s
                 st.button("Search", key=f"pick-{row.id}", on_click=set_query_id,
                           args=(row.id,))
 
+
+
+# ---- region (box) search ------------------------------------------------------------------
+
+
+def box_picker(pixels, key: str = "box") -> tuple[int, int, int, int]:
+    """Draw a box on the image (drag in the chart) or type it; returns (x, y, w, h) in pixels.
+
+    The typed fields are `{key}_x`, `{key}_y`, `{key}_w`, `{key}_h`; a drawn box fills them
+    (a box can also come from the URL: `box=x,y,w,h`).
+    """
+    import plotly.graph_objects as go
+
+    h, w = pixels.shape[:2]
+    names = [f"{key}_{c}" for c in "xywh"]
+    drawn = st.session_state.pop(f"_{key}_drawn", None)
+    if drawn is None and names[0] not in st.session_state:
+        drawn = _url_box(w, h) or core.default_box(w, h)
+    if drawn is not None:
+        for n, v in zip(names, drawn, strict=True):
+            st.session_state[n] = int(v)
+    try:
+        bx = core.clamp_box([st.session_state[names[0]], st.session_state[names[1]],
+                             st.session_state[names[0]] + st.session_state[names[2]],
+                             st.session_state[names[1]] + st.session_state[names[3]]], w, h)
+    except (KeyError, TypeError):
+        bx = core.default_box(w, h)
+    for n, v in zip(names, bx, strict=True):  # inside this image (it may be another size)
+        st.session_state[n] = int(v)
+    step = max(1, max(h, w) // 64)  # invisible points the box selection can catch
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    fig = go.Figure(go.Image(source=core.png_data_uri(pixels), hoverinfo="skip"))
+    fig.add_scatter(x=(xs.ravel() + 0.5).tolist(), y=(ys.ravel() + 0.5).tolist(), mode="markers",
+                    marker=dict(color="rgba(0,0,0,0)", size=4), hoverinfo="skip",
+                    showlegend=False)
+    x, y, bw, bh = bx
+    fig.add_shape(type="rect", x0=x, y0=y, x1=x + bw, y1=y + bh,
+                  line=dict(color="#ff2828", width=2))
+    side = 420
+    fig.update_layout(dragmode="select", height=int(side * h / max(h, w)) + 40,
+                      margin=dict(l=0, r=0, t=30, b=0), showlegend=False)
+    fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(range=[h, 0], showgrid=False, zeroline=False, scaleanchor="x")
+    event = st.plotly_chart(fig, key=f"{key}_chart", on_select="rerun", selection_mode="box",
+                            config={"modeBarButtonsToRemove": ["lasso2d"]})
+    new = _event_box(event, w, h)
+    if new is not None and new != st.session_state.get(f"_{key}_seen"):
+        st.session_state[f"_{key}_seen"] = new
+        if new != bx:
+            st.session_state[f"_{key}_drawn"] = new
+            st.rerun()
+    cols = st.columns(4)
+    for col, n, label, lo, hi in zip(cols, names, ("x", "y", "width", "height"),
+                                     (0, 0, 1, 1), (w - 1, h - 1, w, h), strict=True):
+        col.number_input(label, lo, hi, step=1, key=n)
+    st.caption("Drag on the image to draw the box, or type it (pixels of the full-size image).")
+    return core.clamp_box([st.session_state[names[0]], st.session_state[names[1]],
+                           st.session_state[names[0]] + st.session_state[names[2]],
+                           st.session_state[names[1]] + st.session_state[names[3]]], w, h)
+
+
+def _event_box(event, width: int, height: int) -> tuple[int, int, int, int] | None:
+    sel = event.selection if event else None
+    if not sel:
+        return None
+    boxes = sel.get("box") or []
+    if boxes:
+        b = boxes[-1]
+        xs, ys = b.get("x") or [], b.get("y") or []
+        if len(xs) == 2 and len(ys) == 2:
+            return core.clamp_box([xs[0], ys[0], xs[1], ys[1]], width, height)
+    pts = sel.get("points") or []
+    if pts:  # no range sent: the extent of the caught points
+        xs = [p["x"] for p in pts if "x" in p]
+        ys = [p["y"] for p in pts if "y" in p]
+        if xs and ys:
+            return core.clamp_box([min(xs) - 0.5, min(ys) - 0.5, max(xs) + 0.5, max(ys) + 0.5],
+                                  width, height)
+    return None
+
+
+def _url_box(width: int, height: int) -> tuple[int, int, int, int] | None:
+    text = st.query_params.get("box") or ""
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        return None
+    return core.clamp_box([x, y, x + w, y + h], width, height)
+
+
+def region_results(home: Home, hits: Sequence, key: str) -> None:
+    """Region-search hits as a grid: each thumbnail with its matching region outlined."""
+    if not hits:
+        st.info("No catalog image matches the filters.")
+    for col, (rank, hit) in grid(list(enumerate(hits, 1))):
+        with col:
+            img = core.boxed_file(hit.path, hit.box) if hit.box is not None else None
+            if img is not None:
+                st.image(img, width="stretch")
+            else:
+                thumb = core.thumbnail(home, hit.id)
+                if thumb is not None:
+                    st.image(str(thumb), width="stretch")
+            st.markdown(f"**{rank}. #{hit.id}** · {hit.label or '-'} · {hit.score:.3f}"
+                        + (f" · box {hit.box}" if hit.box is not None else "")
+                        + (" · :orange-badge[synthetic]" if hit.synthetic else ""))
+            st.caption(hit.path)
+            st.button("Open", key=f"open-{key}-{rank}", on_click=_open_later, args=(hit.id,),
+                      help="Full size, metadata, heatmap, nearest images")
 
 
 # ---- scans and synthesis ------------------------------------------------------------------

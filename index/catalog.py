@@ -506,6 +506,14 @@ class Catalog:
                 out.setdefault(int(image_id), []).append(tag)
             return out
 
+    def tagged_ids(self, tags: Sequence[str]) -> set[int]:
+        """Ids of the images carrying any of `tags` (an empty `tags` matches nothing)."""
+        if not tags:
+            return set()
+        with self.session() as s:
+            q = select(TagRow.image_id).where(TagRow.tag.in_(list(tags))).distinct()
+            return {int(i) for i in s.scalars(q)}
+
     def all_tags(self) -> list[str]:
         with self.session() as s:
             return sorted(s.scalars(select(TagRow.tag).distinct()))

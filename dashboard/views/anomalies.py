@@ -11,6 +11,7 @@ st.title("Anomalies")
 home = loaders.home()
 state = core.home_state(home)
 who = ui.reviewer()
+tags = ui.tag_filter(home)
 
 with st.expander("Start a scan on a folder", expanded=False):
     ui.scan_starter(home, state)
@@ -65,18 +66,30 @@ fig.add_vline(x=threshold, line_color="#e45756", line_dash="dash",
 fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="anomaly score",
                   yaxis_title="images", showlegend=False)
 st.plotly_chart(fig, key="hist")
-a, b = st.columns([1, 3])
+a, b, c2 = st.columns([1, 2, 2])
 a.download_button("Export CSV", core.scan_csv(results, threshold, reviews), key="scan_csv",
                   file_name=f"latentsight-scan-{scan.id}.csv", mime="text/csv")
+with c2:
+    refit_normals = st.checkbox(
+        "Also refit the normal set", key="refit_normals",
+        help="False alarms join the normal images and images marked defect or missed leave "
+             "them; the scorer is fitted again on them (no training), then the threshold. "
+             "Same as: latentsight train --normal-label L --use-reviews --refit-normals")
 if b.button("Refit the threshold from the reviews", key="refit",
             help="Same as: latentsight train --normal-label L --use-reviews"):
     from latentsight.index.review import refit_threshold
 
     try:
-        res = refit_threshold(home, model=models.get(scan.model_id))
+        with st.spinner("Refitting the scorer on the reviewed normal set..." if refit_normals
+                        else "Refitting the threshold..."):
+            res = refit_threshold(home, model=models.get(scan.model_id),
+                                  reviewer_note=f"dashboard, {who}", refit_normals=refit_normals)
+        normals = (f" Normal set: {res.normals_added} false alarm(s) joined, "
+                   f"{res.normals_removed} defect(s) left, {res.normal_set} images."
+                   if res.refit_normals else "")
         st.success(f"{res.model}: threshold {res.old_threshold:.5f} -> {res.new_threshold:.5f} "
                    f"(errors on the reviews {res.errors_before} -> {res.errors_after}); new "
-                   "scans use it.")
+                   f"scans use it.{normals}")
     except LatentsightError as e:
         st.error(str(e))
 
@@ -134,18 +147,28 @@ def row_of(i: int, kind: str) -> None:
 
 if st.session_state.get("review_error"):
     st.error(st.session_state.pop("review_error"))
-st.subheader(f"Flagged images ({fl.flagged})")
+flagged_list, unflagged_list = fl.order, fl.unflagged
+tagged_note = ""
+if tags:  # scan results are files: a result carries the tags of the catalog image it is
+    tagged_sha = {r.sha256 for r in home.catalog.images(ids=sorted(
+        home.catalog.tagged_ids(tags)))}
+    flagged_list = [i for i in fl.order if results[i].sha256 in tagged_sha]
+    unflagged_list = [i for i in fl.unflagged if results[i].sha256 in tagged_sha]
+    tagged_note = f", {len(flagged_list)} tagged {', '.join(tags)}"
+st.subheader(f"Flagged images ({fl.flagged}{tagged_note})")
 show = st.slider("Show the top", 1, 50, 8, key="top")
 if not fl.order:
     st.info(f"No image scores above the threshold {threshold:.5f}; lower it to see the most "
             "anomalous ones, or review the unflagged images below.")
-for i in fl.order[:show]:
+elif not flagged_list:
+    st.info(f"No flagged image carries the tag(s) {', '.join(tags)} (sidebar).")
+for i in flagged_list[:show]:
     row_of(i, "flagged")
 
-with st.expander(f"Unflagged images, most anomalous first ({fl.normal}): mark the ones the "
-                 "scan missed"):
+with st.expander(f"Unflagged images, most anomalous first ({len(unflagged_list)}): mark the "
+                 "ones the scan missed"):
     show_un = st.slider("Show the top", 1, 50, 8, key="top_unflagged")
-    for i in fl.unflagged[:show_un]:
+    for i in unflagged_list[:show_un]:
         row_of(i, "unflagged")
 if fl.failed:
     with st.expander(f"{fl.failed} file(s) could not be scored"):

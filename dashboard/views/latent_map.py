@@ -39,10 +39,17 @@ meta = loaders.map_rows(*loaders.home_location(), name, gen, built, ntotal,
                         tuple(ids.tolist()))
 meta = {k: np.asarray(v, dtype=object) for k, v in meta.items()}
 if f["labels"] or f["sources"] or f["tags"] or f["synthetic"] != "all":
-    shown_rows, _ = home.catalog.page(labels=f["labels"], sources=f["sources"], tags=f["tags"],
-                                      synthetic=core.synthetic_flag(f["synthetic"]),
-                                      ids=ids.tolist(), limit=len(ids))
-    keep = np.isin(ids, [r.id for r in shown_rows])
+    # the sidebar's filters on the points' cached metadata; tags through the catalog
+    keep = np.ones(len(ids), bool)
+    if f["labels"]:
+        keep &= np.isin(meta["label"], f["labels"])
+    if f["sources"]:
+        keep &= np.isin(meta["source"], f["sources"])
+    synth = core.synthetic_flag(f["synthetic"])
+    if synth is not None:
+        keep &= meta["synthetic"].astype(bool) == synth
+    if f["tags"]:
+        keep &= np.isin(ids, sorted(home.catalog.tagged_ids(f["tags"])))
     xy, ids = data["xy"][keep], ids[keep]
     meta = {k: v[keep] for k, v in meta.items()}
 else:

@@ -82,6 +82,39 @@ with right:
     if st.button("Search from this", key="search_from", type="primary"):
         ui.open_in_search(row.id)
 
+st.subheader("Search this region")
+st.caption("Draw a box on the image (or type it) and find the catalog images with a matching "
+           "region; each result shows where its match lies (needs `latentsight index build "
+           "--local`).")
+region_key = f"rbox-{row.id}"
+pick, run = st.columns([2, 3])
+with pick:
+    region = ui.box_picker(pixels, region_key)
+with run:
+    rk = st.slider("Results", 1, 50, 12, key="region_k")
+    go_region = st.button("Search this region", key="region_go", type="primary")
+    if st.button("Open in Search", key="region_in_search",
+                 help="The search page with this image and box (a URL to share)"):
+        ui.set_query_id(row.id)
+        st.session_state["by_box"] = True
+        st.switch_page(ui.SEARCH_PAGE, query_params={"q": row.id,
+                                                     "box": ",".join(map(str, region))})
+if go_region:
+    st.session_state["region_hits"] = None
+    searcher_r = loaders.searcher(home) if core.home_state(home).indexed else None
+    if searcher_r is None:
+        st.error("No index yet: run `latentsight index build --local` first.")
+    else:
+        try:
+            hits = core.search_hits(searcher_r, row.id, k=int(rk), box=region)
+            st.session_state["region_hits"] = (row.id, region, hits)
+        except (LatentsightError, ValueError) as e:
+            st.error(str(e))
+found = st.session_state.get("region_hits")
+if found and found[0] == row.id:
+    st.markdown(f"**{len(found[2])} results for region {list(found[1])}**")
+    ui.region_results(home, found[2], key="region")
+
 st.subheader("Nearest normal images")
 state = core.home_state(home)
 searcher = loaders.searcher(home) if state.indexed else None

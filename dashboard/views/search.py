@@ -4,7 +4,6 @@ results as a grid (the matching region drawn on each); CSV; browse below."""
 import streamlit as st
 from latentsight.dashboard import core, loaders, ui
 from latentsight.embedder.errors import DecodeError, LatentsightError
-from PIL import ImageDraw
 
 ui.follow_open()
 st.title("Search")
@@ -17,30 +16,26 @@ if searcher is None:
 f = ui.filters(home)
 with st.sidebar:
     k = st.slider("Results (k)", 1, 50, 12, key="k")
+    if "by_box" not in st.session_state and st.query_params.get("box"):
+        st.session_state["by_box"] = True
     by_box = st.checkbox("Search by region (box)", key="by_box",
                          help="Match a region of the query against the tiles of every image "
-                         "(needs: latentsight index build --local).")
-    box = None
-    if by_box:
-        b1, b2 = st.columns(2)
-        box = (b1.number_input("x", 0, value=0, key="box_x"),
-               b2.number_input("y", 0, value=0, key="box_y"),
-               b1.number_input("w", 1, value=32, key="box_w"),
-               b2.number_input("h", 1, value=32, key="box_h"))
+                         "(needs: latentsight index build --local). Draw the box on the "
+                         "query or type it.")
 
 
-def boxed(path: str, box: list[int]):
-    """A thumbnail of a catalog image with the matching region outlined."""
+def query_pixels(q: dict):
+    """The query's decoded pixels at full size (None, with a message, when unreadable)."""
+    if q["kind"] == "upload":
+        return q["pixels"]
     from latentsight.embedder.images import decode_file
     from latentsight.index.paths import from_catalog
 
-    px = decode_file(from_catalog(path), mode="RGB").pixels
-    img = core.make_thumbnail(px)
-    sx, sy = img.width / px.shape[1], img.height / px.shape[0]
-    x, y, w, h = box
-    ImageDraw.Draw(img).rectangle([x * sx, y * sy, (x + w) * sx - 1, (y + h) * sy - 1],
-                                  outline=(255, 40, 40), width=2)
-    return img
+    try:
+        return decode_file(from_catalog(home.catalog.image(q["id"]).path), mode="RGB").pixels
+    except (LatentsightError, OSError) as e:
+        st.error(f"Cannot read query #{q['id']}: {e}")
+        return None
 
 
 upload_tab, id_tab = st.tabs(["Upload an image", "A catalog id"])
@@ -83,37 +78,41 @@ else:
     else:
         st.image(core.make_thumbnail(q["pixels"]), caption=q["name"])
     query_value = q["id"] if q["kind"] == "id" else q["bytes"]
+    box = None
+    if by_box:
+        st.markdown("**Region of the query to search for**")
+        with st.columns([2, 3])[0]:
+            pixels = query_pixels(q)
+            box = ui.box_picker(pixels, "box") if pixels is not None else None
+    ui.set_url(box=",".join(str(v) for v in box) if box is not None else None)
     try:
-        hits = searcher.search(query_value, k=k,
-                               **core.search_options(f["labels"], f["sources"], f["synthetic"]),
-                               box=None if box is None else tuple(int(v) for v in box))
+        hits = core.search_hits(searcher, query_value, k=k, tags=f["tags"], box=box,
+                                **core.search_options(f["labels"], f["sources"], f["synthetic"]))
     except (LatentsightError, ValueError) as e:
         st.error(str(e))
         hits = None
     if hits is not None:
-        st.subheader(f"{len(hits)} results")
+        st.subheader(f"{len(hits)} results" + (f" in region {list(box)}" if box else ""))
         if f["tags"]:
-            st.caption("Tags filter the browse grid below and the latent map; the search "
-                       "itself filters by label, source and synthetic.")
-        if not hits:
-            st.info("No catalog image matches the filters.")
-        for col, (rank, hit) in ui.grid(list(enumerate(hits, 1))):
-            with col:
-                caption = f"**{rank}. #{hit.id}** · {hit.label or '-'} · {hit.score:.3f}"
-                if hit.box is not None:
-                    st.image(boxed(hit.path, hit.box), width="stretch")
-                    st.markdown(caption + f" · box {hit.box}")
-                    st.caption(hit.path)
-                else:
-                    ui.card(home, hit.id, caption, detail=hit.path, synthetic=hit.synthetic,
+            st.caption(f"Tagged {', '.join(f['tags'])} only (sidebar).")
+        if box is not None:
+            ui.region_results(home, hits, key="hit")
+        else:
+            if not hits:
+                st.info("No catalog image matches the filters.")
+            for col, (rank, hit) in ui.grid(list(enumerate(hits, 1))):
+                with col:
+                    ui.card(home, hit.id, f"**{rank}. #{hit.id}** · {hit.label or '-'} · "
+                            f"{hit.score:.3f}", detail=hit.path, synthetic=hit.synthetic,
                             key=f"hit-{rank}")
-                st.button("Search from this", key=f"hit-{rank}", on_click=ui.set_query_id,
-                          args=(hit.id,))
+                    st.button("Search from this", key=f"hit-{rank}", on_click=ui.set_query_id,
+                              args=(hit.id,))
         st.download_button(
             "Download results (CSV)", key="csv", file_name="latentsight-search.csv",
             mime="text/csv",
             data=core.to_csv([{"rank": r, **h.as_dict()} for r, h in enumerate(hits, 1)],
-                             ["rank", "id", "score", "label", "source", "synthetic", "path"]))
+                             ["rank", "id", "score", "label", "source", "synthetic", "path",
+                             "box"]))
 
 st.divider()
 st.subheader("Browse the catalog")

@@ -118,6 +118,11 @@ def train(
         "--use-reviews", help="With --normal-label: train nothing; refit the threshold of the "
         "newest scanning model of label L (or --name) from the analysts' reviews of its "
         "scans (defect / false alarm / missed).")] = False,
+    refit_normals: Annotated[bool, typer.Option(
+        "--refit-normals", help="With --use-reviews: first change the normal set (images "
+        "reviewed as false alarm join it, those reviewed as defect or missed leave it), fit "
+        "the scorer again on it (same encoder, no training), score the reviewed images again "
+        "and refit the threshold on those scores.")] = False,
     *,
     opts: Common,
 ) -> None:
@@ -131,6 +136,7 @@ def train(
       latentsight train
       latentsight train --normal-label good --fpr 0.01    # a model for anomaly scans
       latentsight train --normal-label good --scorer knn --contamination 0.02
+      latentsight train --normal-label good --use-reviews --refit-normals
       latentsight train --model vae --beta 0.5 --kl-warmup 5 --free-bits 0.1
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
     """
@@ -158,8 +164,10 @@ def train(
         **{k: v for k, v in overrides.items() if v is not None},
     )
     h = opts.open_home()
+    if refit_normals and not use_reviews:
+        raise ValueError("--refit-normals only applies with --use-reviews.")
     if use_reviews:
-        _refit_from_reviews(h, normal_label, name, opts.json)
+        _refit_from_reviews(h, normal_label, name, opts.json, refit_normals=refit_normals)
         return
     if normal_label is not None:
         _train_scanner(h, cfg, normal_label, opts.json, scorer=scorer, fpr=fpr,
@@ -219,15 +227,20 @@ def _calibration_text(fpr: float, contamination: float | None, threshold: float 
 
 
 def _refit_from_reviews(h: Any, normal_label: str | None, name: str | None,
-                        json_out: bool) -> None:
+                        json_out: bool, *, refit_normals: bool = False) -> None:
     from latentsight.index.review import refit_threshold
 
     if normal_label is None and name is None:
         raise ValueError("--use-reviews needs --normal-label L (or --name MODEL).")
-    res = refit_threshold(h, normal_label=normal_label, model=name)
+    res = refit_threshold(h, normal_label=normal_label, model=name,
+                          refit_normals=refit_normals)
     if json_out:
         echo_json(res.as_dict())
     else:
+        if res.refit_normals:
+            typer.echo(f"{res.model}: normal set refitted: {res.normals_added} false alarm(s) "
+                       f"joined, {res.normals_removed} image(s) reviewed as defect/missed left; "
+                       f"the scorer learned from {res.normal_set} images")
         typer.echo(f"{res.model}: threshold {res.old_threshold:.5f} -> {res.new_threshold:.5f} "
                    f"from {res.defects} defect, {res.false_alarms} false alarm and {res.missed} "
                    f"missed review(s); errors on them {res.errors_before} -> {res.errors_after}")

@@ -25,3 +25,30 @@ def test_box_search_says_how_to_add_tiles_then_finds_the_source(monkeypatch, tmp
     at = open_page(monkeypatch, home, "views/search.py", **state)
     assert ranked_ids(at)[0] == target
     assert "box [" in texts(at)
+    # the sample view: a box on the full-size image (typed here; the browser test draws one)
+    from streamlit.testing.v1 import AppTest
+
+    from tests.dashboard.test_app import APP
+
+    row = home.catalog.image(target)
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.switch_page("views/sample.py")
+    at.query_params["id"] = str(target)
+    side = min(32, row.width, row.height)
+    for name, v in zip("xywh", (0, 0, side, side), strict=True):
+        at.session_state[f"rbox-{target}_{name}"] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key=f"rbox-{target}_w").value == side
+    at.button(key="region_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert ranked_ids(at)[0] == target  # the image's own region matches it best
+    first = next(m.value for m in at.markdown if m.value.startswith("**1."))
+    box = [int(v) for v in first.split("box [")[1].rstrip("]").split(",")]
+    assert len(box) == 4 and box[0] + box[2] <= row.width and box[1] + box[3] <= row.height
+    # tags filter the region search too
+    other = ranked_ids(at)[1]
+    home.catalog.add_tag([other], "keep")
+    at = open_page(monkeypatch, home, "views/search.py", **state)
+    at.multiselect(key="f_tags").set_value(["keep"]).run()
+    assert ranked_ids(at) == [other]

@@ -205,3 +205,24 @@ def test_search_and_the_latent_map_work_on_the_milvus_backend(monkeypatch, own_h
     assert ranked_ids(at) and ranked_ids(at)[0] == target, texts(at)
     at = open_page(monkeypatch, own_home, "views/latent_map.py")
     assert sum(n_points(t) for t in map_figure(at)["data"]) == own_home.catalog.count_images()
+
+
+def test_tags_filter_the_flagged_list_and_the_latent_map(monkeypatch, own_home):
+    from tests.dashboard.test_app import map_figure, n_points
+
+    scan = own_home.catalog.scans()[0]
+    results = [r for r in own_home.catalog.scan_results(scan.id) if r.score is not None]
+    flagged = sorted((r for r in results if r.score > scan.threshold), key=lambda r: -r.score)
+    pick = flagged[1]  # not the top one: the filter, not the order, shows it
+    image = next(r for r in own_home.catalog.images() if r.sha256 == pick.sha256)
+    own_home.catalog.add_tag([image.id], "scratch")
+    at = open_page(monkeypatch, own_home, "views/anomalies.py")
+    shown = {c.key for c in at.button_group if c.key and c.key.startswith("rev-")}
+    assert len(shown) > 1
+    at.multiselect(key="f_tags").set_value(["scratch"]).run()
+    shown = {c.key for c in at.button_group if c.key and c.key.startswith("rev-")}
+    assert shown == {f"rev-{pick.id}"}
+    assert at.query_params["tag"] in ("scratch", ["scratch"])
+    at = open_page(monkeypatch, own_home, "views/latent_map.py")
+    at.multiselect(key="f_tags").set_value(["scratch"]).run()
+    assert sum(n_points(t) for t in map_figure(at)["data"]) == 1

@@ -98,3 +98,46 @@ def test_catalog_pages_tags_and_reviews(db_url):
     cat.set_review(rid, None, "ana")
     assert cat.reviews() == {}
     cat.close()
+
+
+def test_refit_normals_moves_false_alarms_in_and_defects_out(anomaly_home, tmp_path):
+    from PIL import Image
+
+    from tests.imagegen import normal_textures
+
+    anomaly_home.catalog.engine.dispose()
+    home = Home(shutil.copytree(anomaly_home.root, tmp_path / "home"))
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    for i, px in enumerate(normal_textures(6, seed=7)):  # normal, but new to the model
+        Image.fromarray(px, mode="L").save(folder / f"new-{i}.png")
+    goods = home.catalog.images(labels=["good"])[:2]
+    for r in goods + home.catalog.images(labels=["checker"])[:4]:
+        shutil.copy(r.path, folder / f"{r.label}-{r.id}.png")
+    summary = scan_paths(home, [folder], progress=False)
+    results = home.catalog.scan_results(summary.scan_id)
+    new = sorted((r for r in results if "new-" in r.path), key=lambda r: -r.score)[:3]
+    out_of_set = next(r for r in results if f"good-{goods[0].id}" in r.path)
+    for r in results:
+        if "checker" in r.path:
+            home.catalog.set_review(r.id, "defect", "ana")
+    for r in new:
+        home.catalog.set_review(r.id, "false_alarm", "ana")
+    home.catalog.set_review(out_of_set.id, "missed", "ana")
+    run("train", "--normal-label", "good", "--refit-normals", "--home", str(home.root), code=2)
+    old_model = home.catalog.model("scan-test")
+    old_ratio = np.mean([r.score for r in new]) / summary.threshold
+    out = json.loads(run("train", "--normal-label", "good", "--use-reviews", "--refit-normals",
+                         "--json", "--home", str(home.root)))
+    assert out["refit_normals"] and out["normals_added"] == 3 and out["normals_removed"] == 1
+    state = home.catalog.model("scan-test").metrics["scoring"]
+    assert goods[0].id not in state["train_ids"] + state["calib_ids"]
+    assert len(state["train_ids"]) + len(state["calib_ids"]) == 39
+    assert sorted(state["normal_paths_from_reviews"]) == sorted(r.path for r in new)
+    assert state["arrays_sha256"] != old_model.metrics["scoring"].get("arrays_sha256")
+    again = scan_paths(home, [folder], progress=False)  # new scans use the refitted scorer
+    assert again.threshold == pytest.approx(out["new_threshold"])
+    rescored = {r.path: r.score for r in home.catalog.scan_results(again.scan_id)}
+    new_ratio = np.mean([rescored[r.path] for r in new]) / again.threshold
+    assert new_ratio < old_ratio  # the false alarms look more normal to the refitted scorer
+    assert out["errors_after"] <= out["errors_before"]
