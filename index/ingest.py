@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from latentsight.embedder import faults
 from latentsight.embedder.encoder import Encoder
 from latentsight.embedder.images import default_workers
@@ -135,7 +134,7 @@ def _ingest_locked(
 ) -> IngestReport:
     catalog = home.catalog
     model, encoder, store = _index_target(home) if update_index else (None, None, None)
-    want = (encoder.image_size, encoder.channels) if encoder else None
+    want = encoder.probe_want if encoder else None
     report = IngestReport()
     files = list(iter_files(paths))
     faults.on_listed([os.fspath(f) for f, _ in files])
@@ -182,9 +181,9 @@ def _ingest_locked(
             report.added += len(ids)
             report.ids.extend(ids)
             if store is not None and ids:
-                x = np.stack([pr.pixels for pr, _lab in rows])  # (B, C, S, S) uint8
                 meta = [{"label": lab, "source": source, "synthetic": False} for _pr, lab in rows]
-                store.add(ids, encoder.embed_uint8(x), meta)  # metadata: for Milvus filters
+                store.add(ids, encoder.embed_probed([pr.pixels for pr, _lab in rows]),
+                          meta)  # metadata: for Milvus filters
                 report.indexed += len(ids)
             bar.update(len(batch))
             bar.set_postfix(added=report.added, dup=report.duplicates, failed=len(report.failed))

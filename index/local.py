@@ -33,7 +33,7 @@ import numpy as np
 from latentsight.embedder.encoder import Encoder
 from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.fsutil import atomic_write
-from latentsight.embedder.images import decode_file, prepare
+from latentsight.embedder.images import decode_file
 from latentsight.embedder.scoring import tile_positions
 from latentsight.index.catalog import ImageRow, ModelRow
 from latentsight.index.errors import CatalogError, StoreError
@@ -204,8 +204,7 @@ def embed_tiles(
     encoder: Encoder, pixels: np.ndarray, boxes: Sequence[Box]
 ) -> np.ndarray:
     """Vectors of the square crops `boxes` of one decoded image (H, W[, 3]); returns (n, D)."""
-    crops = [prepare(pixels[y : y + h, x : x + w], encoder.image_size, encoder.channels)
-             for x, y, w, h in boxes]
+    crops = [encoder.prepare(pixels[y : y + h, x : x + w]) for x, y, w, h in boxes]
     out = [tile_vectors(encoder, np.stack(crops[s : s + 256]))
            for s in range(0, len(crops), 256)]
     return np.concatenate(out) if out else np.zeros((0, tile_dim(encoder)), np.float32)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 from latentsight.embedder.errors import DecodeError
-from latentsight.embedder.images import prepare
 from latentsight.embedder.probe import Limits, ProbePool, Upload
 from latentsight.index.catalog import IndexRow, ModelRow
 from latentsight.index.errors import CatalogError, StoreError
@@ -115,10 +114,10 @@ class Searcher:
         if isinstance(query, np.ndarray):
             return self.encoder.embed_pixels([query])
         item = Upload(name, query) if isinstance(query, bytes) else resolve_query(self.home, query)
-        pr = self.decoder().probe_one(item, (self.encoder.image_size, self.encoder.channels))
+        pr = self.decoder().probe_one(item, self.encoder.probe_want)
         if pr.error is not None:
             raise DecodeError(pr.path, pr.error)
-        return self.encoder.embed_uint8(pr.pixels[None])  # (1, C, S, S) -> (1, D)
+        return self.encoder.embed_probed([pr.pixels])  # (1, D)
 
     def decoder(self) -> ProbePool:
         """The decoding worker of this searcher (started on first use, kept for the next)."""
@@ -181,8 +180,8 @@ class Searcher:
         h, w = pixels.shape[:2]
         crops = query_squares(check_box(box, w, h, name=name), w, h, local.geometry)
         vec = tile_vectors(self.encoder, np.stack([
-            prepare(pixels[cy : cy + cs, cx : cx + cs], self.encoder.image_size,
-                    self.encoder.channels) for cx, cy, cs, _ in crops]))  # (q, D)
+            self.encoder.prepare(pixels[cy : cy + cs, cx : cx + cs])
+            for cx, cy, cs, _ in crops]))  # (q, D)
         allowed = None
         if not filt.empty:
             allowed = np.asarray(self.home.catalog.image_ids(
