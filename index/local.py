@@ -210,6 +210,40 @@ def embed_tiles(
     return np.concatenate(out) if out else np.zeros((0, tile_dim(encoder)), np.float32)
 
 
+def tile_anomaly(amap: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    """Mean of an anomaly map (H, W) inside each box; float64 (n,). An integral image."""
+    m = np.asarray(amap, dtype=np.float64)
+    ii = np.zeros((m.shape[0] + 1, m.shape[1] + 1))
+    ii[1:, 1:] = m.cumsum(0).cumsum(1)
+    out = np.empty(len(boxes))
+    for j, (x, y, w, h) in enumerate(boxes):
+        x1, y1 = min(x + w, m.shape[1]), min(y + h, m.shape[0])
+        area = max(1, (x1 - x) * (y1 - y))
+        out[j] = (ii[y1, x1] - ii[y, x1] - ii[y1, x] + ii[y, x]) / area
+    return out
+
+
+def anomaly_vector(
+    encoder: Encoder, pixels: np.ndarray, amap: np.ndarray, geometry: Geometry, *, top: int = 1
+) -> tuple[np.ndarray, list[Box]]:
+    """An image's vector weighted toward what differs from normal: the mean of the unit
+    tile vectors of its `top` most anomalous tiles (tiles of `geometry`, anomaly = the mean
+    of `amap`, the anomaly model's map at the image's size, inside each tile).
+
+    Returns (vector (D,), the boxes used, most anomalous first). Images of one defect kind
+    then meet on the defect rather than on the background around it.
+    """
+    h, w = pixels.shape[:2]
+    if tuple(amap.shape[:2]) != (h, w):
+        msg = f"The anomaly map is {amap.shape[1]}x{amap.shape[0]}; the image is {w}x{h}."
+        raise ValueError(msg)
+    boxes = geometry.boxes(w, h)
+    order = np.argsort(-tile_anomaly(amap, boxes), kind="stable")[: max(1, top)]
+    chosen = [boxes[int(i)] for i in order]
+    vecs = _unit(embed_tiles(encoder, pixels, chosen))
+    return vecs.mean(0).astype(np.float32), chosen
+
+
 def square_around(box: Box, width: int, height: int) -> Box:
     """The square of side max(w, h) centred on `box`, moved (and shrunk) to fit the image."""
     x, y, w, h = box
@@ -397,6 +431,7 @@ def search_tiles(
     return out
 
 
-__all__ = ["ADD_HINT", "Geometry", "LocalIndex", "build_local", "check_box", "choose_geometry",
+__all__ = ["ADD_HINT", "Geometry", "LocalIndex", "anomaly_vector", "build_local", "check_box",
+           "choose_geometry", "tile_anomaly",
            "embed_tiles", "has_local", "load_local", "local_status", "remove_local",
            "search_tiles", "square_around", "sync_local"]

@@ -195,7 +195,10 @@ def evaluate_retrieval(
                                       progress=progress)
     label_of = {r.id: r.label for r in rows}
     scores = retrieval_scores(vecs, [label_of[int(i)] for i in kept], k=k)
-    out: dict[str, Any] = {"model": row.name, **scores.as_dict()}
+    out: dict[str, Any] = {"model": row.name, **scores.as_dict(),
+                           "input": {"height": encoder.image_height,
+                                     "width": encoder.image_width, "resize": encoder.resize},
+                           "pixel_pca": int(getattr(encoder.model.config, "pixel_pca", 0))}
     if baseline:
         px, pk = raw_pixels([r.path for r in rows], image_size=encoder.image_size,
                             channels=encoder.channels, image_width=encoder.image_width,

@@ -46,12 +46,18 @@ def check_input(config) -> None:
 
 
 class PixelPCA(nn.Module):
-    """x (B, C, H, W) -> its first k principal components (B, k); buffers set by `fit`."""
+    """x (B, C, H, W) -> its first k principal components (B, k); buffers set by `fit`.
 
-    def __init__(self, k: int, dim: int) -> None:
+    It also keeps the mean learned embedding of the same images (`learned_mean`), which
+    the combined embedding subtracts: learned embeddings share a large common part (cosine
+    near 1 between any two images), and without centring that part swamps what differs.
+    """
+
+    def __init__(self, k: int, dim: int, learned_dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("components", torch.zeros(k, dim))
+        self.register_buffer("learned_mean", torch.zeros(learned_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(1).to(self.mean.dtype)  # (B, C*H*W)
@@ -63,9 +69,12 @@ class PixelPCA(nn.Module):
         flat = x.flatten(1).double()  # (n, D)
         mean = flat.mean(0)
         k = self.components.shape[0]
-        q = min(k, flat.shape[0], flat.shape[1])
-        # exact SVD of the small Gram matrix when n is small, randomized otherwise
-        _u, _s, v = torch.svd_lowrank(flat - mean, q=q, niter=6)  # v: (D, q)
+        n, d = flat.shape
+        q = min(k, n, d)
+        if min(n, d) <= 1024:  # exact
+            v = torch.linalg.svd(flat - mean, full_matrices=False)[2][:q].T  # (D, q)
+        else:  # randomized, oversampled as scikit-learn's PCA does
+            v = torch.svd_lowrank(flat - mean, q=min(q + 10, n, d), niter=7)[2][:, :q]
         comps = torch.zeros_like(self.components, dtype=torch.float64)
         comps[:q] = v.T
         self.mean.copy_(mean.to(self.mean.dtype))
@@ -77,22 +86,30 @@ def attach_pixel_pca(model: nn.Module) -> None:
     k = int(getattr(model.config, "pixel_pca", 0) or 0)
     if k:
         h, w = input_hw(model.config)
-        model.pixel_pca = PixelPCA(k, model.config.channels * h * w)
+        model.pixel_pca = PixelPCA(k, model.config.channels * h * w, model.embed_dim - k)
 
 
 def combined_embedding(model: nn.Module, x: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
-    """The learned embedding, or [unit(pixel PCA), unit(learned)] when the model has one."""
+    """The learned embedding, or [unit(pixel PCA), unit(learned - its training mean)] when
+    the model has a pixel PCA."""
     pca = getattr(model, "pixel_pca", None)
     if pca is None:
         return learned
+    centred = learned - pca.learned_mean.to(learned.dtype)
     return torch.cat([F.normalize(pca(x).to(learned.dtype), dim=1),
-                      F.normalize(learned, dim=1)], dim=1)
+                      F.normalize(centred, dim=1)], dim=1)
 
 
-def fit_pixel_pca(model: nn.Module, x: torch.Tensor) -> bool:
-    """Fit a model's pixel PCA on float images x (n, C, H, W) in [0, 1]; False if it has none."""
+@torch.no_grad()
+def fit_pixel_pca(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> bool:
+    """Fit a model's pixel PCA and learned mean on float images x (n, C, H, W) in [0, 1],
+    the model in eval mode; False if it has no pixel PCA."""
     pca = getattr(model, "pixel_pca", None)
     if pca is None:
         return False
-    pca.fit(x.to(pca.mean.device))
+    x = x.to(pca.mean.device)
+    pca.fit(x)
+    learned = torch.cat([model.embed_learned(x[i : i + batch_size])
+                         for i in range(0, len(x), batch_size)])
+    pca.learned_mean.copy_(learned.mean(0).to(pca.learned_mean.dtype))
     return True

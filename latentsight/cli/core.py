@@ -186,7 +186,10 @@ def eval_retrieval(
             for name, r in (("model " + res["model"], res),
                             ("raw pixels", res["baseline_raw_pixels"]),
                             ("PCA-64", res["baseline_pca64"]))]
-    typer.echo(f"{res['n']} labeled images, leave-one-out, k={kk}")
+    g = res["input"]
+    pca = f", pixel PCA-{res['pixel_pca']} + learned" if res.get("pixel_pca") else ""
+    typer.echo(f"{res['n']} labeled images, leave-one-out, k={kk}; model input "
+               f"{g['width']}x{g['height']} ({g['resize']}){pca}")
     typer.echo(table(rows, list(rows[0])))
     per = [{"label": lab, "n": v["n"], f"P@{kk} model": v["precision_at_k"],
             f"P@{kk} raw": res["baseline_raw_pixels"]["per_label"].get(lab, {}).get(
