@@ -85,7 +85,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DEFAULT_VARIANT = "ae+infonce"  # what `latentsight train` trains with no options
 BOX_VARIANTS = ("ae", "ae+infonce", "ae+infonce-photo")  # region search: a tile index each
 WEIGHTS: tuple[float, ...] = ()  # --explore: rows [unit(PCA), w * unit(learned)] (--weights)
-EXPLORE = False  # --explore: also the centred learned part and uncentred PCA+learned rows
+EXPLORE = False  # --explore: also rows with the learned part centred on its gallery mean
 
 
 def log(msg: str) -> None:
@@ -237,6 +237,7 @@ class Protocol:
         self.name, self.home, self.size = name, home, size
         self.queries, self.query_labels, self.boxes = queries, query_labels, boxes
         self.maps: list[np.ndarray] | None = None  # anomaly maps (defect protocol)
+        self.scorer = None  # the detector those maps come from
         rows = home.catalog.images(labeled_only=True)
         self.rows = rows
         self.labels = [r.label for r in rows]
@@ -285,18 +286,22 @@ class Protocol:
         g = run([decode_file(from_catalog(r.path)).pixels for r in self.rows])
         return g, None if self.queries is None else run(self.queries)
 
-    def box_scores(self, model: str) -> dict[str, float]:
-        """Region search with each image's defect box; its own image left out."""
+    def box_scores(self, model: str, anomaly: object | None = None) -> dict[str, float]:
+        """Region search with each image's defect box (or, with `anomaly`, a scorer: its most
+        anomalous square, `Searcher.search(anomaly=...)`); its own image left out."""
+        from latentsight.index.local import has_local
         from latentsight.index.search import Searcher
         from latentsight.training.evaluate import precision_and_ap, summarize
 
-        build_index(self.home, self.home.catalog.model(model), device="cpu", progress=False,
-                    workers=0, local=True)
+        row = self.home.catalog.model(model)
+        if not has_local(self.home, row):
+            build_index(self.home, row, device="cpu", progress=False, workers=0, local=True)
         s = Searcher(self.home, model, device="cpu")
         rels, labs = [], []
         for r in self.rows:
-            hits = [h for h in s.search(r.id, k=K + 1, box=self.boxes[Path(r.path).name])
-                    if h.id != r.id][:K]
+            how = {"anomaly": anomaly} if anomaly is not None else {
+                "box": self.boxes[Path(r.path).name]}
+            hits = [h for h in s.search(r.id, k=K + 1, **how) if h.id != r.id][:K]
             rels.append([h.label == r.label for h in hits] + [False] * (K - len(hits)))
             labs.append(r.label)
         prec, ap = precision_and_ap(np.asarray(rels), K)
@@ -335,16 +340,43 @@ def anomaly_maps(proto: Protocol, n_normal: int, rng: np.random.Generator) -> li
     n_cal = max(4, n_normal // 4)
     enc = Encoder(create("ae", image_size=64, depth=3, width=16), device="cpu")
     sc = make_scorer(DEFAULT_SCORER, enc).fit(imgs[:n_cal], reference=imgs[n_cal:])
+    proto.scorer = sc
     return sc.anomaly_map([decode_file(from_catalog(r.path)).pixels for r in proto.rows])
 
 
-def anomaly_scores(proto: Protocol, enc: Encoder, top: int) -> dict[str, float]:
+ANOMALY_MODES = {"anomaly": {}}  # the library's defaults: the most anomalous square, any side
+EXPLORE_ANOMALY = {"anomaly tile-best": {"where": "tile", "scales": "best"},
+                   "anomaly fine": {"fine": 1.0}, "anomaly fine/4": {"fine": 0.25},
+                   "anomaly fine/2+fine/4": {"fine": (0.5, 0.25)},
+                   "anomaly top2": {"top": 2}}
+
+
+def anomaly_scores(proto: Protocol, enc: Encoder, **mode: Any) -> dict[str, float]:
     from latentsight.index.local import anomaly_vector, choose_geometry
 
     geo = choose_geometry([(r.width, r.height) for r in proto.rows], enc.image_size)
-    vecs = [anomaly_vector(enc, decode_file(from_catalog(r.path)).pixels, m, geo, top=top)[0]
+    if "fine" in mode:
+        f = mode.pop("fine")
+        mode["sides"] = [int(geo.tiles[-1] * x) for x in (f if isinstance(f, tuple) else (f,))]
+    vecs = [anomaly_vector(enc, decode_file(from_catalog(r.path)).pixels, m, geo, **mode)[0]
             for r, m in zip(proto.rows, proto.maps, strict=True)]
     return figures(proto.score(np.stack(vecs), None, "cosine"))
+
+
+def pixel_anomaly_scores(proto: Protocol, side: int = 16) -> dict[str, float]:
+    """Baseline for the anomaly rows: the same most anomalous square (the library's default
+    choice), described by its pixels alone (side x side, own mean removed, unit length)."""
+    from latentsight.embedder.images import resize
+    from latentsight.index.local import choose_geometry, most_anomalous_box
+
+    geo = choose_geometry([(r.width, r.height) for r in proto.rows], 64)
+    vecs = []
+    for r, m in zip(proto.rows, proto.maps, strict=True):
+        px = decode_file(from_catalog(r.path)).pixels
+        x, y, w, h = most_anomalous_box(m, geo)
+        v = resize(px[y : y + h, x : x + w], side).astype(np.float32).ravel()
+        vecs.append(v - v.mean())
+    return figures(proto.score(unit(np.stack(vecs)), None, "cosine"))
 
 
 def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str, Any]:
@@ -362,31 +394,36 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
     train(proto.home, cfg, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     enc = load_encoder(proto.home, proto.home.catalog.model(name.replace("+", "_")), "cpu")
-    g, q = proto.learned(enc)  # the product's: [unit(pixel PCA), unit(learned - mean)]
+    g, q = proto.learned(enc)  # the product's: [unit(pixel PCA), unit(learned)]
     lg, lq = proto.learned_part(enc)  # the learned part alone, as indexed without --pixel-pca
     out = {"variant": name, "epochs": ep, "train_wall_s": round(wall, 1),
            "train_cpu_s": round(cpu, 1),
            "scores": {name: figures(proto.score(lg, lq, "cosine")),
                       f"pca+{name}": figures(proto.score(g, q, "cosine"))}}
     if EXPLORE:
-        cg, cq = g[:, k:], None if q is None else q[:, k:]
+        cg = unit(lg - lg.mean(0))
+        cq = None if q is None else unit(lq - lg.mean(0))
         out["scores"][f"{name} centred"] = figures(proto.score(cg, cq, "cosine"))
-        ug = np.concatenate([g[:, :k], unit(lg)], 1)
-        uq = None if q is None else np.concatenate([q[:, :k], unit(lq)], 1)
-        out["scores"][f"pca+{name} uncentred"] = figures(proto.score(ug, uq, "cosine"))
+        ug = np.concatenate([g[:, :k], cg], 1)
+        uq = None if q is None else np.concatenate([q[:, :k], cq], 1)
+        out["scores"][f"pca+{name} centred"] = figures(proto.score(ug, uq, "cosine"))
+        cg, cq = g[:, k:], None if q is None else q[:, k:]
         for w in WEIGHTS:
             wg = np.concatenate([g[:, :k], w * cg], 1)
             wq = None if q is None else np.concatenate([q[:, :k], w * cq], 1)
             out["scores"][f"pca+{name} w{w:g}"] = figures(proto.score(wg, wq, "cosine"))
     if proto.maps is not None and name in BOX_VARIANTS:
         t0 = time.perf_counter()
-        learned_only = Encoder(enc.model, device="cpu")
-        for top in (1, 3):
-            out["scores"][f"{name} anomaly top{top}"] = anomaly_scores(proto, learned_only, top)
+        modes = ANOMALY_MODES | (EXPLORE_ANOMALY if EXPLORE else {})
+        for row, mode in modes.items():
+            out["scores"][f"{name} {row}"] = anomaly_scores(proto, enc, **mode)
         out["anomaly_seconds"] = round(time.perf_counter() - t0, 1)
     if box and proto.boxes is not None and name in BOX_VARIANTS:
         t0 = time.perf_counter()
         out["scores"][f"{name} box"] = proto.box_scores(name.replace("+", "_"))
+        if proto.scorer is not None:
+            out["scores"][f"{name} anomaly search"] = proto.box_scores(
+                name.replace("+", "_"), anomaly=proto.scorer)
         out["box_seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -543,7 +580,9 @@ def main() -> int:
             if p == "defects" and not args.no_anomaly:
                 t0 = time.perf_counter()
                 proto.maps = anomaly_maps(proto, 2 * args.per_label, rng)
-                log(f"defects: anomaly maps in {time.perf_counter() - t0:.0f}s")
+                table[p]["raw pixels anomaly"] = pixel_anomaly_scores(proto)
+                log(f"defects: anomaly maps in {time.perf_counter() - t0:.0f}s; raw pixels "
+                    f"anomaly {json.dumps(table[p]['raw pixels anomaly'])}")
             log(f"{p}: {len(proto.rows)} images; baselines {json.dumps(table[p])}")
             for n in names:
                 r = run_variant(proto, n, args.epochs, not args.no_box)

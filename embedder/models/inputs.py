@@ -48,16 +48,19 @@ def check_input(config) -> None:
 class PixelPCA(nn.Module):
     """x (B, C, H, W) -> its first k principal components (B, k); buffers set by `fit`.
 
-    It also keeps the mean learned embedding of the same images (`learned_mean`), which
-    the combined embedding subtracts: learned embeddings share a large common part (cosine
-    near 1 between any two images), and without centring that part swamps what differs.
+    The learned part beside it is not centred: centring it on its training mean was
+    measured worse on every protocol of benchmarks/retrieval.py (the learned part's
+    common direction then acts as a constant that leaves the PCA's ranking in charge,
+    with the learned part only breaking near-ties).
+
+    Checkpoints written while that centring was tried hold a `learned_mean` buffer;
+    `load_weights` keeps it for them (`keep_learned_mean`) and they embed as they were built.
     """
 
-    def __init__(self, k: int, dim: int, learned_dim: int) -> None:
+    def __init__(self, k: int, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("components", torch.zeros(k, dim))
-        self.register_buffer("learned_mean", torch.zeros(learned_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(1).to(self.mean.dtype)  # (B, C*H*W)
@@ -86,30 +89,34 @@ def attach_pixel_pca(model: nn.Module) -> None:
     k = int(getattr(model.config, "pixel_pca", 0) or 0)
     if k:
         h, w = input_hw(model.config)
-        model.pixel_pca = PixelPCA(k, model.config.channels * h * w, model.embed_dim - k)
+        model.pixel_pca = PixelPCA(k, model.config.channels * h * w)
 
 
 def combined_embedding(model: nn.Module, x: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
-    """The learned embedding, or [unit(pixel PCA), unit(learned - its training mean)] when
-    the model has a pixel PCA."""
+    """The learned embedding, or [unit(pixel PCA), unit(learned)] when the model has one."""
     pca = getattr(model, "pixel_pca", None)
     if pca is None:
         return learned
-    centred = learned - pca.learned_mean.to(learned.dtype)
+    mean = getattr(pca, "learned_mean", None)  # only in checkpoints of the centred trial
+    if mean is not None:
+        learned = learned - mean.to(learned.dtype)
     return torch.cat([F.normalize(pca(x).to(learned.dtype), dim=1),
-                      F.normalize(centred, dim=1)], dim=1)
+                      F.normalize(learned, dim=1)], dim=1)
 
 
-@torch.no_grad()
-def fit_pixel_pca(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> bool:
-    """Fit a model's pixel PCA and learned mean on float images x (n, C, H, W) in [0, 1],
-    the model in eval mode; False if it has no pixel PCA."""
+def keep_learned_mean(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give `model`'s pixel PCA the `learned_mean` buffer when the weights being loaded
+    have one (a checkpoint of the centred trial), so they load strictly and embed alike."""
+    pca = getattr(model, "pixel_pca", None)
+    mean = state.get("pixel_pca.learned_mean")
+    if pca is not None and mean is not None and not hasattr(pca, "learned_mean"):
+        pca.register_buffer("learned_mean", torch.zeros_like(mean))
+
+
+def fit_pixel_pca(model: nn.Module, x: torch.Tensor) -> bool:
+    """Fit a model's pixel PCA on float images x (n, C, H, W) in [0, 1]; False if it has none."""
     pca = getattr(model, "pixel_pca", None)
     if pca is None:
         return False
-    x = x.to(pca.mean.device)
-    pca.fit(x)
-    learned = torch.cat([model.embed_learned(x[i : i + batch_size])
-                         for i in range(0, len(x), batch_size)])
-    pca.learned_mean.copy_(learned.mean(0).to(pca.learned_mean.dtype))
+    pca.fit(x.to(pca.mean.device))
     return True

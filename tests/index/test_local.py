@@ -192,9 +192,13 @@ def test_anomaly_vector_embeds_the_most_anomalous_tile(local_home):
     means = tile_anomaly(amap, tiles)
     bx, by, bw, bh = tiles[3]
     assert means[3] == pytest.approx(amap[by : by + bh, bx : bx + bw].mean())
-    vec, used = anomaly_vector(enc, px, amap, geo, top=1)
+    vec, used = anomaly_vector(enc, px, amap, geo, where="tile", scales="best")
     assert _overlap(used[0], (x, y, w, h)) > 0 and means[tiles.index(used[0])] == means.max()
     one = embed_tiles(enc, px, used)[0]
     np.testing.assert_allclose(vec, one / np.linalg.norm(one), rtol=1e-5, atol=1e-6)
+    vec, used = anomaly_vector(enc, px, amap, geo, scales="each")  # a square on the peak, each side
+    assert len(used) == len(geo.tiles) and vec.shape == (len(geo.tiles) * len(one),)
+    assert all(_overlap(b, (x, y, w, h)) >= min(b[2], w) * min(b[2], h) // 2 for b in used)
+    assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="anomaly map"):
         anomaly_vector(enc, px, amap[:-1], geo)
