@@ -43,7 +43,6 @@ from latentsight.embedder.devices import check_device
 from latentsight.embedder.errors import ModelError
 from latentsight.embedder.fsutil import atomic_write, atomic_write_bytes
 from latentsight.embedder.models.ae import AEConfig, AutoEncoder
-from latentsight.embedder.models.inputs import keep_learned_mean
 from latentsight.embedder.models.vae import VAE, VAEConfig
 from latentsight.embedder.models.vit import MaskedViT, ViTConfig
 from safetensors import safe_open
@@ -277,7 +276,6 @@ def load_weights(model: nn.Module, w_path: str | Path, *, map_location: str = "c
     """Load safetensors weights into `model` (strict), then eval mode; ModelError if they misfit."""
     try:
         state = load_file(str(w_path), device=map_location)
-        keep_learned_mean(model, state)
         model.load_state_dict(state, strict=True)
     except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad files
         raise ModelError(f"{w_path}: weights do not fit the config: {e}") from e

@@ -52,9 +52,6 @@ class PixelPCA(nn.Module):
     measured worse on every protocol of benchmarks/retrieval.py (the learned part's
     common direction then acts as a constant that leaves the PCA's ranking in charge,
     with the learned part only breaking near-ties).
-
-    Checkpoints written while that centring was tried hold a `learned_mean` buffer;
-    `load_weights` keeps it for them (`keep_learned_mean`) and they embed as they were built.
     """
 
     def __init__(self, k: int, dim: int) -> None:
@@ -97,20 +94,8 @@ def combined_embedding(model: nn.Module, x: torch.Tensor, learned: torch.Tensor)
     pca = getattr(model, "pixel_pca", None)
     if pca is None:
         return learned
-    mean = getattr(pca, "learned_mean", None)  # only in checkpoints of the centred trial
-    if mean is not None:
-        learned = learned - mean.to(learned.dtype)
     return torch.cat([F.normalize(pca(x).to(learned.dtype), dim=1),
                       F.normalize(learned, dim=1)], dim=1)
-
-
-def keep_learned_mean(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Give `model`'s pixel PCA the `learned_mean` buffer when the weights being loaded
-    have one (a checkpoint of the centred trial), so they load strictly and embed alike."""
-    pca = getattr(model, "pixel_pca", None)
-    mean = state.get("pixel_pca.learned_mean")
-    if pca is not None and mean is not None and not hasattr(pca, "learned_mean"):
-        pca.register_buffer("learned_mean", torch.zeros_like(mean))
 
 
 def fit_pixel_pca(model: nn.Module, x: torch.Tensor) -> bool:

@@ -176,7 +176,7 @@ def test_anomaly_vector_embeds_the_most_anomalous_tile(local_home):
     """With a map that is hot on the pasted patch, the anomaly-weighted vector is the tile
     vector of a tile over the patch; tile_anomaly is each box's mean of the map."""
     from latentsight.embedder.images import decode_file
-    from latentsight.index.local import anomaly_vector, embed_tiles, tile_anomaly
+    from latentsight.index.local import anomaly_vector, default_sides, embed_tiles, tile_anomaly
     from latentsight.index.manager import load_encoder
     from latentsight.index.paths import from_catalog
 
@@ -197,7 +197,9 @@ def test_anomaly_vector_embeds_the_most_anomalous_tile(local_home):
     one = embed_tiles(enc, px, used)[0]
     np.testing.assert_allclose(vec, one / np.linalg.norm(one), rtol=1e-5, atol=1e-6)
     vec, used = anomaly_vector(enc, px, amap, geo, scales="each")  # a square on the peak, each side
-    assert len(used) == len(geo.tiles) and vec.shape == (len(geo.tiles) * len(one),)
+    sides = default_sides(geo)  # the geometry's tiles and half the finest
+    assert sides == [*geo.tiles, geo.tiles[-1] // 2]
+    assert len(used) == len(sides) and vec.shape == (len(sides) * len(one),)
     assert all(_overlap(b, (x, y, w, h)) >= min(b[2], w) * min(b[2], h) // 2 for b in used)
     assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="anomaly map"):
