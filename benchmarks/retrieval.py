@@ -13,8 +13,14 @@ Protocols (each in its own temporary home, through the product's own paths:
   digits rotated, shifted, brightened or noised; relevant = same digit.
 
 Encoders: ae, vae, vit, each without and with the InfoNCE auxiliary objective;
-"pca+X" rows concatenate unit-length PCA-64 components of the pixels with
-unit-length X embeddings (cosine). Baselines: raw pixels (L2) and PCA-64
+"pca+X" rows are the product's combined embedding (`latentsight train
+--pixel-pca 64`: the checkpoint holds PCA-64 of the training images' pixels and
+the search vector is [unit(PCA-64), unit(X)]), indexed through the product's
+own path; the "X" row of the same run is its learned part alone. On the defect
+protocol, "X anomaly" rows are the anomaly-weighted vector
+(`index.local.anomaly_vector`: the unit tile vectors of each image's most
+anomalous tiles under a detector fitted on other normal cells through the
+public `make_scorer(...).fit` / `anomaly_map` API). Baselines: raw pixels (L2) and PCA-64
 (L2), on the same images. The default is marked: the learned row with the best
 worst-protocol macro precision@10, and only if it beats PCA-64 on every
 protocol (micro and macro); otherwise the table says none qualifies.
@@ -78,6 +84,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_VARIANT = "ae+infonce"  # what `latentsight train` trains with no options
 BOX_VARIANTS = ("ae", "ae+infonce", "ae+infonce-photo")  # region search: a tile index each
+WEIGHTS: tuple[float, ...] = ()  # --explore: rows [unit(PCA), w * unit(learned)] (--weights)
+EXPLORE = False  # --explore: also rows with the learned part centred on its gallery mean
 
 
 def log(msg: str) -> None:
@@ -228,6 +236,8 @@ class Protocol:
                  boxes=None) -> None:
         self.name, self.home, self.size = name, home, size
         self.queries, self.query_labels, self.boxes = queries, query_labels, boxes
+        self.maps: list[np.ndarray] | None = None  # anomaly maps (defect protocol)
+        self.scorer = None  # the detector those maps come from
         rows = home.catalog.images(labeled_only=True)
         self.rows = rows
         self.labels = [r.label for r in rows]
@@ -265,18 +275,33 @@ class Protocol:
         q = None if self.queries is None else enc.embed_pixels(self.queries)
         return vecs, q
 
-    def box_scores(self, model: str) -> dict[str, float]:
-        """Region search with each image's defect box; its own image left out."""
+    def learned_part(self, enc: Encoder) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's learned embedding alone (`embed_learned`, no pixel PCA, not centred):
+        what `latentsight train` without --pixel-pca indexes."""
+        def run(pixels: list[np.ndarray]) -> np.ndarray:
+            x = torch.from_numpy(np.stack([enc.prepare(p) for p in pixels])).float() / 255
+            with torch.no_grad():
+                return enc.model.embed_learned(x).numpy()
+
+        g = run([decode_file(from_catalog(r.path)).pixels for r in self.rows])
+        return g, None if self.queries is None else run(self.queries)
+
+    def box_scores(self, model: str, anomaly: object | None = None) -> dict[str, float]:
+        """Region search with each image's defect box (or, with `anomaly`, a scorer: its most
+        anomalous square, `Searcher.search(anomaly=...)`); its own image left out."""
+        from latentsight.index.local import has_local
         from latentsight.index.search import Searcher
         from latentsight.training.evaluate import precision_and_ap, summarize
 
-        build_index(self.home, self.home.catalog.model(model), device="cpu", progress=False,
-                    workers=0, local=True)
+        row = self.home.catalog.model(model)
+        if not has_local(self.home, row):
+            build_index(self.home, row, device="cpu", progress=False, workers=0, local=True)
         s = Searcher(self.home, model, device="cpu")
         rels, labs = [], []
         for r in self.rows:
-            hits = [h for h in s.search(r.id, k=K + 1, box=self.boxes[Path(r.path).name])
-                    if h.id != r.id][:K]
+            how = {"anomaly": anomaly} if anomaly is not None else {
+                "box": self.boxes[Path(r.path).name]}
+            hits = [h for h in s.search(r.id, k=K + 1, **how) if h.id != r.id][:K]
             rels.append([h.label == r.label for h in hits] + [False] * (K - len(hits)))
             labs.append(r.label)
         prec, ap = precision_and_ap(np.asarray(rels), K)
@@ -302,6 +327,58 @@ def make_protocol(name: str, tmp: Path, rng: np.random.Generator, per_label: int
     return Protocol(name, home, size, queries, qlabels, boxes)
 
 
+def anomaly_maps(proto: Protocol, n_normal: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Anomaly maps of the defect protocol's images from the default detector, fitted on
+    normal cells outside the gallery (public API: make_scorer, fit, anomaly_map)."""
+    from latentsight.embedder.models import create
+    from latentsight.embedder.scoring import DEFAULT_SCORER, make_scorer
+
+    used = {Path(r.path).name for r in proto.rows}
+    normal = [f for f, q, _t in elpv_rows() if q == 0.0 and f.name not in used]
+    pick = [normal[i] for i in rng.choice(len(normal), n_normal, False)]
+    imgs = [decode_file(f).pixels for f in pick]
+    n_cal = max(4, n_normal // 4)
+    enc = Encoder(create("ae", image_size=64, depth=3, width=16), device="cpu")
+    sc = make_scorer(DEFAULT_SCORER, enc).fit(imgs[:n_cal], reference=imgs[n_cal:])
+    proto.scorer = sc
+    return sc.anomaly_map([decode_file(from_catalog(r.path)).pixels for r in proto.rows])
+
+
+ANOMALY_MODES = {"anomaly": {}}  # the library's defaults: the most anomalous square, any side
+EXPLORE_ANOMALY = {"anomaly tile-best": {"where": "tile", "scales": "best"},
+                   "anomaly fine": {"fine": 1.0}, "anomaly fine/4": {"fine": 0.25},
+                   "anomaly fine/2+fine/4": {"fine": (0.5, 0.25)},
+                   "anomaly top2": {"top": 2}}
+
+
+def anomaly_scores(proto: Protocol, enc: Encoder, **mode: Any) -> dict[str, float]:
+    from latentsight.index.local import anomaly_vector, choose_geometry
+
+    geo = choose_geometry([(r.width, r.height) for r in proto.rows], enc.image_size)
+    if "fine" in mode:
+        f = mode.pop("fine")
+        mode["sides"] = [int(geo.tiles[-1] * x) for x in (f if isinstance(f, tuple) else (f,))]
+    vecs = [anomaly_vector(enc, decode_file(from_catalog(r.path)).pixels, m, geo, **mode)[0]
+            for r, m in zip(proto.rows, proto.maps, strict=True)]
+    return figures(proto.score(np.stack(vecs), None, "cosine"))
+
+
+def pixel_anomaly_scores(proto: Protocol, side: int = 16) -> dict[str, float]:
+    """Baseline for the anomaly rows: the same most anomalous square (the library's default
+    choice), described by its pixels alone (side x side, own mean removed, unit length)."""
+    from latentsight.embedder.images import resize
+    from latentsight.index.local import choose_geometry, most_anomalous_box
+
+    geo = choose_geometry([(r.width, r.height) for r in proto.rows], 64)
+    vecs = []
+    for r, m in zip(proto.rows, proto.maps, strict=True):
+        px = decode_file(from_catalog(r.path)).pixels
+        x, y, w, h = most_anomalous_box(m, geo)
+        v = resize(px[y : y + h, x : x + w], side).astype(np.float32).ravel()
+        vecs.append(v - v.mean())
+    return figures(proto.score(unit(np.stack(vecs)), None, "cosine"))
+
+
 def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str, Any]:
     fields = dict(VARIANTS[name])
     mc: dict[str, Any] = {"image_size": proto.size}
@@ -310,22 +387,43 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
     if fields["model"] == "vit":
         mc |= {"patch_size": 4 if proto.size == 32 else 8}
     ep = epochs * (2 if fields["model"] == "vit" else 1)
-    cfg = TrainConfig(**fields, epochs=ep, name=name, device="cpu", patience=100,
-                      model_config=mc)
+    k = min(64, len(proto.rows) - 1)
+    cfg = TrainConfig(**fields, epochs=ep, name=name.replace("+", "_"), device="cpu", patience=100,
+                      model_config=mc, pixel_pca=k)
     t0, c0 = time.perf_counter(), time.process_time()
     train(proto.home, cfg, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    enc = load_encoder(proto.home, proto.home.catalog.model(name), "cpu")
-    g, q = proto.learned(enc)
+    enc = load_encoder(proto.home, proto.home.catalog.model(name.replace("+", "_")), "cpu")
+    g, q = proto.learned(enc)  # the product's: [unit(pixel PCA), unit(learned)]
+    lg, lq = proto.learned_part(enc)  # the learned part alone, as indexed without --pixel-pca
     out = {"variant": name, "epochs": ep, "train_wall_s": round(wall, 1),
-           "train_cpu_s": round(cpu, 1), "scores": {name: figures(proto.score(g, q, "cosine"))}}
-    combo_g = np.concatenate([unit(proto.pca_g - proto.pca_g.mean(0)), unit(g)], 1)
-    combo_q = None if q is None else np.concatenate(
-        [unit(proto.pca_q - proto.pca_g.mean(0)), unit(q)], 1)
-    out["scores"][f"pca+{name}"] = figures(proto.score(combo_g, combo_q, "cosine"))
+           "train_cpu_s": round(cpu, 1),
+           "scores": {name: figures(proto.score(lg, lq, "cosine")),
+                      f"pca+{name}": figures(proto.score(g, q, "cosine"))}}
+    if EXPLORE:
+        cg = unit(lg - lg.mean(0))
+        cq = None if q is None else unit(lq - lg.mean(0))
+        out["scores"][f"{name} centred"] = figures(proto.score(cg, cq, "cosine"))
+        ug = np.concatenate([g[:, :k], cg], 1)
+        uq = None if q is None else np.concatenate([q[:, :k], cq], 1)
+        out["scores"][f"pca+{name} centred"] = figures(proto.score(ug, uq, "cosine"))
+        cg, cq = g[:, k:], None if q is None else q[:, k:]
+        for w in WEIGHTS:
+            wg = np.concatenate([g[:, :k], w * cg], 1)
+            wq = None if q is None else np.concatenate([q[:, :k], w * cq], 1)
+            out["scores"][f"pca+{name} w{w:g}"] = figures(proto.score(wg, wq, "cosine"))
+    if proto.maps is not None and name in BOX_VARIANTS:
+        t0 = time.perf_counter()
+        modes = ANOMALY_MODES | (EXPLORE_ANOMALY if EXPLORE else {})
+        for row, mode in modes.items():
+            out["scores"][f"{name} {row}"] = anomaly_scores(proto, enc, **mode)
+        out["anomaly_seconds"] = round(time.perf_counter() - t0, 1)
     if box and proto.boxes is not None and name in BOX_VARIANTS:
         t0 = time.perf_counter()
-        out["scores"][f"{name} box"] = proto.box_scores(name)
+        out["scores"][f"{name} box"] = proto.box_scores(name.replace("+", "_"))
+        if proto.scorer is not None:
+            out["scores"][f"{name} anomaly search"] = proto.box_scores(
+                name.replace("+", "_"), anomaly=proto.scorer)
         out["box_seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -407,7 +505,7 @@ def render(table, runs, protocols, note) -> str:
             cells += [f"{f['p']:.3f} / {f['p_macro']:.3f}",
                       f"{f['map']:.3f} / {f['map_macro']:.3f}"]
             worst.append(f["p_macro"])
-        base = m.removeprefix("pca+").removesuffix(" box")
+        base = m.removeprefix("pca+").split(" ")[0]
         ts = sum(train_s.get(base, [])) if base in train_s else None
         name = f"**{m} (default)**" if m == default else m
         w = f"{min(worst):.3f}" if len(worst) == len(protocols) else "-"
@@ -433,6 +531,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=4, help="epochs (the ViT gets twice as many)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-box", action="store_true", help="skip the region-search rows")
+    ap.add_argument("--no-anomaly", action="store_true", help="skip the anomaly-weighted rows")
+    ap.add_argument("--explore", action="store_true", help="extra rows: centring, --weights")
+    ap.add_argument("--weights", default="", help="with --explore: weightings, e.g. 0.5,2")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", type=Path, default=RESULTS, help="where to write the raw results")
     ap.add_argument("--merge", type=Path, nargs="*", default=None,
@@ -457,6 +558,9 @@ def main() -> int:
             replace_section(SECTION, text.split("\n", 2)[2])
         return 0
     torch.set_num_threads(args.threads)
+    global WEIGHTS, EXPLORE
+    WEIGHTS = tuple(float(w) for w in args.weights.split(",") if w)
+    EXPLORE = args.explore
     rng = np.random.default_rng(0)
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     protocols = []
@@ -473,6 +577,12 @@ def main() -> int:
         for p in protocols:
             proto = make_protocol(p, Path(tmp), rng, args.per_label)
             table[p] = proto.baselines()
+            if p == "defects" and not args.no_anomaly:
+                t0 = time.perf_counter()
+                proto.maps = anomaly_maps(proto, 2 * args.per_label, rng)
+                table[p]["raw pixels anomaly"] = pixel_anomaly_scores(proto)
+                log(f"defects: anomaly maps in {time.perf_counter() - t0:.0f}s; raw pixels "
+                    f"anomaly {json.dumps(table[p]['raw pixels anomaly'])}")
             log(f"{p}: {len(proto.rows)} images; baselines {json.dumps(table[p])}")
             for n in names:
                 r = run_variant(proto, n, args.epochs, not args.no_box)

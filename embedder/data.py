@@ -11,21 +11,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from latentsight.embedder.encoder import fit_pixels
 from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.images import decode_file, default_workers, prepare
 from torch.utils.data import DataLoader, Dataset
 
 
 class FileImages(Dataset):
-    """(id, path) pairs -> (id, uint8 tensor (C, S, S)) or (id, DecodeError)."""
+    """(id, path) pairs -> (id, uint8 tensor (C, H, W)) or (id, DecodeError).
+
+    H x W = image_size x (image_width or image_size); `resize` "squash" (resized to it
+    whatever the aspect, the behaviour of older models) or "pad" (aspect kept, padded:
+    `encoder.fit_pixels`).
+    """
 
     def __init__(
-        self, ids: Sequence[int], paths: Sequence[str | Path], *, image_size: int, channels: int
+        self, ids: Sequence[int], paths: Sequence[str | Path], *, image_size: int, channels: int,
+        image_width: int = 0, resize: str = "squash",
     ) -> None:
         if len(ids) != len(paths):
             raise ValueError(f"Got {len(ids)} ids for {len(paths)} paths.")
         self.ids, self.paths = list(ids), [str(p) for p in paths]
         self.image_size, self.channels = image_size, channels
+        self.image_width, self.resize = image_width or image_size, resize
         self.mode = "L" if channels == 1 else "RGB"
 
     def __len__(self) -> int:
@@ -36,7 +44,11 @@ class FileImages(Dataset):
             px = decode_file(self.paths[i], mode=self.mode).pixels
         except DecodeError as e:
             return self.ids[i], e
-        return self.ids[i], torch.from_numpy(prepare(px, self.image_size, self.channels))
+        if self.resize == "squash" and self.image_width == self.image_size:
+            arr = prepare(px, self.image_size, self.channels)
+        else:
+            arr = fit_pixels(px, self.image_size, self.image_width, self.channels, self.resize)
+        return self.ids[i], torch.from_numpy(arr)
 
 
 def _collate(items: list[tuple[int, torch.Tensor | DecodeError]]):

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from latentsight.embedder import faults
 from latentsight.embedder.encoder import Encoder
 from latentsight.embedder.images import default_workers
@@ -159,7 +158,7 @@ def _ingest_with(
     """
     catalog = home.catalog
     model, encoder, store = _index_target(home) if update_index else (None, None, None)
-    want = (encoder.image_size, encoder.channels) if encoder else None
+    want = encoder.probe_want if encoder else None
     report = IngestReport()
     files = list(iter_files(paths))
     faults.on_listed([os.fspath(f) for f, _ in files])
@@ -174,8 +173,8 @@ def _ingest_with(
                                      labels_from_folders=labels_from_folders)
         vectors = None
         if store is not None and rows:
-            x = np.stack([pr.pixels for pr, _lab in rows])  # (B, C, S, S) uint8
-            vectors = embedding.submit(encoder.embed_uint8, x)  # (B, D), while we commit
+            # (B, D), while we commit
+            vectors = embedding.submit(encoder.embed_probed, [pr.pixels for pr, _lab in rows])
         faults.point("ingest.before_commit")
         ids = catalog.add_images([
             {"sha256": pr.sha256, "path": to_catalog(_abs(pr.path)),

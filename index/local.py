@@ -33,7 +33,7 @@ import numpy as np
 from latentsight.embedder.encoder import Encoder
 from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.fsutil import atomic_write
-from latentsight.embedder.images import decode_file, prepare
+from latentsight.embedder.images import decode_file
 from latentsight.embedder.scoring import tile_positions
 from latentsight.index.catalog import ImageRow, ModelRow
 from latentsight.index.errors import CatalogError, StoreError
@@ -204,11 +204,110 @@ def embed_tiles(
     encoder: Encoder, pixels: np.ndarray, boxes: Sequence[Box]
 ) -> np.ndarray:
     """Vectors of the square crops `boxes` of one decoded image (H, W[, 3]); returns (n, D)."""
-    crops = [prepare(pixels[y : y + h, x : x + w], encoder.image_size, encoder.channels)
-             for x, y, w, h in boxes]
+    crops = [encoder.prepare(pixels[y : y + h, x : x + w]) for x, y, w, h in boxes]
     out = [tile_vectors(encoder, np.stack(crops[s : s + 256]))
            for s in range(0, len(crops), 256)]
     return np.concatenate(out) if out else np.zeros((0, tile_dim(encoder)), np.float32)
+
+
+def tile_anomaly(amap: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    """Mean of an anomaly map (H, W) inside each box; float64 (n,). An integral image."""
+    m = np.asarray(amap, dtype=np.float64)
+    ii = np.zeros((m.shape[0] + 1, m.shape[1] + 1))
+    ii[1:, 1:] = m.cumsum(0).cumsum(1)
+    out = np.empty(len(boxes))
+    for j, (x, y, w, h) in enumerate(boxes):
+        x1, y1 = min(x + w, m.shape[1]), min(y + h, m.shape[0])
+        area = max(1, (x1 - x) * (y1 - y))
+        out[j] = (ii[y1, x1] - ii[y, x1] - ii[y1, x] + ii[y, x]) / area
+    return out
+
+
+def anomaly_boxes(amap: np.ndarray, geometry: Geometry, *, top: int = 1,
+                  where: str = "peak", sides: Sequence[int] | None = None) -> list[list[Box]]:
+    """The most anomalous squares of an image at each tile side of `geometry`, most anomalous
+    first: [[box, ...] per scale]. `where` "tile": among the geometry's own tiles; "peak":
+    squares of each side at any position (4-pixel steps), so the square is centred on the
+    anomaly rather than on the tile grid (`top` > 1 then takes the next best squares that
+    overlap the chosen ones by at most half). `sides`: the square sides (with "peak" only;
+    default `default_sides`)."""
+    h, w = amap.shape[:2]
+    if where not in ("tile", "peak"):
+        raise ValueError(f"The 'where' option must be 'tile' or 'peak'. Got {where!r} instead.")
+    out: list[list[Box]] = []
+    if sides is not None and where != "peak":
+        raise ValueError("The 'sides' option needs where='peak' (tiles have the geometry's).")
+    if sides is None and where == "peak":
+        sides = default_sides(geometry)
+    for side in dict.fromkeys(min(int(t), w, h) for t in (sides or geometry.tiles)):
+        if where == "tile":
+            cands = [b for b in geometry.boxes(w, h) if b[2] == side]
+        else:
+            step = 4
+            cands = [(x, y, side, side) for y in range(0, h - side + 1, step)
+                     for x in range(0, w - side + 1, step)]
+        scores = tile_anomaly(amap, cands)
+        chosen: list[Box] = []
+        for i in np.argsort(-scores, kind="stable"):
+            b = cands[int(i)]
+            if all(_overlap_area(b, c) <= side * side // 2 for c in chosen):
+                chosen.append(b)
+            if len(chosen) >= max(1, top):
+                break
+        out.append(chosen)
+    return out
+
+
+def default_sides(geometry: Geometry) -> list[int]:
+    """Square sides the anomaly weighting looks at: the geometry's tiles and half the finest
+    (at least 8 px): the defect-kind protocol of benchmarks/retrieval.py ranks the half-tile
+    square first (small defects fill it; the mean anomaly picks the tightest square)."""
+    half = geometry.tiles[-1] // 2
+    return list(geometry.tiles) + ([half] if half >= 8 else [])
+
+
+def most_anomalous_box(amap: np.ndarray, geometry: Geometry) -> Box:
+    """The single square (of `default_sides`, any position) with the highest mean anomaly."""
+    flat = [b for boxes in anomaly_boxes(amap, geometry) for b in boxes]
+    return flat[int(np.argmax(tile_anomaly(amap, flat)))]
+
+
+def _overlap_area(a: Box, b: Box) -> int:
+    return (max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+            * max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])))
+
+
+def anomaly_vector(
+    encoder: Encoder, pixels: np.ndarray, amap: np.ndarray, geometry: Geometry, *, top: int = 1,
+    where: str = "peak", scales: str = "best", sides: Sequence[int] | None = None,
+) -> tuple[np.ndarray, list[Box]]:
+    """An image's vector weighted toward what differs from normal: its most anomalous
+    squares (`anomaly_boxes`; anomaly = the mean of `amap`, the anomaly model's map at the
+    image's size, inside each square), embedded as tiles are (`tile_vectors`).
+
+    `scales` "each": one part per tile side of `geometry` (the mean unit tile vector of its
+    `top` squares), the parts concatenated and scaled so the whole is unit length; "best":
+    the single most anomalous square over all sides (its unit tile vector). Returns
+    (vector, the boxes used). Images of one defect kind then meet on the defect rather than
+    on the background around it.
+    """
+    h, w = pixels.shape[:2]
+    if tuple(amap.shape[:2]) != (h, w):
+        msg = f"The anomaly map is {amap.shape[1]}x{amap.shape[0]}; the image is {w}x{h}."
+        raise ValueError(msg)
+    per_scale = anomaly_boxes(amap, geometry, top=top, where=where, sides=sides)
+    if scales == "best":
+        flat = [b for boxes in per_scale for b in boxes]
+        best = flat[int(np.argmax(tile_anomaly(amap, flat)))]
+        return _unit(embed_tiles(encoder, pixels, [best]))[0].astype(np.float32), [best]
+    if scales != "each":
+        raise ValueError(f"The 'scales' option must be 'each' or 'best'. Got {scales!r} instead.")
+    parts, used = [], []
+    for boxes in per_scale:
+        v = _unit(embed_tiles(encoder, pixels, boxes)).mean(0)
+        parts.append(v / max(float(np.linalg.norm(v)), 1e-12))
+        used += boxes
+    return (np.concatenate(parts) / np.sqrt(len(parts))).astype(np.float32), used
 
 
 def square_around(box: Box, width: int, height: int) -> Box:
@@ -398,6 +497,8 @@ def search_tiles(
     return out
 
 
-__all__ = ["ADD_HINT", "Geometry", "LocalIndex", "build_local", "check_box", "choose_geometry",
+__all__ = ["ADD_HINT", "Geometry", "LocalIndex", "anomaly_boxes", "anomaly_vector",
+           "build_local", "check_box", "default_sides", "most_anomalous_box",
+           "choose_geometry", "tile_anomaly",
            "embed_tiles", "has_local", "load_local", "local_status", "remove_local",
            "search_tiles", "square_around", "sync_local"]

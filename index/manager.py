@@ -413,7 +413,7 @@ def embed_catalog_images(
     from latentsight.embedder.probe import ProbePool
 
     workers = default_workers() if workers is None else workers
-    want = (encoder.image_size, encoder.channels)
+    want = encoder.probe_want  # native pixels for a model that fits them itself
     out_v, out_i, failed = [], [], []
     bar = tqdm(total=len(ids), desc="embedding", unit="img", file=sys.stderr,
                disable=bar_disabled(progress))
@@ -430,7 +430,7 @@ def embed_catalog_images(
                 else:
                     failed.append((pr.path, pr.error_class or "DecodeError", pr.error))
             if good_ids:
-                out_v.append(encoder.embed_uint8(np.stack(arrays)))  # (B, C, S, S) -> (B, D)
+                out_v.append(encoder.embed_probed(arrays))  # -> (B, D)
                 out_i.append(np.asarray(good_ids, dtype=np.int64))
             bar.update(len(chunk))
     bar.close()
@@ -482,13 +482,10 @@ def _sync_locked(
         ready = ready or {}
         in_hand = [i for i in missing.tolist() if i in ready]
         if in_hand:
-            import torch
-
             for s in range(0, len(in_hand), 256):
                 chunk = in_hand[s : s + 256]
-                x = torch.from_numpy(np.stack([ready[i] for i in chunk])).float().div_(255.0)
                 meta = catalog_metadata(home, chunk) if keeps_meta else None
-                store.add(chunk, encoder.embed_tensor(x), meta)
+                store.add(chunk, encoder.embed_probed([ready[i] for i in chunk]), meta)
                 added += len(chunk)
         rest = [i for i in missing.tolist() if i not in ready]
         if rest:

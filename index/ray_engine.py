@@ -334,13 +334,13 @@ class _EmbedActor:
         self.pool = ProbePool(1)  # one decode process per actor: per-file time and size limits
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        want = (self.encoder.image_size, self.encoder.channels)
+        want = self.encoder.probe_want
         paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
         probes = list(self.pool.imap(paths, want, window=len(paths)))
         good = [j for j, pr in enumerate(probes) if pr.error is None]
         vec = np.full((len(paths), self.encoder.embed_dim), np.nan, np.float32)
         if good:
-            vec[good] = self.encoder.embed_uint8(np.stack([probes[j].pixels for j in good]))
+            vec[good] = self.encoder.embed_probed([probes[j].pixels for j in good])
         err = [pr.error or "" for pr in probes]
         cls = [(pr.error_class or "DecodeError") if pr.error else "" for pr in probes]
         return {"i": batch["i"], "vec": vec, "error": np.asarray(err, dtype=object),

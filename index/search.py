@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 from latentsight.embedder.errors import DecodeError
-from latentsight.embedder.images import prepare
 from latentsight.embedder.probe import Limits, ProbePool, Upload
 from latentsight.index.catalog import IndexRow, ModelRow
 from latentsight.index.errors import CatalogError, StoreError
@@ -66,6 +65,8 @@ class Searcher:
         _check_fresh(home, self.model, self.index_row)
         self.encoder = load_encoder(home, self.model, device)
         self._local: tuple[float, LocalIndex] | None = None  # (file mtime, local vectors)
+        self._scorer: tuple[str, object] | None = None  # (scanning model, its scorer)
+        self.last_query_box: tuple[int, int, int, int] | None = None  # of the last region search
 
     def refresh(self) -> bool:
         """Load the index again when a writer has replaced it (its generation changed).
@@ -115,10 +116,10 @@ class Searcher:
         if isinstance(query, np.ndarray):
             return self.encoder.embed_pixels([query])
         item = Upload(name, query) if isinstance(query, bytes) else resolve_query(self.home, query)
-        pr = self.decoder().probe_one(item, (self.encoder.image_size, self.encoder.channels))
+        pr = self.decoder().probe_one(item, self.encoder.probe_want)
         if pr.error is not None:
             raise DecodeError(pr.path, pr.error)
-        return self.encoder.embed_uint8(pr.pixels[None])  # (1, C, S, S) -> (1, D)
+        return self.encoder.embed_probed([pr.pixels])  # (1, D)
 
     def decoder(self) -> ProbePool:
         """The decoding worker of this searcher (started on first use, kept for the next)."""
@@ -143,6 +144,7 @@ class Searcher:
         include_synthetic: bool = False,
         synthetic: bool | None = None,
         box: tuple[int, int, int, int] | None = None,
+        anomaly: str | object | None = None,
     ) -> list[Hit]:
         """Return up to k hits, best first. With a label, source or synthetic flag, a filter
         inside the search (FAISS: catalog ids + ID selector; Milvus: a boolean expression).
@@ -154,6 +156,12 @@ class Searcher:
         square around the box) is matched against the local tile vectors of every
         image (`latentsight index build --local`); each image counts once, with its
         best tile, and its hit's `.box` says where in it the match lies.
+
+        `anomaly` = the name of a scanning model (`latentsight train --normal-label`):
+        the region searched is the query's most anomalous square under that model's
+        anomaly map (`index.local.anomaly_boxes`), so a defect image finds images with
+        the same kind of defect rather than the same background; `last_query_box` then
+        says which square it was. A fitted scorer object (with `anomaly_map`) works too.
         """
         self.refresh()
         if synthetic is None and not include_synthetic and (
@@ -161,8 +169,10 @@ class Searcher:
         ):
             synthetic = False
         filt = Filter.of(labels=label, sources=source, synthetic=synthetic)
-        if box is not None:
-            return self._search_box(query, box, k=k, filt=filt)
+        if box is not None and anomaly is not None:
+            raise ValueError("Give a box or an anomaly model, not both.")
+        if box is not None or anomaly is not None:
+            return self._search_box(query, box, k=k, filt=filt, anomaly=anomaly)
         vec = self.query_vector(query)
         scores, ids = self.store.search(vec, k, filter=None if filt.empty else filt)
         found = [int(i) for i in ids[0] if i >= 0]
@@ -175,14 +185,34 @@ class Searcher:
             if i >= 0 and int(i) in rows
         ]
 
-    def _search_box(self, query, box, *, k: int, filt: Filter) -> list[Hit]:
+    def anomaly_box(self, pixels: np.ndarray, scan_model: str | object
+                    ) -> tuple[int, int, int, int]:
+        """The most anomalous square of decoded pixels under a scanning model's map
+        (`index.local.most_anomalous_box`); `scan_model` a model name or a fitted scorer."""
+        from latentsight.index.local import most_anomalous_box
+        from latentsight.index.manager import load_scorer
+
+        scorer = scan_model
+        if isinstance(scan_model, str):
+            if self._scorer is None or self._scorer[0] != scan_model:
+                row = self.home.catalog.model(scan_model)
+                self._scorer = (scan_model, load_scorer(self.home, row, "cpu")[1])
+            scorer = self._scorer[1]
+        amap = np.asarray(scorer.anomaly_map([pixels])[0], dtype=np.float64)
+        return most_anomalous_box(amap, self.local_index().geometry)
+
+    def _search_box(self, query, box, *, k: int, filt: Filter,
+                    anomaly: str | object | None = None) -> list[Hit]:
         local = self.local_index()  # before decoding: an index without tiles says how to fix it
         pixels, name = self.query_pixels(query)
+        if anomaly is not None:
+            box = self.anomaly_box(pixels, anomaly)
+        self.last_query_box = tuple(int(v) for v in box)
         h, w = pixels.shape[:2]
         crops = query_squares(check_box(box, w, h, name=name), w, h, local.geometry)
         vec = tile_vectors(self.encoder, np.stack([
-            prepare(pixels[cy : cy + cs, cx : cx + cs], self.encoder.image_size,
-                    self.encoder.channels) for cx, cy, cs, _ in crops]))  # (q, D)
+            self.encoder.prepare(pixels[cy : cy + cs, cx : cx + cs])
+            for cx, cy, cs, _ in crops]))  # (q, D)
         allowed = None
         if not filt.empty:
             allowed = np.asarray(self.home.catalog.image_ids(
@@ -213,11 +243,12 @@ def search(
     device: str = "auto",
     include_synthetic: bool = False,
     box: tuple[int, int, int, int] | None = None,
+    anomaly: str | None = None,
 ) -> list[Hit]:
     """Search the catalog for images like `query` (one-shot; use Searcher for many queries)."""
     return Searcher(home, model, device=device).search(query, k=k, label=label,
                                                        include_synthetic=include_synthetic,
-                                                       box=box)
+                                                       box=box, anomaly=anomaly)
 
 
 def resolve_query(home: Home, query: str | int | Path) -> str:

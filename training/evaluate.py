@@ -155,11 +155,14 @@ def pca_components(x: np.ndarray, n_components: int = 64, *, seed: int = 0) -> n
 
 
 def raw_pixels(
-    paths: Sequence[str], *, image_size: int, channels: int = 1
+    paths: Sequence[str], *, image_size: int, channels: int = 1, image_width: int = 0,
+    resize: str = "squash",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel vectors (n, C*S*S) in [0, 1] and the positions that decoded."""
+    """Pixel vectors (n, C*H*W) in [0, 1] and the positions that decoded (the model's input
+    geometry: image_size x image_width, `resize` as the model fits images)."""
     paths = [from_catalog(p) for p in paths]  # catalog text form -> a path to open
-    ds = FileImages(list(range(len(paths))), paths, image_size=image_size, channels=channels)
+    ds = FileImages(list(range(len(paths))), paths, image_size=image_size, channels=channels,
+                    image_width=image_width, resize=resize)
     out, kept = [], []
     for ids, x, _bad in iter_batches(ds, batch_size=256):
         if len(ids):
@@ -192,10 +195,14 @@ def evaluate_retrieval(
                                       progress=progress)
     label_of = {r.id: r.label for r in rows}
     scores = retrieval_scores(vecs, [label_of[int(i)] for i in kept], k=k)
-    out: dict[str, Any] = {"model": row.name, **scores.as_dict()}
+    out: dict[str, Any] = {"model": row.name, **scores.as_dict(),
+                           "input": {"height": encoder.image_height,
+                                     "width": encoder.image_width, "resize": encoder.resize},
+                           "pixel_pca": int(getattr(encoder.model.config, "pixel_pca", 0))}
     if baseline:
         px, pk = raw_pixels([r.path for r in rows], image_size=encoder.image_size,
-                            channels=encoder.channels)
+                            channels=encoder.channels, image_width=encoder.image_width,
+                            resize=encoder.resize)
         base_labels = [rows[int(i)].label for i in pk]
         base = retrieval_scores(px, base_labels, k=k, metric="l2")
         out["baseline_raw_pixels"] = base.as_dict()

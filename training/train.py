@@ -32,6 +32,7 @@ from latentsight.embedder.data import FileImages, iter_batches
 from latentsight.embedder.errors import DecodeError
 from latentsight.embedder.images import resize
 from latentsight.embedder.models import create, resolve_device, save_checkpoint
+from latentsight.embedder.models.inputs import fit_pixel_pca
 from latentsight.embedder.progress import bar_disabled
 from latentsight.index.catalog import check_model_name
 from latentsight.index.errors import CatalogError
@@ -68,6 +69,9 @@ class TrainConfig:
     crops: bool = False  # train on random image_size crops of native-size images (for scans)
     tile_scale: float = 1.0  # with crops: resize factor before cropping (mildly reduced resolution)
     image_ids: list[int] = field(default_factory=list)  # only these catalog ids (empty = all)
+    geometry: str = "auto"  # auto: input aspect from the images, aspect kept + padded;
+    #                         square: image_size x image_size, squashed (models before issue 14)
+    pixel_pca: int = 0  # > 0: the embedding = [unit(this many pixel PCs), unit(learned)]
 
 
 @dataclass
@@ -87,14 +91,54 @@ def get_lr(step: int, total: int, *, peak: float, warmup: int) -> float:
 
 
 AUX_OBJECTIVES = ("none", "infonce")
+GEOMETRIES = ("auto", "square")
+SQUARE_BELOW = 1.15  # a median aspect within [1/1.15, 1.15] keeps a square input
+MAX_ASPECT = 4  # the long side of the input is at most this many short sides
+PCA_SAMPLE = 2000  # images the pixel PCA is fitted on (a seeded sample above that)
+
+
+def choose_input(sizes: list[tuple[int, int]], model_config: dict[str, Any], kind: str
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The input geometry from the training images' (width, height): (model config, record).
+
+    The short side stays the configured `image_size` (default 64); the long side follows
+    the images' median aspect, rounded to what the model divides by (2**depth for the
+    conv models, the patch side for the ViT), at most MAX_ASPECT times the short side.
+    Images of another aspect are fitted aspect-preserving and padded (resize "pad").
+    An explicit `image_width` in `model_config` is kept.
+    """
+    from latentsight.embedder.models import config_class
+
+    defaults = config_class(kind)()
+    mc = dict(model_config)
+    side = int(mc.get("image_size", defaults.image_size))
+    multiple = (int(mc.get("patch_size", getattr(defaults, "patch_size", 8))) if kind == "vit"
+                else 2 ** int(mc.get("depth", getattr(defaults, "depth", 4))))
+    aspects = [w / h for w, h in sizes if w and h]
+    aspect = float(np.median(aspects)) if aspects else 1.0
+    mc.setdefault("resize", "pad")
+    record: dict[str, Any] = {"median_aspect": round(aspect, 4), "from_images": len(aspects)}
+    if "image_width" not in mc and not 1 / SQUARE_BELOW <= aspect <= SQUARE_BELOW:
+        long = max(multiple, round(side * max(aspect, 1 / aspect) / multiple) * multiple)
+        long = min(long, MAX_ASPECT * side)
+        if aspect > 1:
+            mc["image_width"] = long
+        else:
+            mc["image_size"], mc["image_width"] = long, side
+    h = int(mc.get("image_size", side))
+    record |= {"height": h, "width": int(mc.get("image_width") or h), "resize": mc["resize"]}
+    return mc, record
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal/vertical flips and 90-degree turns, per sample. x: (B, C, S, S)."""
+    """Random horizontal/vertical flips and 90-degree turns, per sample. x: (B, C, H, W);
+    a non-square input turns by 180 degrees only (a quarter turn would change its shape)."""
     b = x.shape[0]
     flip_h = torch.rand(b, generator=gen) < 0.5
     flip_v = torch.rand(b, generator=gen) < 0.5
     turns = torch.randint(0, 4, (b,), generator=gen)
+    if x.shape[2] != x.shape[3]:
+        turns = (turns // 2) * 2  # 0 or 2
     x = x.clone()
     x[flip_h] = x[flip_h].flip(3)
     x[flip_v] = x[flip_v].flip(2)
@@ -171,15 +215,16 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
 
 def load_images(
     home: Home, *, labels: list[str], image_size: int, channels: int, progress: bool = True,
-    ids: list[int] | None = None,
+    ids: list[int] | None = None, image_width: int = 0, resize: str = "squash",
 ) -> tuple[torch.Tensor, list[int]]:
-    """Decode the selected catalog images into one uint8 tensor (N, C, S, S)."""
+    """Decode the selected catalog images into one uint8 tensor (N, C, H, W)."""
     rows = home.catalog.images(labels=labels or None, ids=ids or None, synthetic=False)
     if not rows:
         what = f" with labels {labels}" if labels else ""
         raise CatalogError(f"No catalog images{what} to train on. Run: latentsight ingest PATH")
     paths = [from_catalog(r.path) for r in rows]  # catalog text form -> a path to open
-    ds = FileImages([r.id for r in rows], paths, image_size=image_size, channels=channels)
+    ds = FileImages([r.id for r in rows], paths, image_size=image_size, channels=channels,
+                    image_width=image_width, resize=resize)
     xs, ids = [], []
     bar = tqdm(total=len(ds), desc="loading", unit="img", file=sys.stderr,
                disable=bar_disabled(progress))
@@ -253,14 +298,27 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
     check_config(cfg)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    model = create(cfg.model, **cfg.model_config)
+    model_config, geometry = dict(cfg.model_config), None
+    if cfg.pixel_pca:
+        model_config["pixel_pca"] = cfg.pixel_pca
+    if not cfg.crops and cfg.geometry == "auto":
+        rows = home.catalog.images(labels=cfg.labels or None, ids=cfg.image_ids or None,
+                                   synthetic=False)
+        model_config, geometry = choose_input([(r.width, r.height) for r in rows],
+                                              model_config, cfg.model)
+        log.info("input %dx%d (%s) from the median aspect %.3g of %d images",
+                 geometry["width"], geometry["height"], geometry["resize"],
+                 geometry["median_aspect"], geometry["from_images"])
+    model = create(cfg.model, **model_config)
     mcfg = model.config
     if cfg.crops:
         data = CropImages.load(home, cfg, size=mcfg.image_size, channels=mcfg.channels,
                                gen=torch.Generator().manual_seed(cfg.seed + 1))
     else:
         data, _ids = load_images(home, labels=cfg.labels, image_size=mcfg.image_size,
-                                 channels=mcfg.channels, progress=progress, ids=cfg.image_ids)
+                                 channels=mcfg.channels, progress=progress, ids=cfg.image_ids,
+                                 image_width=getattr(mcfg, "image_width", 0),
+                                 resize=getattr(mcfg, "resize", "squash"))
     n = len(data)
     gen = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(n, generator=gen)
@@ -271,7 +329,8 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
     if cfg.aux != "none" and len(tr) < 2:
         msg = f"The '{cfg.aux}' auxiliary objective needs >= 2 training images. Got {len(tr)}."
         raise CatalogError(msg)
-    head = projection_head(model.embed_dim) if cfg.aux != "none" else torch.nn.Identity()
+    learned_dim = model.embed_dim - int(getattr(mcfg, "pixel_pca", 0) or 0)
+    head = projection_head(learned_dim) if cfg.aux != "none" else torch.nn.Identity()
     model.to(device)
     head.to(device)
     params = list(model.parameters()) + list(head.parameters())
@@ -298,7 +357,7 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
             loss, _parts = model.loss(view, epoch=step / steps_per_epoch)
             if cfg.aux == "infonce":
                 other = make_view(x, cfg, gen).to(device)  # a second view of the same images
-                e1, e2 = model.embed(view), model.embed(other)  # (B, D) each
+                e1, e2 = learned_embedding(model, view), learned_embedding(model, other)
                 loss = loss + cfg.aux_weight * info_nce(head(e1), head(e2), cfg.aux_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -325,6 +384,10 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to("cpu").eval()
+    if getattr(model, "pixel_pca", None) is not None and fit_pixel_pca(
+            model, pca_sample(data, cfg.seed)):
+        log.info("pixel PCA: %d components fitted on %d images", cfg.pixel_pca,
+                 min(len(data), PCA_SAMPLE))
     name = cfg.name or f"{cfg.model}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     check_model_name(name)  # before anything is written under models/NAME
     if any(m.name == name for m in home.catalog.models()):
@@ -334,6 +397,8 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
         "train_seconds": round(seconds, 2), "n_train": len(tr), "n_val": n_val,
         "device": str(device), "history": history,
     }
+    if geometry is not None:
+        metrics["input_geometry"] = geometry
     directory = home.models_dir / name
     train_state = {k: v for k, v in asdict(cfg).items() if k != "model_config"}
     meta = {"name": name, "train": train_state, "metrics": metrics}
@@ -342,6 +407,20 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
                            checkpoint_path=home.rel(directory), checkpoint_sha256=sha,
                            metrics=metrics)
     return TrainResult(name=name, kind=cfg.model, checkpoint=str(directory), metrics=metrics)
+
+
+def learned_embedding(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The learned part of a model's embedding (without its pixel PCA): what InfoNCE trains."""
+    return (model.embed_learned if hasattr(model, "embed_learned") else model.embed)(x)
+
+
+def pca_sample(data: Any, seed: int) -> torch.Tensor:
+    """Up to PCA_SAMPLE training images, float (n, C, H, W) in [0, 1], a seeded sample."""
+    n = len(data)
+    idx = torch.arange(n)
+    if n > PCA_SAMPLE:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[:PCA_SAMPLE]
+    return data[idx].float().div_(255.0)
 
 
 @torch.no_grad()
@@ -364,8 +443,8 @@ def evaluate(model: torch.nn.Module, data: torch.Tensor, device: torch.device,
         x = data[i : i + batch_size].float().div_(255.0)
         loss, _ = model.loss(x.to(device))
         if aux and len(x) > 1:
-            e1 = model.embed(make_view(x, cfg, gen).to(device))  # (B, D)
-            e2 = model.embed(make_view(x, cfg, gen).to(device))  # (B, D)
+            e1 = learned_embedding(model, make_view(x, cfg, gen).to(device))  # (B, D)
+            e2 = learned_embedding(model, make_view(x, cfg, gen).to(device))  # (B, D)
             loss = loss + cfg.aux_weight * info_nce(head(e1), head(e2), cfg.aux_temperature)
         total += float(loss) * len(x)
         count += len(x)
@@ -385,6 +464,14 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(msg)
     if not 0.0 <= cfg.rotate_deg <= 45.0:
         msg = f"The 'rotate_deg' option must be in [0, 45]. Got {cfg.rotate_deg} instead."
+        raise ValueError(msg)
+    if cfg.geometry not in GEOMETRIES:
+        msg = (f"The 'geometry' option must be one of {', '.join(GEOMETRIES)}. "
+               f"Got {cfg.geometry!r} instead.")
+        raise ValueError(msg)
+    if cfg.pixel_pca < 0 or (cfg.pixel_pca and cfg.crops):
+        msg = (f"The 'pixel_pca' option must be >= 0, and 0 with tile crops (scans). Got "
+               f"{cfg.pixel_pca} instead.")
         raise ValueError(msg)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         msg = f"The 'epochs' and 'batch_size' must be >= 1. Got {cfg.epochs}, {cfg.batch_size}."

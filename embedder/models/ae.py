@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from latentsight.embedder.models.inputs import (
+    attach_pixel_pca,
+    check_input,
+    combined_embedding,
+    input_hw,
+)
 from torch import nn
 
 
@@ -23,9 +29,15 @@ class AEConfig:
     width: int = 16  # channels of the first conv stage, doubling; 16 = benchmarked CPU default
     depth: int = 4  # stride-2 stages; the bottleneck map is image_size / 2**depth
     pooled_embedding: bool = True  # append pooled encoder features to z in embed()
+    image_width: int = 0  # input columns; 0 = image_size (square). Chosen from the data in train
+    resize: str = "squash"  # how other sizes fit the input: squash | pad (see models/inputs.py)
+    pixel_pca: int = 0  # > 0: embed() = [unit(this many pixel PCs), unit(learned)]
 
     def validate(self) -> None:
-        check_conv_shape(self.image_size, self.depth, self.channels)
+        h, w = input_hw(self)
+        check_conv_shape(h, self.depth, self.channels)
+        check_conv_shape(w, self.depth, self.channels)
+        check_input(self)
 
 
 def check_conv_shape(image_size: int, depth: int, channels: int) -> None:
@@ -91,20 +103,24 @@ class AutoEncoder(nn.Module):
         self.config = config
         c = config
         widths = [c.width * 2**i for i in range(c.depth)]  # e.g. 32, 64, 128, 256
-        self.side = c.image_size >> c.depth
+        h, w = input_hw(c)
+        self.side = h >> c.depth  # bottleneck rows
+        self.side_w = w >> c.depth  # bottleneck columns (= side for square inputs)
         self.encoder = conv_encoder(c.channels, widths)
-        flat = widths[-1] * self.side * self.side
+        flat = widths[-1] * self.side * self.side_w
         self.to_latent = nn.Linear(flat, c.latent_dim)
         self.from_latent = nn.Linear(c.latent_dim, flat)
         self.decoder, self.head = conv_decoder(c.channels, widths)
+        attach_pixel_pca(self)
 
     @property
     def embed_dim(self) -> int:
         extra = 2 * self.config.width * 2 ** (self.config.depth - 1)
-        return self.config.latent_dim + (extra if self.config.pooled_embedding else 0)
+        learned = self.config.latent_dim + (extra if self.config.pooled_embedding else 0)
+        return learned + self.config.pixel_pca
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)  # (B, C_last, side, side)
+        return self.encoder(x)  # (B, C_last, side, side_w)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)
@@ -112,12 +128,16 @@ class AutoEncoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.from_latent(z)  # (B, C_last * side * side)
-        h = h.view(z.shape[0], -1, self.side, self.side)  # (B, C_last, side, side)
+        h = h.view(z.shape[0], -1, self.side, self.side_w)  # (B, C_last, side, side_w)
         return torch.sigmoid(self.head(self.decoder(h)))  # (B, C, H, W)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the search embedding, shape (B, embed_dim)."""
-        h = self.features(x)  # (B, C_last, side, side)
+        """Return the search embedding, shape (B, embed_dim) (with the pixel PCA, if any)."""
+        return combined_embedding(self, x, self.embed_learned(x))
+
+    def embed_learned(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned part of the embedding alone (what the auxiliary objective trains)."""
+        h = self.features(x)  # (B, C_last, side, side_w)
         z = self.to_latent(h.flatten(1))  # (B, latent_dim)
         if not self.config.pooled_embedding:
             return z

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from latentsight.embedder.models.ae import check_conv_shape, conv_decoder, conv_encoder
+from latentsight.embedder.models.inputs import (
+    attach_pixel_pca,
+    check_input,
+    combined_embedding,
+    input_hw,
+)
 from torch import nn
 
 
@@ -32,9 +38,15 @@ class VAEConfig:
     beta: float = 1.0  # weight of the KL term (beta-VAE); 0 = a plain autoencoder loss
     kl_warmup_epochs: float = 5.0  # beta ramps 0 -> beta linearly over these epochs; 0 = none
     free_bits: float = 0.0  # nats per latent dim the KL may use for free (0 = off)
+    image_width: int = 0  # input columns; 0 = image_size (square). Chosen from the data in train
+    resize: str = "squash"  # how other sizes fit the input: squash | pad (see models/inputs.py)
+    pixel_pca: int = 0  # > 0: embed() = [unit(this many pixel PCs), unit(mu)]
 
     def validate(self) -> None:
-        check_conv_shape(self.image_size, self.depth, self.channels)
+        h, w = input_hw(self)
+        check_conv_shape(h, self.depth, self.channels)
+        check_conv_shape(w, self.depth, self.channels)
+        check_input(self)
         for name in ("beta", "kl_warmup_epochs", "free_bits"):
             if getattr(self, name) < 0:
                 msg = f"The '{name}' must be >= 0. Got {getattr(self, name)} instead."
@@ -52,18 +64,20 @@ class VAE(nn.Module):
         self.config = config
         c = config
         widths = [c.width * 2**i for i in range(c.depth)]  # e.g. 32, 64, 128, 256
-        self.side = c.image_size >> c.depth
+        h, w = input_hw(c)
+        self.side, self.side_w = h >> c.depth, w >> c.depth  # bottleneck rows, columns
         self.encoder = conv_encoder(c.channels, widths)
-        flat = widths[-1] * self.side * self.side
+        flat = widths[-1] * self.side * self.side_w
         # mu and logvar read the flattened map plus its pooled mean/std, so the
         # posterior sees translation-invariant texture statistics directly.
         self.to_stats = nn.Linear(flat + 2 * widths[-1], 2 * c.latent_dim)
         self.from_latent = nn.Linear(c.latent_dim, flat)
         self.decoder, self.head = conv_decoder(c.channels, widths)
+        attach_pixel_pca(self)
 
     @property
     def embed_dim(self) -> int:
-        return self.config.latent_dim
+        return self.config.latent_dim + self.config.pixel_pca
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (mu, logvar) of q(z|x), each (B, latent_dim)."""
@@ -74,7 +88,7 @@ class VAE(nn.Module):
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.from_latent(z).view(z.shape[0], -1, self.side, self.side)  # (B, C_last, s, s)
+        h = self.from_latent(z).view(z.shape[0], -1, self.side, self.side_w)  # (B, C_last, s, sw)
         return torch.sigmoid(self.head(self.decoder(h)))  # (B, C, H, W)
 
     @staticmethod
@@ -83,7 +97,11 @@ class VAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # (B, latent_dim)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the posterior mean mu, shape (B, latent_dim)."""
+        """Return the posterior mean mu (B, latent_dim), beside the pixel PCA if any."""
+        return combined_embedding(self, x, self.embed_learned(x))
+
+    def embed_learned(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean mu alone, shape (B, latent_dim)."""
         return self.posterior(x)[0]
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+from latentsight.embedder.models.inputs import (
+    attach_pixel_pca,
+    check_input,
+    combined_embedding,
+    input_hw,
+)
 from torch import nn
 
 
@@ -34,14 +40,19 @@ class ViTConfig:
     mask_ratio: float = 0.75  # fraction of patches hidden during training (MAE's default)
     norm_pix_loss: bool = False  # per-patch normalized targets (sharper textures, scale lost)
     pool: str = "mean"  # "mean" of patch tokens or "cls" token as the embedding
+    image_width: int = 0  # input columns; 0 = image_size (square). Chosen from the data in train
+    resize: str = "squash"  # how other sizes fit the input: squash | pad (see models/inputs.py)
+    pixel_pca: int = 0  # > 0: embed() = [unit(this many pixel PCs), unit(learned)]
 
     def validate(self) -> None:
-        if self.image_size % self.patch_size or self.image_size < self.patch_size:
-            msg = (
-                f"The 'image_size' must be a multiple of patch_size = {self.patch_size}. "
-                f"Got {self.image_size} instead."
-            )
-            raise ValueError(msg)
+        for name, side in zip(("image_size", "image_width"), input_hw(self), strict=True):
+            if side % self.patch_size or side < self.patch_size:
+                msg = (
+                    f"The '{name}' must be a multiple of patch_size = {self.patch_size}. "
+                    f"Got {side} instead."
+                )
+                raise ValueError(msg)
+        check_input(self)
         if self.channels not in (1, 3):
             msg = f"The 'channels' must be 1 or 3. Got {self.channels} instead."
             raise ValueError(msg)
@@ -51,7 +62,8 @@ class ViTConfig:
                 f"divisible by heads. Got heads = {self.heads} instead."
             )
             raise ValueError(msg)
-        n = (self.image_size // self.patch_size) ** 2
+        h, w = input_hw(self)
+        n = (h // self.patch_size) * (w // self.patch_size)
         if not 0.0 <= self.mask_ratio < 1.0 or n - round(n * self.mask_ratio) < 1:
             msg = (
                 f"The 'mask_ratio' must be in [0, 1) and leave one patch visible. "
@@ -63,10 +75,10 @@ class ViTConfig:
             raise ValueError(msg)
 
 
-def sincos_2d(side: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embedding, shape (side*side, dim)."""
+def sincos_2d(side: int, dim: int, cols: int | None = None) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, shape (side*cols, dim) (cols = side default)."""
     assert dim % 4 == 0, "position embedding needs dim divisible by 4"
-    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(cols or side), indexing="ij")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4 - 1 or 1))  # (dim/4,)
     y = ys.flatten()[:, None] * omega[None, :]  # (N, dim/4)
     x = xs.flatten()[:, None] * omega[None, :]  # (N, dim/4)
@@ -100,20 +112,22 @@ class MaskedViT(nn.Module):
         config.validate()
         self.config = config
         c = config
-        self.grid = c.image_size // c.patch_size
-        self.num_patches = self.grid * self.grid
+        h, w = input_hw(c)
+        self.grid, self.grid_w = h // c.patch_size, w // c.patch_size  # patch rows, columns
+        self.num_patches = self.grid * self.grid_w
         self.patch_dim = c.channels * c.patch_size * c.patch_size
         self.n_masked = int(round(self.num_patches * c.mask_ratio))
         self.patch_embed = nn.Linear(self.patch_dim, c.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
-        self.register_buffer("pos", sincos_2d(self.grid, c.dim)[None], persistent=False)
+        self.register_buffer("pos", sincos_2d(self.grid, c.dim, self.grid_w)[None],
+                             persistent=False)
         self.blocks = nn.ModuleList(
             Block(dim=c.dim, heads=c.heads, mlp_ratio=c.mlp_ratio) for _ in range(c.depth)
         )
         self.norm = nn.LayerNorm(c.dim)
         self.dec_embed = nn.Linear(c.dim, c.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_dim))
-        self.register_buffer("dec_pos", sincos_2d(self.grid, c.decoder_dim)[None],
+        self.register_buffer("dec_pos", sincos_2d(self.grid, c.decoder_dim, self.grid_w)[None],
                              persistent=False)
         self.dec_blocks = nn.ModuleList(
             Block(dim=c.decoder_dim, heads=c.heads, mlp_ratio=c.mlp_ratio)
@@ -123,24 +137,27 @@ class MaskedViT(nn.Module):
         self.dec_head = nn.Linear(c.decoder_dim, self.patch_dim)
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
+        attach_pixel_pca(self)
 
     @property
     def embed_dim(self) -> int:
-        return self.config.dim
+        return self.config.dim + self.config.pixel_pca
 
     # --- patches -------------------------------------------------------------------------
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, C*p*p), patches in row-major order."""
-        b, c, p, g = x.shape[0], self.config.channels, self.config.patch_size, self.grid
-        x = x.reshape(b, c, g, p, g, p)  # (B, C, g, p, g, p)
-        return x.permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)  # (B, N, C*p*p)
+        b, c, p = x.shape[0], self.config.channels, self.config.patch_size
+        g, gw = self.grid, self.grid_w
+        x = x.reshape(b, c, g, p, gw, p)  # (B, C, g, p, gw, p)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(b, g * gw, c * p * p)  # (B, N, C*p*p)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, N, C*p*p) -> (B, C, H, W); the inverse of `patchify`."""
-        b, c, p, g = patches.shape[0], self.config.channels, self.config.patch_size, self.grid
-        x = patches.reshape(b, g, g, c, p, p)  # (B, g, g, C, p, p)
-        return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * p, g * p)  # (B, C, H, W)
+        b, c, p = patches.shape[0], self.config.channels, self.config.patch_size
+        g, gw = self.grid, self.grid_w
+        x = patches.reshape(b, g, gw, c, p, p)  # (B, g, gw, C, p, p)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * p, gw * p)  # (B, C, H, W)
 
     def random_mask(
         self, batch: int, *, generator: torch.Generator | None = None
@@ -194,6 +211,10 @@ class MaskedViT(nn.Module):
     # --- the shared interface ------------------------------------------------------------
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The search embedding (B, embed_dim): `embed_learned`, beside the pixel PCA if any."""
+        return combined_embedding(self, x, self.embed_learned(x))
+
+    def embed_learned(self, x: torch.Tensor) -> torch.Tensor:
         """Encode the unmasked image; mean of patch tokens (or CLS), shape (B, dim)."""
         t = self.encode(x)  # (B, 1+N, D)
         return t[:, 0] if self.config.pool == "cls" else t[:, 1:].mean(dim=1)

@@ -94,6 +94,11 @@ def search(
         "--box", help="X,Y,W,H: search with this region of QUERY (pixels); each result gives "
         "where in it the match lies. Needs local vectors: latentsight index build --local.",
         show_default=False)] = None,
+    anomaly: Annotated[str | None, typer.Option(
+        "--anomaly", help="SCAN_MODEL: search with QUERY's most anomalous square under this "
+        "scanning model (latentsight train --normal-label), like --box; finds the same kind "
+        "of defect rather than the same background. Needs local vectors.",
+        show_default=False)] = None,
     model: ModelOpt = None,
     *,
     opts: Common,
@@ -101,18 +106,20 @@ def search(
     """Find the catalog images most similar to QUERY, best first.
 
     Examples: latentsight search photo.png --k 5 --label scratches;
-    latentsight search photo.png --box 120,40,64,64 --json
+    latentsight search photo.png --box 120,40,64,64 --json;
+    latentsight search photo.png --anomaly scan-good
     """
     from latentsight.index.search import search as run_search
 
     region = parse_box(box) if box is not None else None
     h = opts.open_home()
     hits = run_search(h, query, k=k, label=label, model=model, device=opts.device,
-                      include_synthetic=include_synthetic, box=region)
+                      include_synthetic=include_synthetic, box=region, anomaly=anomaly)
     if opts.json:
         echo_json([hit.as_dict() for hit in hits])
     else:
-        cols = ["id", "score", "label", "source", "synthetic"] + (["box"] if region else [])
+        found = region or anomaly
+        cols = ["id", "score", "label", "source", "synthetic"] + (["box"] if found else [])
         typer.echo(table([hit.as_dict() for hit in hits], [*cols, "path"]))
 
 
@@ -186,7 +193,10 @@ def eval_retrieval(
             for name, r in (("model " + res["model"], res),
                             ("raw pixels", res["baseline_raw_pixels"]),
                             ("PCA-64", res["baseline_pca64"]))]
-    typer.echo(f"{res['n']} labeled images, leave-one-out, k={kk}")
+    g = res["input"]
+    pca = f", pixel PCA-{res['pixel_pca']} + learned" if res.get("pixel_pca") else ""
+    typer.echo(f"{res['n']} labeled images, leave-one-out, k={kk}; model input "
+               f"{g['width']}x{g['height']} ({g['resize']}){pca}")
     typer.echo(table(rows, list(rows[0])))
     per = [{"label": lab, "n": v["n"], f"P@{kk} model": v["precision_at_k"],
             f"P@{kk} raw": res["baseline_raw_pixels"]["per_label"].get(lab, {}).get(

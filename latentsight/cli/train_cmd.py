@@ -74,6 +74,15 @@ def train(
         show_default=False)] = None,
     aux_weight: Annotated[float | None, typer.Option(
         help="Weight of the auxiliary objective.", show_default=False)] = None,
+    pixel_pca: Annotated[int | None, typer.Option(
+        "--pixel-pca", help="Add N principal components of the input pixels (fitted on the "
+        "training images, saved in the checkpoint) beside the learned embedding, each part "
+        "unit length; 0 = off. See docs/benchmarks.md, retrieval across protocols.",
+        show_default=False)] = None,
+    geometry: Annotated[str | None, typer.Option(
+        "--geometry", help="auto: the input's aspect from the catalog images (short side = "
+        "--image-size), images fitted aspect-preserving and padded; square: --image-size "
+        "squared, images squashed (models before this option).", show_default=False)] = None,
     # model-specific options: left out = the model's default
     image_size: Annotated[int | None, typer.Option(help="all: Input side in pixels.")] = None,
     channels: Annotated[int | None, typer.Option(help="all: 1 = grayscale, 3 = RGB.")] = None,
@@ -139,6 +148,7 @@ def train(
       latentsight train --normal-label good --use-reviews --refit-normals
       latentsight train --model vae --beta 0.5 --kl-warmup 5 --free-bits 0.1
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
+      latentsight train --pixel-pca 64      # [pixel PCA-64, learned] as the search vector
     """
     from latentsight.index.catalog import check_model_name
     from latentsight.training.train import TrainConfig
@@ -157,7 +167,7 @@ def train(
     model_config = _model_config(kind, given)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
                  "crop_scale": crop_scale, "rotate_deg": rotate, "aux": aux,
-                 "aux_weight": aux_weight}
+                 "aux_weight": aux_weight, "pixel_pca": pixel_pca, "geometry": geometry}
     cfg = dataclasses.replace(
         defaults, model=kind, seed=seed, augment=augment, labels=list(label or []), name=name,
         device=opts.device, model_config=model_config,
@@ -184,6 +194,10 @@ def train(
     else:
         typer.echo(f"trained {res.name} ({res.kind}): val_loss {m['val_loss']:.5f} after "
                    f"{m['epochs_run']} epochs in {m['train_seconds']:.1f}s; now the active model")
+        g = m.get("input_geometry")
+        if g:
+            typer.echo(f"input {g['width']}x{g['height']} ({g['resize']}), from the median "
+                       f"aspect {g['median_aspect']:g} of {g['from_images']} images")
         typer.echo(f"next: latentsight index build --model {res.name}")
 
 

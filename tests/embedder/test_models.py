@@ -218,3 +218,86 @@ def test_vit_cls_pooling_and_norm_pix_targets(batch):
 def test_vit_rejects_bad_settings(cfg, field):
     with pytest.raises(ValueError, match=field):
         create("vit", **{**TINY["vit"], **cfg})
+
+
+# ---- input geometry and the pixel-PCA part (issue 14) -------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rectangular_input_round_trips_through_a_checkpoint(kind, tmp_path):
+    """A 32x80 input (a 600x240 image's aspect) is embedded and reconstructed at that shape,
+    and the checkpoint rebuilds the same model."""
+    from latentsight.embedder.encoder import Encoder
+
+    torch.manual_seed(0)
+    model = create(kind, **TINY[kind], image_width=80, resize="pad").eval()
+    x = torch.rand(2, 1, 32, 80)
+    assert model.reconstruct(x).shape == x.shape
+    assert model.embed(x).shape == (2, model.embed_dim)
+    save_checkpoint(model, tmp_path / kind, {})
+    loaded, _ = load_checkpoint(tmp_path / kind)
+    torch.testing.assert_close(loaded.embed(x), model.embed(x))
+    enc = Encoder(loaded, device="cpu")
+    px = (np.random.default_rng(0).random((240, 600)) * 255).astype(np.uint8)
+    assert enc.probe_want == (0, 1)  # native pixels from the decoding worker; fitted here
+    assert enc.prepare(px).shape == (1, 32, 80)
+
+
+def test_a_checkpoint_saved_before_geometry_loads_and_squashes_as_before(tmp_path):
+    """A config.json without image_width / resize / pixel_pca (every model before issue 14):
+    the same digest check, square input, and a 600x240 image is squashed exactly as
+    images.prepare did."""
+    import json
+
+    from latentsight.embedder.encoder import Encoder
+    from latentsight.embedder.images import prepare
+    from latentsight.embedder.models import checkpoint_digest, sha256_file
+
+    torch.manual_seed(0)
+    model = create("ae", **TINY["ae"]).eval()
+    save_checkpoint(model, tmp_path, {})
+    doc = json.loads((tmp_path / "config.json").read_text())
+    for new in ("image_width", "resize", "pixel_pca"):
+        del doc["config"][new]
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    old_digest = checkpoint_digest("ae", doc["config"], sha256_file(tmp_path / "model.safetensors"))
+    enc = Encoder.from_checkpoint(tmp_path, device="cpu", expected_sha256=old_digest)
+    assert enc.legacy_input and enc.probe_want == (32, 1)
+    px = (np.random.default_rng(1).random((240, 600)) * 255).astype(np.uint8)
+    want = model.embed(torch.from_numpy(prepare(px, 32, 1))[None].float() / 255)
+    np.testing.assert_allclose(enc.embed_pixels([px]), want.detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(enc.prepare(px), prepare(px, 32, 1))
+
+
+def test_pad_keeps_the_aspect_and_fills_with_the_mean():
+    from latentsight.embedder.encoder import fit_pixels
+
+    px = np.zeros((40, 160), np.uint8)
+    px[:, 80:] = 200  # left half dark, right half bright
+    out = fit_pixels(px, 32, 32, 1, "pad")[0]  # 160x40 fits as 32x8, rows 12..19
+    assert out.shape == (32, 32)
+    assert (out[:12] == 100).all() and (out[20:] == 100).all()  # the image's mean
+    assert (out[12:20, :16] == 0).all() and (out[12:20, 16:] == 200).all()  # not squashed
+    np.testing.assert_array_equal(fit_pixels(px, 8, 32, 1, "pad")[0], fit_pixels(
+        px, 8, 32, 1, "squash")[0])  # same aspect: no padding
+
+
+def test_pixel_pca_part_matches_principal_components(batch):
+    """The pixel-PCA part is PCA of the fitted images (as scikit-learn finds it, up to sign)
+    and the embedding is [unit(PCA), unit(learned)]."""
+    from latentsight.embedder.models.inputs import fit_pixel_pca
+    from sklearn.decomposition import PCA
+
+    torch.manual_seed(0)
+    model = create("ae", **TINY["ae"], pixel_pca=4).eval()
+    assert model.embed_dim == create("ae", **TINY["ae"]).embed_dim + 4
+    assert fit_pixel_pca(model, batch)
+    with torch.no_grad():
+        got = model.pixel_pca(batch).numpy()
+        emb = model.embed(batch)
+        learned = model.embed_learned(batch)
+    ref = PCA(n_components=4, svd_solver="full").fit_transform(batch.flatten(1).numpy())
+    np.testing.assert_allclose(np.abs(got), np.abs(ref), atol=2e-3)
+    torch.testing.assert_close(emb[:, :4], F.normalize(torch.from_numpy(got), dim=1))
+    torch.testing.assert_close(emb[:, 4:], F.normalize(learned, dim=1))

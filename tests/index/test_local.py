@@ -170,3 +170,37 @@ def test_an_index_without_local_vectors_keeps_working_and_says_how_to_add_them(t
     del res
     out = run("index", "verify", "--home", str(trained_home.root))
     assert "latentsight index build --local" in out
+
+
+def test_anomaly_vector_embeds_the_most_anomalous_tile(local_home):
+    """With a map that is hot on the pasted patch, the anomaly-weighted vector is the tile
+    vector of a tile over the patch; tile_anomaly is each box's mean of the map."""
+    from latentsight.embedder.images import decode_file
+    from latentsight.index.local import anomaly_vector, default_sides, embed_tiles, tile_anomaly
+    from latentsight.index.manager import load_encoder
+    from latentsight.index.paths import from_catalog
+
+    home, boxes, _root = local_home
+    enc = load_encoder(home, home.catalog.model("loc-ae"), "cpu")
+    row = home.catalog.images()[0]
+    px = decode_file(from_catalog(row.path)).pixels
+    x, y, w, h = boxes[Path(row.path).name]
+    amap = np.zeros(px.shape, np.float32)
+    amap[y : y + h, x : x + w] = 1.0
+    geo = choose_geometry([(W, H)], enc.image_size)
+    tiles = geo.boxes(W, H)
+    means = tile_anomaly(amap, tiles)
+    bx, by, bw, bh = tiles[3]
+    assert means[3] == pytest.approx(amap[by : by + bh, bx : bx + bw].mean())
+    vec, used = anomaly_vector(enc, px, amap, geo, where="tile", scales="best")
+    assert _overlap(used[0], (x, y, w, h)) > 0 and means[tiles.index(used[0])] == means.max()
+    one = embed_tiles(enc, px, used)[0]
+    np.testing.assert_allclose(vec, one / np.linalg.norm(one), rtol=1e-5, atol=1e-6)
+    vec, used = anomaly_vector(enc, px, amap, geo, scales="each")  # a square on the peak, each side
+    sides = default_sides(geo)  # the geometry's tiles and half the finest
+    assert sides == [*geo.tiles, geo.tiles[-1] // 2]
+    assert len(used) == len(sides) and vec.shape == (len(sides) * len(one),)
+    assert all(_overlap(b, (x, y, w, h)) >= min(b[2], w) * min(b[2], h) // 2 for b in used)
+    assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="anomaly map"):
+        anomaly_vector(enc, px, amap[:-1], geo)

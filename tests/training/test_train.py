@@ -76,3 +76,62 @@ def test_every_kind_trains_with_augmentations_and_aux(tmp_path, texture_dir, kin
     val = [h["val_loss"] for h in res.metrics["history"]]
     assert len(val) == 2 and val[-1] < val[0], val  # it learned something
     assert res.metrics["val_loss"] == min(val)  # the best epoch's checkpoint is kept
+
+
+# ---- geometry from the data and the pixel-PCA option (issue 14) ---------------------------
+
+
+def test_input_geometry_follows_the_images_median_aspect():
+    from latentsight.training.train import choose_input
+
+    mc, rec = choose_input([(600, 240)] * 3 + [(500, 250)], {}, "ae")  # median aspect 2.5
+    assert (mc["image_width"], mc["resize"]) == (160, "pad")  # 64 x 2.5, a multiple of 16
+    assert (rec["height"], rec["width"], rec["median_aspect"]) == (64, 160, 2.5)
+    mc, _ = choose_input([(240, 600)], {"image_size": 32, "patch_size": 8}, "vit")
+    assert (mc["image_size"], mc["image_width"]) == (80, 32)  # portrait: rows follow
+    mc, rec = choose_input([(200, 200), (210, 200)], {}, "vae")  # square enough: square
+    assert "image_width" not in mc and rec["width"] == rec["height"] == 64
+    mc, _ = choose_input([(4000, 100)], {"depth": 3}, "ae")
+    assert mc["image_width"] == 4 * 64  # at most MAX_ASPECT short sides
+
+
+def test_train_records_a_non_square_input_and_a_pixel_pca(tmp_path):
+    """100x40 images (a 600x240 tile's aspect): the model's input is 40x16, recorded in
+    the checkpoint and the catalog; an image is not squashed; the embedding carries the
+    pixel-PCA part, and eval retrieval reports both."""
+    import numpy as np
+    from latentsight.embedder.encoder import Encoder
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.training.evaluate import evaluate_retrieval
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for lab, base in (("dark", 30), ("bright", 170)):
+        (tmp_path / lab).mkdir()
+        for i in range(6):
+            img = (rng.random((40, 100)) * 60 + base).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / lab / f"{i}.png")
+    home = Home(tmp_path / "home")
+    ingest_paths(home, [tmp_path / "dark", tmp_path / "bright"], labels_from_folders=True,
+                 progress=False, workers=0)
+    mc = {"image_size": 16, "depth": 2, "width": 8, "latent_dim": 8}
+    res = train(home, TrainConfig(epochs=1, batch_size=8, device="cpu", name="rect",
+                                  pixel_pca=3, model_config=mc), progress=False)
+    assert res.metrics["input_geometry"]["width"] == 40
+    row = home.catalog.model("rect")
+    assert (row.config["image_size"], row.config["image_width"]) == (16, 40)
+    enc = Encoder.from_checkpoint(res.checkpoint, device="cpu",
+                                  expected_sha256=row.checkpoint_sha256)
+    img = np.zeros((40, 100), np.uint8)
+    img[:, 50:] = 255  # the right half bright: it stays the right half
+    x = enc.prepare(img)[0]
+    assert x.shape == (16, 40) and x[:, :19].max() == 0 and x[:, 21:].min() == 255
+    assert enc.embed_dim == enc.model.embed_dim == 3 + enc.model.embed_learned(
+        torch.zeros(1, 1, 16, 40)).shape[1]
+    assert np.abs(enc.model.pixel_pca.components.numpy()).sum() > 0  # fitted
+    out = evaluate_retrieval(home, model="rect", k=5, device="cpu", progress=False)
+    assert out["input"] == {"height": 16, "width": 40, "resize": "pad"}
+    assert out["pixel_pca"] == 3 and out["macro_precision_at_k"] > 0.6  # two easy labels
+    with pytest.raises(ValueError, match="geometry"):
+        train(home, TrainConfig(geometry="round"), progress=False)
