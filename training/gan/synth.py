@@ -260,7 +260,9 @@ def _ingest_synthetic(home: Home, images: torch.Tensor, *, label: str, gan_row: 
     ready = {}
     for i, (_r, a) in zip(ids, fresh, strict=True):
         hwc = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
-        ready[i] = prepare(hwc, encoder.image_size, encoder.channels)
+        # what a decoding worker would hand over for this model (embedder.Encoder.probe_want)
+        ready[i] = (prepare(hwc, encoder.image_size, encoder.channels)
+                    if encoder.legacy_input else hwc)
     report.indexed = sync_index(home, enc_row, encoder=encoder, store=store, ready=ready,
                                 progress=False)
 
