@@ -59,18 +59,25 @@ def make_home(data: Path, tmp: Path) -> object:
     return home
 
 
-def bare_scorer(home: object, files: list[Path]) -> tuple[float, float]:
-    """images/s of the fitted scorer's decision_function on pre-decoded images, and the mean."""
+def bare_scorer(home: object, files: list[Path], threads: int) -> tuple[float, float]:
+    """images/s of the fitted scorer's decision_function on pre-decoded images, and the mean,
+    on `threads` torch threads (restored after)."""
+    import torch
     from latentsight.embedder.images import decode_file
     from latentsight.index.manager import load_scorer
 
     row = home.catalog.model()
     encoder, scorer = load_scorer(home, row, "cpu")
     px = [decode_file(f, mode=encoder.mode).pixels for f in files]
-    scorer.decision_function(px[:2])  # warm-up
-    t = time.perf_counter()
-    scores = scorer.decision_function(px)
-    return len(px) / (time.perf_counter() - t), float(scores.mean())
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        scorer.decision_function(px[:2])  # warm-up
+        t = time.perf_counter()
+        scores = scorer.decision_function(px)
+        return len(px) / (time.perf_counter() - t), float(scores.mean())
+    finally:
+        torch.set_num_threads(before)
 
 
 def timed_scan(home: object, folder: Path, report: Path | None) -> tuple[float, object]:
@@ -96,6 +103,7 @@ def main() -> int:
     import torch
 
     half = args.images // 2
+    cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         t0 = time.perf_counter()
@@ -109,15 +117,19 @@ def main() -> int:
             (folder / f"{f.parent.name}_{f.name}").symlink_to(f.resolve())
         rounds: list[dict[str, float]] = []
         for r in range(args.rounds):
-            bare, mean_bare = bare_scorer(home, files)
+            bare1, mean_bare = bare_scorer(home, files, 1)
+            bare2, _ = bare_scorer(home, files, cores)
+            bare = max(bare1, bare2)  # the faster setting is the bound
             plain, summary = timed_scan(home, folder, None)
             with_report, _ = timed_scan(home, folder, tmp / f"report{r}")
             mean_scan = float(statistics.mean(i.score for i in summary.results))
             assert abs(mean_scan - mean_bare) <= 1e-4 * max(1.0, abs(mean_bare)), (
                 mean_scan, mean_bare)  # the scan scores what the scorer scores
-            rounds.append({"bare": bare, "scan": plain, "scan_report": with_report,
+            rounds.append({"bare": bare, "bare1": bare1, "bare_all": bare2, "scan": plain,
+                           "scan_report": with_report,
                            "flagged": summary.n_flagged, "load": os.getloadavg()[0]})
-            print(f"round {r}: bare scorer {bare:.1f}, scan {plain:.1f}, with report "
+            print(f"round {r}: bare scorer {bare1:.1f} (1 thread) / {bare2:.1f} ({cores}), "
+                  f"scan {plain:.1f}, with report "
                   f"{with_report:.1f} images/s (load {rounds[-1]['load']:.1f})", file=sys.stderr)
         scorer_name = (home.catalog.model().metrics or {}).get("scoring", {}).get("name")
         home.close()
@@ -131,7 +143,8 @@ def main() -> int:
     res = {
         "images": len(files), "rounds": args.rounds, "scorer": scorer_name,
         "setup_s": round(setup_s, 1), "flagged": rounds[-1]["flagged"],
-        "bare_scorer_ips": round(med("bare"), 2), "scan_ips": round(med("scan"), 2),
+        "bare_scorer_ips": round(med("bare"), 2), "bare1_ips": round(med("bare1"), 2),
+        "bare_all_ips": round(med("bare_all"), 2), "scan_ips": round(med("scan"), 2),
         "scan_report_ips": round(med("scan_report"), 2),
         "ratio_scan": round(med_ratio("scan"), 3),
         "ratio_scan_report": round(med_ratio("scan_report"), 3),
@@ -168,14 +181,23 @@ def write_section(res: dict) -> None:
         f"{res['cores']} cores shared with other jobs, {res['torch_threads']} torch threads "
         f"(1-minute load average after each round: {loads}).\n\n"
         "| measure | images/s | ratio vs bare scorer |\n|---|---|---|\n"
-        f"| bare scorer, `decision_function` on decoded arrays | {res['bare_scorer_ips']} | 1 |\n"
+        f"| bare scorer, `decision_function` on decoded arrays, 1 torch thread | "
+        f"{res['bare1_ips']} | |\n"
+        f"| bare scorer, the same on {res['cores']} torch threads (torch's default) | "
+        f"{res['bare_all_ips']} | |\n"
+        f"| **bare scorer, the faster of the two (the bound)** | {res['bare_scorer_ips']} | 1 |\n"
         f"| `scan_paths`, no report | {res['scan_ips']} | **{res['ratio_scan']}** |\n"
         f"| `scan_paths` with `--report` ({res['flagged']} flagged) | "
         f"{res['scan_report_ips']} | {res['ratio_scan_report']} |\n"
-        "\nTarget: scan >= 0.5 of the bare scorer. How the scan keeps up: the decoding\n"
-        "workers run ahead of the scorer (files go to them in chunks), the nearest-normal\n"
-        "search embeds and searches a batch of images at once, and heatmaps are written by a\n"
-        "background thread while the next image is scored.\n"
+        "\nTarget: scan >= 0.5 of the bare scorer (per round, against the faster bare\n"
+        "setting; median of the rounds' ratios). How the scan keeps up: the decoding\n"
+        "workers run ahead of the scorer (files go to them in chunks); images are scored\n"
+        "one per core at once, each on one torch thread (the scorer's tensors are small:\n"
+        "intra-op threads on them cost more than they give, most of all on a loaded\n"
+        "machine, where one avg_pool2d of a 16-tile batch took 12 ms on 2 threads and\n"
+        "0.3 ms on one); the nearest-normal search embeds and searches 8 images at once,\n"
+        "one catalog transaction per 8 images, and heatmaps are written by a background\n"
+        "thread while the next images are scored.\n"
     )
     replace_section("Scan pipeline (issue 16)", body)
 

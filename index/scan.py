@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -190,30 +192,64 @@ def _scan_with(
                disable=bar_disabled(progress))
     group: list[tuple[ScanItem, np.ndarray | None]] = []  # scored, not yet committed
     writes: list[Future] = []  # heatmaps being written
+    n_score = score_threads()
+    pending: deque[tuple[Probe, Future]] = deque()  # being scored, in file order
+
+    def take(pr: Probe, fut: Future) -> None:
+        nonlocal group, writes
+        item, amap = fut.result()
+        if item.anomalous and heat_dir is not None:
+            writes.append(writer.submit(write_overlay, pr.pixels, amap, thr,
+                                        heat_dir / heatmap_name(item.path, item.sha256)))
+        group.append((item, pr.pixels if item.error is None else None))
+        if len(group) >= COMMIT_EVERY:
+            _commit_group(home, scan.id, group, neighbors, summary)
+            group = []
+            writes = _check_writes(writes)
+        bar.update(1)
+        bar.set_postfix(flagged=summary.n_flagged, failed=len(summary.failed))
+
+    # Each image is scored on one torch thread, `n_score` images at a time: the scorer's
+    # tensors are small, and intra-op threads on them cost more than they give (5x slower
+    # on the shared 2-core machine, docs/benchmarks.md "Scan pipeline").
     try:
-        for f, pr in zip(todo, pool.imap(todo, (0, encoder.channels)), strict=True):  # native
-            if pr.skipped:
-                summary.skipped += 1
-                bar.update(1)
-                continue
-            item, amap = _score_image(f, pr, scorer, thr)
-            if item.anomalous and heat_dir is not None:
-                writes.append(writer.submit(write_overlay, pr.pixels, amap, thr,
-                                            heat_dir / heatmap_name(item.path, item.sha256)))
-            group.append((item, pr.pixels if item.error is None else None))
-            if len(group) >= COMMIT_EVERY:
-                _commit_group(home, scan.id, group, neighbors, summary)
-                group = []
-                writes = _check_writes(writes)
-            bar.update(1)
-            bar.set_postfix(flagged=summary.n_flagged, failed=len(summary.failed))
-        _commit_group(home, scan.id, group, neighbors, summary)
+        with torch_threads(1), ThreadPoolExecutor(n_score) as scorers:
+            for f, pr in zip(todo, pool.imap(todo, (0, encoder.channels)), strict=True):
+                if pr.skipped:
+                    summary.skipped += 1
+                    bar.update(1)
+                    continue
+                pending.append((pr, scorers.submit(_score_image, f, pr, scorer, thr)))
+                while len(pending) > 2 * n_score:
+                    take(*pending.popleft())
+            while pending:
+                take(*pending.popleft())
+            _commit_group(home, scan.id, group, neighbors, summary)
         for w in writes:
             w.result()  # a heatmap that could not be written fails the scan, as before
     finally:
         bar.close()
     _finish(home, scan.id, summary)
     return summary, encoder, scorer, neighbors
+
+
+def score_threads() -> int:
+    """Images scored at once by a scan: one per core (each on one torch thread), at most 4."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, n))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block, restored after (process-wide)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _check_writes(writes: list[Future]) -> list[Future]:
