@@ -16,9 +16,8 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +40,7 @@ from latentsight.index.ingest import iter_files
 from latentsight.index.manager import load_scorer, open_index, save_scorer
 from latentsight.index.paths import to_catalog
 from latentsight.index.report import heatmap_name, write_overlay, write_report
+from latentsight.index.threads import cores, one_torch_thread
 from sqlalchemy import select
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def _scan_with(
     # tensors are small, and intra-op threads on them cost more than they give (5x slower
     # on the shared 2-core machine, docs/benchmarks.md "Scan pipeline").
     try:
-        with torch_threads(1), ThreadPoolExecutor(n_score) as scorers:
+        with one_torch_thread(), ThreadPoolExecutor(n_score) as scorers:
             for f, pr in zip(todo, pool.imap(todo, (0, encoder.channels)), strict=True):
                 if pr.skipped:
                     summary.skipped += 1
@@ -235,21 +235,7 @@ def _scan_with(
 
 def score_threads() -> int:
     """Images scored at once by a scan: one per core (each on one torch thread), at most 4."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, n))
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to `n` inside the block, restored after (process-wide)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return max(1, min(4, cores()))
 
 
 def _check_writes(writes: list[Future]) -> list[Future]:

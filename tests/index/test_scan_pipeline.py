@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
-
 from latentsight.embedder.images import decode_file
 from latentsight.index.manager import load_scorer
-from latentsight.index.scan import _Neighbors, scan_paths, torch_threads
+from latentsight.index.scan import _Neighbors, scan_paths
+from latentsight.index.threads import one_torch_thread
+from PIL import Image
+
 from tests.imagegen import normal_textures
 
 
@@ -37,12 +38,15 @@ def test_parallel_scan_scores_equal_the_scorer_in_file_order(anomaly_home, tmp_p
     np.testing.assert_allclose([r.score for r in summary.results], want, rtol=1e-5)
 
 
-def test_torch_threads_restores_on_error():
-    before = torch.get_num_threads()
+def test_one_torch_thread_nests_and_restores_on_error():
+    torch.set_num_threads(2)
     try:
-        with torch_threads(1):
-            assert torch.get_num_threads() == 1
+        with one_torch_thread():
+            with one_torch_thread():
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1  # the outer block still holds it
             raise RuntimeError("boom")
     except RuntimeError:
         pass
-    assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)  # the session's setting (tests/conftest.py)
