@@ -85,10 +85,14 @@ class Encoder:
         return self.resize == "squash" and self.image_height == self.image_width
 
     @property
-    def probe_want(self) -> tuple[int, int]:
+    def probe_want(self) -> tuple[int, ...]:
         """What to ask a decoding worker (embedder/probe.py) for: (side, channels) for a
-        legacy model (preprocessed there), (0, channels) = native pixels otherwise."""
-        return (self.image_size if self.legacy_input else 0), self.channels
+        legacy model (preprocessed there); otherwise (0, channels, side): the decoded
+        pixels at their own aspect, a JPEG reduced at decoding (DCT scaling) only as far
+        as both sides stay >= the model's longer input side, which `prepare` then fits."""
+        if self.legacy_input:
+            return self.image_size, self.channels
+        return 0, self.channels, max(self.image_height, self.image_width)
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         """One decoded uint8 image (H, W[, 3]) -> this model's input, uint8 (C, H', W')."""

@@ -88,9 +88,10 @@ class Upload:
 
 
 def probe_file(
-    path: str | Upload, want: tuple[int, int] | None, limits: Limits = Limits()
+    path: str | Upload, want: tuple[int, ...] | None, limits: Limits = Limits()
 ) -> Probe:
-    """Read, hash and fully decode one file; `want` = (image_size, channels) to preprocess.
+    """Read, hash and fully decode one file; `want` = (image_size, channels) to preprocess
+    (or (0, channels, side): native pixels, a JPEG reduced while both sides stay >= side).
 
     `image_size` 0 keeps the native resolution: `pixels` is then the decoded
     (H, W) or (H, W, 3) array (what a tiled anomaly scan needs). Never raises
@@ -119,11 +120,12 @@ def probe_file(
 _OOM = "out of memory while decoding (over the decoder's memory limit)"
 
 
-def _decode(path: str, data: bytes, want: tuple[int, int] | None, limits: Limits) -> Probe:
+def _decode(path: str, data: bytes, want: tuple[int, ...] | None, limits: Limits) -> Probe:
     mode = "L" if (want is None or want[1] == 1) else "RGB"
     # JPEG DCT scaling down to the model's input size; with no pixels wanted, to 1/8 (the
-    # whole entropy-coded stream is still decoded, so a corrupt file is still found)
-    reduce_to = 1 if want is None else want[0]
+    # whole entropy-coded stream is still decoded, so a corrupt file is still found); a
+    # third element (0, C, side) asks for "native" pixels whose sides stay >= side
+    reduce_to = 1 if want is None else (want[2] if len(want) > 2 else want[0])
     img = decode_bytes(data, path=path, mode=mode, max_pixels=limits.max_pixels,
                        max_bytes=limits.max_bytes, reduce_to=reduce_to)
     if want is None:
@@ -139,7 +141,7 @@ def _decode(path: str, data: bytes, want: tuple[int, int] | None, limits: Limits
     )
 
 
-def _probe_upload(up: Upload, want: tuple[int, int] | None, limits: Limits) -> Probe:
+def _probe_upload(up: Upload, want: tuple[int, ...] | None, limits: Limits) -> Probe:
     try:
         return _decode(up.name, up.data, want, limits)
     except DecodeError as e:
@@ -154,7 +156,7 @@ def _probe_upload(up: Upload, want: tuple[int, int] | None, limits: Limits) -> P
 _STARTED: Any = None  # in a worker: the pipe on which it says "starting file N"
 
 
-def _run_task(token: int, items: Sequence[str | Upload], want: tuple[int, int] | None,
+def _run_task(token: int, items: Sequence[str | Upload], want: tuple[int, ...] | None,
               limits: Limits) -> list[Probe]:
     """A worker's task: a chunk of files, each announced (task, position, time) as it starts.
 
@@ -339,16 +341,16 @@ class ProbePool:
             p.join(timeout=5)
         self.restarts += 1
 
-    def probe_one(self, item: str | Upload, want: tuple[int, int] | None) -> Probe:
+    def probe_one(self, item: str | Upload, want: tuple[int, ...] | None) -> Probe:
         """Probe one file or upload (search by upload goes through here)."""
         return next(self.imap([item], want))
 
-    def probe(self, paths: list[str], want: tuple[int, int] | None) -> list[Probe]:
+    def probe(self, paths: list[str], want: tuple[int, ...] | None) -> list[Probe]:
         """Probe every path; one Probe per path, in order."""
         return list(self.imap(paths, want))
 
     def imap(
-        self, paths: Sequence[str | Upload], want: tuple[int, int] | None, *,
+        self, paths: Sequence[str | Upload], want: tuple[int, ...] | None, *,
         window: int | None = None,
     ) -> Iterator[Probe]:
         """Yield one Probe per path, in order, keeping up to `window` files in the workers.
@@ -449,7 +451,7 @@ class ProbePool:
 class _Run:
     """The state of one `imap` call."""
 
-    def __init__(self, paths: Sequence[str | Upload], want: tuple[int, int] | None,
+    def __init__(self, paths: Sequence[str | Upload], want: tuple[int, ...] | None,
                  chunk: int, window: int) -> None:
         self.paths, self.want, self.chunk, self.window = paths, want, chunk, window
         self.results: dict[int, Probe] = {}

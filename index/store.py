@@ -14,6 +14,7 @@ import abc
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -183,6 +184,7 @@ def exact_search(
     # each multiplied and reduced to its top k on one torch thread, chunks shared out to a
     # thread per core; the chunks' top k are merged once at the end.
     rows = int(min(16384, max(1024, (1 << 18) // max(nq, 1))))
+    rows = max(1024, min(rows, -(-n // cores())))  # a few queries: every core gets rows
     starts = list(range(0, n, rows))
 
     def chunk(b0: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,10 +197,8 @@ def exact_search(
         return v, i.add_(b0)
 
     with torch.no_grad(), one_torch_thread():
-        workers = min(cores(), len(starts))
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as ex:
-                parts = list(ex.map(chunk, starts))
+        if len(starts) > 1 and cores() > 1:
+            parts = list(_search_pool().map(chunk, starts))
         else:
             parts = [chunk(b0) for b0 in starts]
         if len(parts) == 1:
@@ -219,6 +219,19 @@ def exact_search(
         out_s[:, :kk][missing] = -np.inf
         out_p[:, :kk][missing] = -1
     return out_s, out_p
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _search_pool() -> ThreadPoolExecutor:
+    """The threads exact_search shares its row chunks out to (one per core, made once)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(cores(), thread_name_prefix="exact-search")
+        return _POOL
 
 
 def merge_topk(

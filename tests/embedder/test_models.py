@@ -239,7 +239,9 @@ def test_rectangular_input_round_trips_through_a_checkpoint(kind, tmp_path):
     torch.testing.assert_close(loaded.embed(x), model.embed(x))
     enc = Encoder(loaded, device="cpu")
     px = (np.random.default_rng(0).random((240, 600)) * 255).astype(np.uint8)
-    assert enc.probe_want == (0, 1)  # native pixels from the decoding worker; fitted here
+    # native pixels from the decoding worker (a JPEG drafted no lower than the model's
+    # longer side); fitted here
+    assert enc.probe_want == (0, 1, max(enc.image_height, enc.image_width))
     assert enc.prepare(px).shape == (1, 32, 80)
 
 
