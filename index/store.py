@@ -11,6 +11,7 @@ vectors on the way in and scores by inner product, i.e. cosine similarity;
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import math
 import os
@@ -196,8 +197,12 @@ def exact_search(
         v, i = torch.topk(s, min(kk, s.shape[1]), dim=1)  # (nq, kk), sorted
         return v, i.add_(b0)
 
-    with torch.no_grad(), one_torch_thread():
-        if len(starts) > 1 and cores() > 1:
+    small = n * int(q.shape[1]) * nq < SMALL_SEARCH_MACS
+    with torch.no_grad(), contextlib.nullcontext() if small else one_torch_thread():
+        if small:  # one block on torch's own threads: a hand-off would cost more than it saves
+            rows = n
+            parts = [chunk(0)]
+        elif len(starts) > 1 and cores() > 1:
             parts = list(_search_pool().map(chunk, starts))
         else:
             parts = [chunk(b0) for b0 in starts]
@@ -221,6 +226,10 @@ def exact_search(
     return out_s, out_p
 
 
+# Below this many multiply-adds (n * d * queries; 10k x 384 at batch 1 is 3.8M) a search is
+# one product on the calling thread: the chunk hand-off and the thread-count switch cost
+# more than they save (docs/benchmarks.md, "Exact search at the limit").
+SMALL_SEARCH_MACS = 1 << 24
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
