@@ -170,3 +170,26 @@ def test_detector_saved_before_the_l2_rule_still_loads_and_scores_the_same():
     test[0][10:14, 10:20] = 10
     np.testing.assert_allclose(sc.decision_function(test), state["expected_scores"], rtol=1e-5)
     assert sc.state()["version"] == 2 and sc.state()["params"]["combine"] == "max"
+
+
+def test_heatmap_comes_from_the_parts_that_localize(grain_default):
+    """The image-level `nn` part (a distance to one whole nearest image) has no place in the
+    map: the map is each pixel's largest standardized localizing part, so its maximum still
+    falls in a small dark spot even when `nn` is part of the score."""
+    sc = grain_default
+    assert "nn" in sc.parts
+    rng = np.random.default_rng(11)
+    img, mask = dark_defect(grain(rng), "spot", rng)
+    z = sc.part_maps(img)
+    assert set(z) == set(sc.parts) - {"nn"}
+    expected = np.maximum(np.stack(list(z.values())).max(0), 0) / sc.scale_
+    amap = sc.anomaly_map([img])[0]
+    np.testing.assert_allclose(amap, expected, rtol=1e-4, atol=1e-6)
+    assert peak_inside(amap, mask, margin=2)
+    # a spot far brighter in the map than the clean texture around it: not flattened
+    assert amap[mask].max() > 2 * np.median(amap)
+    only_nn = make_scorer("detector", sc.encoder, parts=("nn",), fpr=0.1).fit(
+        [grain(rng) for _ in range(8)])
+    flat = only_nn.anomaly_map([img])[0]
+    assert flat.shape == img.shape and np.ptp(flat) == 0  # no localizing part: a flat map
+    assert flat[0, 0] == pytest.approx(only_nn.decision_function([img])[0], rel=1e-5)
