@@ -48,16 +48,17 @@ import torch
 import torch.nn.functional as F
 from latentsight.embedder.encoder import Encoder
 from latentsight.embedder.scoring import SCORERS, TextureScorer, TileScorer, to_channels
+from latentsight.embedder.synthetic import Segmenter, segment, train_segmenter
 
 log = logging.getLogger(__name__)
 
-PARTS = ("pca", "gauss", "texture", "nn", "pca2", "gauss2")
-GLOBAL_PARTS = ("pca", "gauss", "nn", "pca2", "gauss2")
+PARTS = ("pca", "gauss", "texture", "nn", "pca2", "gauss2", "seg")
+GLOBAL_PARTS = ("pca", "gauss", "nn", "pca2", "gauss2", "seg")
 # the parts on the fine grid (`fine_grid` cells on the long side, twice the global grid)
 FINE_PARTS = ("pca2", "gauss2")
 # The heatmap combines only the parts whose maps say where: `nn` is an image-level distance
 # (to one whole nearest image), its map is nearly flat and would hide the defect.
-MAP_PARTS = ("pca", "gauss", "texture", "pca2", "gauss2")
+MAP_PARTS = ("pca", "gauss", "texture", "pca2", "gauss2", "seg")
 DEFAULT_PARTS = ("pca", "gauss", "texture", "nn")
 COMBINES = ("l2", "mean", "max")
 SPREADS = ("q90", "std")
@@ -128,7 +129,7 @@ class DetectorScorer(TextureScorer):
                  global_grid: int = 64, grid_shape: Sequence[int] | None = None,
                  components: int = 64, grid_window: int = 8, gauss_window: int = 2,
                  combine: str = "l2", spread: str = "q90", stride: int | None = None,
-                 fine_grid: int = 128,
+                 fine_grid: int = 128, seg_steps: int = 600, seg_width: int = 16,
                  **kwargs: Any) -> None:
         # tiles 3/4 of a tile apart (texture's default: 1/2): ~half the tiles, same cells
         stride = stride or max(1, encoder.image_size * 3 // 4)
@@ -142,12 +143,15 @@ class DetectorScorer(TextureScorer):
         self.combine = combine
         self.spread = spread
         self.fine_grid = fine_grid
+        self.seg_steps = seg_steps
+        self.seg_width = seg_width
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "parts": list(self.parts), "global_grid": self.global_grid,
                 "grid_shape": self.grid_shape, "components": self.components,
                 "grid_window": self.grid_window, "gauss_window": self.gauss_window,
-                "combine": self.combine, "spread": self.spread, "fine_grid": self.fine_grid}
+                "combine": self.combine, "spread": self.spread, "fine_grid": self.fine_grid,
+                "seg_steps": self.seg_steps, "seg_width": self.seg_width}
 
     # ---- fit ----------------------------------------------------------------------------
 
@@ -257,6 +261,11 @@ class DetectorScorer(TextureScorer):
                 keep = np.sort(np.random.default_rng(self.seed).choice(
                     len(x), MAX_NN_REF, replace=False))
             self.grid_ref_ = x[torch.from_numpy(keep)].float().numpy()  # (R, D)
+        if "seg" in self.parts:  # synthetic-anomaly segmentation net on the grid images
+            gh, gw = self.geometry_["grid"]
+            xs = x.float().view(len(x), self.encoder.channels, gh, gw)
+            self.seg_net_ = train_segmenter(xs, steps=self.seg_steps, seed=self.seed,
+                                            width=self.seg_width)
         if any(p in self.parts for p in FINE_PARTS):
             x = self._grid_pixels(images, "grid2").double()
             mean = x.mean(0)
@@ -297,6 +306,9 @@ class DetectorScorer(TextureScorer):
             # map: the squared difference to the nearest normal, pooled; score: the distance
             m = _pool_same(e, min(self.grid_window, gh, gw))
             out["nn"] = (m, float(diff.sum().sqrt()))
+        if "seg" in self.parts:
+            p = segment(self.seg_net_, x.view(1, c, gh, gw))
+            out["seg"] = _pool_same(p, min(self.grid_window, gh, gw))
         if any(p in self.parts for p in FINE_PARTS):
             gh, gw = self.geometry_["grid2"]
             x = self._grid_pixels([pixels], "grid2")[0]
@@ -432,6 +444,9 @@ class DetectorScorer(TextureScorer):
         if any(p in self.parts for p in FINE_PARTS):
             out.update({"grid2_mean": self.grid2_mean_, "grid2_std": self.grid2_std_,
                         "grid2_components": self.grid2_components_})
+        if "seg" in self.parts:
+            out.update({f"seg.{k}": v.detach().cpu().numpy()
+                        for k, v in self.seg_net_.state_dict().items()})
         return out
 
     def load_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> DetectorScorer:
@@ -450,6 +465,11 @@ class DetectorScorer(TextureScorer):
             self.grid2_mean_ = np.asarray(arrays["grid2_mean"], dtype=np.float32)
             self.grid2_std_ = np.asarray(arrays["grid2_std"], dtype=np.float32)
             self.grid2_components_ = np.asarray(arrays["grid2_components"], dtype=np.float32)
+        if "seg" in self.parts:
+            net = Segmenter(self.encoder.channels, self.seg_width)
+            net.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+                                 if k.startswith("seg.")})
+            self.seg_net_ = net.eval()
         if "texture" in self.parts:
             return super().load_state(state, arrays)
         return TileScorer.load_state(self, state, arrays)
