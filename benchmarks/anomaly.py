@@ -76,6 +76,9 @@ VARIANTS = {
     "detector+pca2": (("pca", "gauss", "texture", "nn", "pca2"), "l2", "q90"),
     "detector+gauss2": (("pca", "gauss", "texture", "nn", "gauss2"), "l2", "q90"),
     "detector+pca2+gauss2": (("pca", "gauss", "texture", "nn", "pca2", "gauss2"), "l2", "q90"),
+    # candidate synthetic-anomaly segmentation part (--parts pca,gauss,texture,nn,seg)
+    "detector:seg": (("seg",), "max", "q90"),
+    "detector+seg": (("pca", "gauss", "texture", "nn", "seg"), "l2", "q90"),
 }
 # Heatmap rules measured for the localization (NEU synthetic): name -> (parts, combine,
 # spread), over the parts' standardized maps (`part_maps`).

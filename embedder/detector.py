@@ -24,6 +24,13 @@ Four parts, each learned from the `reference` (training) normals:
 - `nn`: the distance of the grid image to its nearest training grid image
   (raw-pixel 1-NN, at most MAX_NN_REF kept); catches a wrong shape.
 
+Optional parts, measured by benchmarks/anomaly.py (`--parts`) and not in the
+default because they do not raise its worst protocol: `pca2` / `gauss2`
+(`pca` / `gauss` on a finer grid, `fine_grid` = 128 cells on the long side)
+and `seg` (a small segmentation net trained from scratch on synthetic
+anomalies made from the training images, DRAEM-style: embedder/synthetic.py;
+`seg_steps` training steps on the grid images).
+
 Each part's score is standardized on the calibration normals (median, and
 the 90% quantile minus the median: `spread="q90"`) and the image score is
 the Euclidean norm of the positive standardized scores (`combine="l2"`):
