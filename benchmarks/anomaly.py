@@ -26,6 +26,13 @@ distance on 64x64 pixels, calibrated the same way. `detector`'s parts are
 also reported alone (`detector:pca`, ...). Scan throughput of each scorer on
 300x300 images (ELPV), one image per call as a scan does.
 
+`--parts pca,gauss,texture,nn,pca2,gauss2` (or `...,seg`) fits the detector
+with candidate parts, reported as the VARIANTS rules over the same pass;
+`--dump-raw F.npz` saves its raw part scores per split (calibration, test
+normal, test anomalous) for measuring further rules offline. The
+localization is also reported for other heatmap rules (MAP_RULES) over the
+detector's standardized part maps (`part_maps`).
+
 The scorers that need a trained autoencoder (mse, ssim, knn, ...) are
 measured by benchmarks/anomaly_models.py; the scorers here use the model only
 for its tile size, so an untrained one is built. Rewrites docs/anomaly.md's
