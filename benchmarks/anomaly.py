@@ -26,6 +26,13 @@ distance on 64x64 pixels, calibrated the same way. `detector`'s parts are
 also reported alone (`detector:pca`, ...). Scan throughput of each scorer on
 300x300 images (ELPV), one image per call as a scan does.
 
+`--parts pca,gauss,texture,nn,pca2,gauss2` (or `...,seg`) fits the detector
+with candidate parts, reported as the VARIANTS rules over the same pass;
+`--dump-raw F.npz` saves its raw part scores per split (calibration, test
+normal, test anomalous) for measuring further rules offline. The
+localization is also reported for other heatmap rules (MAP_RULES) over the
+detector's standardized part maps (`part_maps`).
+
 The scorers that need a trained autoencoder (mse, ssim, knn, ...) are
 measured by benchmarks/anomaly_models.py; the scorers here use the model only
 for its tile size, so an untrained one is built. Rewrites docs/anomaly.md's
@@ -70,6 +77,22 @@ VARIANTS = {
     "detector-v1+nn": (("pca", "gauss", "texture", "nn"), "max", "std"),
     # the default before this rule (version 1): max of (s - median) / std, three parts
     "detector-v1": (("pca", "gauss", "texture"), "max", "std"),
+    # candidate fine-grid parts (measured with --parts ...,pca2,gauss2)
+    "detector:pca2": (("pca2",), "max", "q90"),
+    "detector:gauss2": (("gauss2",), "max", "q90"),
+    "detector+pca2": (("pca", "gauss", "texture", "nn", "pca2"), "l2", "q90"),
+    "detector+gauss2": (("pca", "gauss", "texture", "nn", "gauss2"), "l2", "q90"),
+    "detector+pca2+gauss2": (("pca", "gauss", "texture", "nn", "pca2", "gauss2"), "l2", "q90"),
+    # candidate synthetic-anomaly segmentation part (--parts pca,gauss,texture,nn,seg)
+    "detector:seg": (("seg",), "max", "q90"),
+    "detector+seg": (("pca", "gauss", "texture", "nn", "seg"), "l2", "q90"),
+}
+# Heatmap rules measured for the localization (NEU synthetic): name -> (parts, combine,
+# spread), over the parts' standardized maps (`part_maps`).
+MAP_RULES = {
+    "map:texture": (("texture",), "max", "q90"),
+    "map:v1 (max, std; pca+gauss+texture)": (("pca", "gauss", "texture"), "max", "std"),
+    "map:l2 q90 (pca+gauss+texture)": (("pca", "gauss", "texture"), "l2", "q90"),
 }
 DETECTOR_PARTS = tuple(VARIANTS)
 SECTION = "## Protocol suite"
@@ -164,6 +187,10 @@ def tiny_encoder(tile: int):
     return Encoder(create("ae", image_size=tile, depth=3, width=8, latent_dim=16), device="cpu")
 
 
+DET_PARAMS: dict[str, Any] = {}  # --parts: the detector's parts for the whole run
+RAW: dict[str, list] = {}  # --dump-raw: raw part scores per protocol split
+
+
 def fit_all(train: list[np.ndarray], seed: int) -> dict[str, Any]:
     """Every scorer and baseline fitted on one training split (20% held out to calibrate)."""
     from latentsight.embedder.detector import choose_geometry
@@ -179,7 +206,8 @@ def fit_all(train: list[np.ndarray], seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {"_geometry": geo, "_n_cal": len(calib)}
     for name in SCORERS:
         t0 = time.perf_counter()
-        out[name] = make_scorer(name, enc, scale=geo["scale"], fpr=0.05).fit(
+        extra = DET_PARAMS if name == "detector" else {}
+        out[name] = make_scorer(name, enc, scale=geo["scale"], fpr=0.05, **extra).fit(
             calib, reference=ref)
         out[f"_fit_s:{name}"] = time.perf_counter() - t0
     for name in BASELINES:
@@ -201,14 +229,20 @@ def variant(det, raw: np.ndarray, name: str) -> np.ndarray:
     return _combine_z((raw[:, idx] - loc) / sp, combine, axis=1)
 
 
+def has_parts(det, name: str) -> bool:
+    return all(p in det.parts for p in VARIANTS[name][0])
+
+
 def score_all(fitted: dict[str, Any], imgs: list[np.ndarray]) -> dict[str, np.ndarray]:
     out = {n: np.asarray(fitted[n].decision_function(imgs))
            for n in (*SCORERS, *BASELINES) if n != "detector"}
     det = fitted["detector"]
     raw = det.part_raw(imgs)
+    fitted.setdefault("_raw", []).append(raw)
     out["detector"] = det._combine(raw) / det.scale_
     for name in VARIANTS:
-        out[name] = variant(det, raw, name)
+        if has_parts(det, name):
+            out[name] = variant(det, raw, name)
     return out
 
 
@@ -236,10 +270,29 @@ def metrics(normal: np.ndarray, anomalous: np.ndarray, thr: dict[float, float]
     return out
 
 
-def evaluate(fitted, normal_imgs, anomalous_imgs) -> dict[str, dict[str, float]]:
+def evaluate(fitted, normal_imgs, anomalous_imgs, key: str = "") -> dict[str, dict[str, float]]:
     sn, sa = score_all(fitted, normal_imgs), score_all(fitted, anomalous_imgs)
+    if key:
+        det = fitted["detector"]
+        RAW[key] = [list(det.parts), det.part_scores_, *fitted["_raw"][-2:]]
     return {n: metrics(sn[n], sa[n], {f: thresholds(fitted, n, f) for f in (0.01, 0.05)})
             for n in sn}
+
+
+def map_rule(det, z: dict[str, np.ndarray], parts, combine: str, spread: str) -> np.ndarray:
+    """A heatmap rule over the detector's q90-standardized part maps `z` (restandardized by
+    the calibration normals' std for spread "std", as version 1 did)."""
+    from latentsight.embedder.detector import _combine_z
+
+    maps = []
+    for p in parts:
+        m = z[p]
+        if spread == "std":
+            i = det.parts.index(p)
+            raw = m * det.part_spread_[i] + det.part_loc_[i]
+            m = (raw - det.part_loc_[i]) / max(float(det.part_scores_[:, i].std()), 1e-12)
+        maps.append(m)
+    return _combine_z(np.stack(maps), combine, axis=0)
 
 
 def mean_rows(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -262,7 +315,7 @@ def run_elpv(kind: str, args) -> tuple[dict, dict] | None:
         normal = [normal[i] for i in sorted(rng.permutation(len(normal))[: args.max_test])]
         bad = [bad[i] for i in sorted(rng.permutation(len(bad))[: args.max_test])]
     fitted = fit_all(train, args.seed)
-    res = evaluate(fitted, normal, bad)
+    res = evaluate(fitted, normal, bad, key=f"elpv-{kind}")
     info = {"geometry": fitted["_geometry"], "n_cal": fitted["_n_cal"],
             "n_train": len(train), "n_normal": len(normal), "n_anomalous": len(bad),
             "fit_s": {n: fitted[f"_fit_s:{n}"] for n in SCORERS}, "fitted": fitted,
@@ -279,7 +332,7 @@ def run_neu(args, want: set[str]) -> dict[str, tuple[dict, dict]]:
     rng = np.random.default_rng(args.seed)
     classes = list(files)[: args.neu_classes]
     px = {c: [read_gray(f) for f in fs] for c, fs in files.items()}
-    one, syn, loc = [], [], {n: [] for n in SCORERS}
+    one, syn, loc = [], [], {n: [] for n in (*SCORERS, *MAP_RULES)}
     n_cal = n_train = 0
     for c in classes:
         t0 = time.perf_counter()
@@ -293,7 +346,7 @@ def run_neu(args, want: set[str]) -> dict[str, tuple[dict, dict]]:
         fitted = fit_all(train, args.seed)
         n_cal, n_train = fitted["_n_cal"], len(train)
         if "neu-oneclass" in want:
-            one.append(evaluate(fitted, normal, other_px))
+            one.append(evaluate(fitted, normal, other_px, key=f"neu-oneclass/{c}"))
         if "neu-synthetic" in want:
             defect, masks = [], []
             for n, img in enumerate(normal):
@@ -302,10 +355,16 @@ def run_neu(args, want: set[str]) -> dict[str, tuple[dict, dict]]:
                                     area=float(rng.uniform(0.02, 0.05)), donor=px[o[0]][o[1]])
                 defect.append(d)
                 masks.append(m)
-            syn.append(evaluate(fitted, normal, defect))
+            syn.append(evaluate(fitted, normal, defect, key=f"neu-synthetic/{c}"))
             for n in SCORERS:
                 loc[n].append(np.mean([peak_inside(m, mask, margin=4) for m, mask in zip(
                     fitted[n].anomaly_map(defect), masks, strict=True)]))
+            det = fitted["detector"]
+            zmaps = [det.part_maps(d) for d in defect]
+            for n, (parts, combine, spread) in MAP_RULES.items():
+                loc[n].append(np.mean([peak_inside(map_rule(det, z, parts, combine, spread),
+                                                   mask, margin=4)
+                                       for z, mask in zip(zmaps, masks, strict=True)]))
         print(f"  neu {c}: {time.perf_counter() - t0:.0f}s", flush=True)
     base = {"n_cal": n_cal, "n_train": n_train, "n_normal": args.n_test,
             "classes": classes, "geometry": fitted["_geometry"]}
@@ -331,7 +390,7 @@ def run_shapes(args) -> tuple[dict, dict]:
         normal = [imgs[i] for i in idx[n_tr:]]
         other = rng.choice(np.flatnonzero(target != d), len(normal), replace=False)
         fitted = fit_all(train, args.seed)
-        rows.append(evaluate(fitted, normal, [imgs[i] for i in other]))
+        rows.append(evaluate(fitted, normal, [imgs[i] for i in other], key=f"shapes/{d}"))
     return mean_rows(rows), {"n_cal": fitted["_n_cal"], "n_train": len(train),
                              "n_normal": len(normal), "n_anomalous": len(normal),
                              "digits": digits, "geometry": fitted["_geometry"]}
@@ -466,6 +525,12 @@ def main() -> None:
     ap.add_argument("--with-texture", action="store_true",
                     help="also run the texture scorer on its own (doubles the run time)")
     ap.add_argument("--json-out", default="", help="also dump the results to this JSON file")
+    ap.add_argument("--parts", default="",
+                    help="the detector's parts for this run, comma-separated (default: its "
+                         "defaults); e.g. pca,gauss,texture,nn,pca2,gauss2")
+    ap.add_argument("--dump-raw", default="",
+                    help="save the detector's raw part scores (calibration, test normal, test "
+                         "anomalous) per protocol split to this .npz file")
     ap.add_argument("--merge", default="",
                     help="comma-separated JSON dumps of earlier runs: report them, run nothing")
     args = ap.parse_args()
@@ -480,6 +545,8 @@ def main() -> None:
             total += doc["total_s"]
         finish(results, speed, args, total)
         return
+    if args.parts:
+        DET_PARAMS["parts"] = tuple(args.parts.split(","))
     torch.set_num_threads(args.threads)
     want = set(args.protocols.split(","))
     t0 = time.perf_counter()
@@ -514,6 +581,12 @@ def main() -> None:
                  for k, (r, i) in results.items()}
         Path(args.json_out).write_text(json.dumps(
             {"results": clean, "speed": speed, "total_s": total}, default=float))
+    if args.dump_raw:
+        flat = {}
+        for k, (parts, cal, nor, ano) in RAW.items():
+            flat.update({f"{k}|cal": cal, f"{k}|normal": nor, f"{k}|anomalous": ano})
+            flat[f"{k}|parts"] = np.asarray(parts)
+        np.savez(args.dump_raw, **flat)
     finish(results, speed, args, total)
 
 

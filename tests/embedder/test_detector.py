@@ -170,3 +170,76 @@ def test_detector_saved_before_the_l2_rule_still_loads_and_scores_the_same():
     test[0][10:14, 10:20] = 10
     np.testing.assert_allclose(sc.decision_function(test), state["expected_scores"], rtol=1e-5)
     assert sc.state()["version"] == 2 and sc.state()["params"]["combine"] == "max"
+
+
+def test_heatmap_comes_from_the_parts_that_localize(grain_default):
+    """The image-level `nn` part (a distance to one whole nearest image) has no place in the
+    map: the map is each pixel's largest standardized localizing part, so its maximum still
+    falls in a small dark spot even when `nn` is part of the score."""
+    sc = grain_default
+    assert "nn" in sc.parts
+    rng = np.random.default_rng(11)
+    img, mask = dark_defect(grain(rng), "spot", rng)
+    z = sc.part_maps(img)
+    assert set(z) == set(sc.parts) - {"nn"}
+    expected = np.maximum(np.stack(list(z.values())).max(0), 0) / sc.scale_
+    amap = sc.anomaly_map([img])[0]
+    np.testing.assert_allclose(amap, expected, rtol=1e-4, atol=1e-6)
+    assert peak_inside(amap, mask, margin=2)
+    # a spot far brighter in the map than the clean texture around it: not flattened
+    assert amap[mask].max() > 2 * np.median(amap)
+    only_nn = make_scorer("detector", sc.encoder, parts=("nn",), fpr=0.1).fit(
+        [grain(rng) for _ in range(8)])
+    flat = only_nn.anomaly_map([img])[0]
+    assert flat.shape == img.shape and np.ptp(flat) == 0  # no localizing part: a flat map
+    assert flat[0, 0] == pytest.approx(only_nn.decision_function([img])[0], rel=1e-5)
+
+
+def test_detector_saved_in_format_2_loads_and_scores_the_same():
+    """tests/embedder/data/detector_v2.*: the format-2 default (l2 of q90-standardized
+    pca/gauss/texture/nn), saved by the code before the heatmap change and the optional
+    parts, with its scores. Same scores now; the map comes from the localizing parts."""
+    import json
+    from pathlib import Path
+
+    from latentsight.embedder.encoder import Encoder
+    from latentsight.embedder.models import create
+    from safetensors.numpy import load_file
+
+    data = Path(__file__).parent / "data"
+    state = json.loads((data / "detector_v2.json").read_text())
+    arrays = load_file(str(data / "detector_v2.safetensors"))
+    enc = Encoder(create("ae", image_size=32, depth=3, width=8, latent_dim=16), device="cpu")
+    sc = scorer_from_state(enc, state, arrays)
+    assert (sc.combine, sc.spread, sc.parts) == ("l2", "q90", ("pca", "gauss", "texture", "nn"))
+    rng = np.random.default_rng(3)
+    test = [np.clip(120 + 40 * rng.normal(size=(32, 32)), 0, 255).astype(np.uint8)
+            for _ in range(4)]
+    test[0][10:14, 10:20] = 10
+    np.testing.assert_allclose(sc.decision_function(test), state["expected_scores"], rtol=1e-5)
+    mask = np.zeros((32, 32), bool)
+    mask[10:14, 10:20] = True
+    assert peak_inside(sc.anomaly_map(test[:1])[0], mask, margin=2)
+    assert set(sc.part_maps(test[0])) == {"pca", "gauss", "texture"}
+
+
+def test_detector_seg_part_trains_saves_and_loads(encoder):
+    """The optional `seg` part (synthetic-anomaly segmentation net, embedder/synthetic.py):
+    trained on the reference normals, saved as arrays, loads to the same scores and maps."""
+    import torch
+    from latentsight.embedder.synthetic import synthesize
+
+    rng = np.random.default_rng(12)
+    ref, calib = [grain(rng) for _ in range(10)], [grain(rng) for _ in range(6)]
+    sc = make_scorer("detector", encoder, parts=("pca", "seg"), seg_steps=4,
+                     fpr=0.1).fit(calib, reference=ref)
+    again = scorer_from_state(encoder, sc.state(), sc.arrays())
+    test = [grain(rng), dark_defect(grain(rng), "spot", rng)[0]]
+    np.testing.assert_allclose(again.decision_function(test), sc.decision_function(test),
+                               rtol=1e-5)
+    assert set(sc.part_maps(test[1])) == {"pca", "seg"}
+    x = torch.rand(6, 1, 24, 24)
+    xa, m = synthesize(x, torch.Generator().manual_seed(0))
+    assert xa.shape == x.shape and m.shape == (6, 1, 24, 24)
+    assert torch.equal(xa * (1 - m), x * (1 - m))  # only inside the masks
+    assert 0 <= float(xa.min()) and float(xa.max()) <= 1
