@@ -351,16 +351,23 @@ EXPLORE_ANOMALY = {"anomaly tile-best": {"where": "tile", "scales": "best"},
                    "anomaly top2": {"top": 2}}
 
 
-def anomaly_scores(proto: Protocol, enc: Encoder, **mode: Any) -> dict[str, float]:
-    from latentsight.index.local import anomaly_vector, choose_geometry
+def anomaly_scores(proto: Protocol, enc: Encoder, **mode: Any) -> dict[str, dict[str, float]]:
+    """'X anomaly': what `latentsight index build --anomaly` stores and `search --anomaly`
+    compares (`build_anomaly`: each image's `anomaly_vector`, centred on the catalog's mean
+    by `center_parts`), leave-one-out; the maps are the protocol's own (computed once).
+    'X anomaly uncentred': the same vectors before centring."""
+    from latentsight.index.local import anomaly_vector, center_parts, choose_geometry, tile_dim
 
     geo = choose_geometry([(r.width, r.height) for r in proto.rows], enc.image_size)
     if "fine" in mode:
         f = mode.pop("fine")
         mode["sides"] = [int(geo.tiles[-1] * x) for x in (f if isinstance(f, tuple) else (f,))]
-    vecs = [anomaly_vector(enc, decode_file(from_catalog(r.path)).pixels, m, geo, **mode)[0]
-            for r, m in zip(proto.rows, proto.maps, strict=True)]
-    return figures(proto.score(np.stack(vecs), None, "cosine"))
+    vecs = np.stack([anomaly_vector(enc, decode_file(from_catalog(r.path)).pixels, m, geo,
+                                    **mode)[0]
+                     for r, m in zip(proto.rows, proto.maps, strict=True)])
+    split = enc.embed_dim if vecs.shape[1] == tile_dim(enc) else None  # scales='best'
+    return {"": figures(proto.score(center_parts(vecs, vecs.mean(0), split), None, "cosine")),
+            " uncentred": figures(proto.score(vecs, None, "cosine"))}
 
 
 def pixel_anomaly_scores(proto: Protocol, side: int = 16) -> dict[str, float]:
@@ -416,7 +423,8 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
         t0 = time.perf_counter()
         modes = ANOMALY_MODES | (EXPLORE_ANOMALY if EXPLORE else {})
         for row, mode in modes.items():
-            out["scores"][f"{name} {row}"] = anomaly_scores(proto, enc, **mode)
+            for suffix, f in anomaly_scores(proto, enc, **mode).items():
+                out["scores"][f"{name} {row}{suffix}"] = f
         out["anomaly_seconds"] = round(time.perf_counter() - t0, 1)
     if box and proto.boxes is not None and name in BOX_VARIANTS:
         t0 = time.perf_counter()

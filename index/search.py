@@ -251,7 +251,7 @@ class Searcher:
                 match_empty=True), dtype=np.int64)
             if not allowed.size:
                 return []
-        scores, ids = index.store.search(vec[None, :], k, allowed_ids=allowed)
+        scores, ids = index.store.search(index.centered(vec[None, :]), k, allowed_ids=allowed)
         found = [int(i) for i in ids[0] if i >= 0]
         rows = {r.id: r for r in self.home.catalog.images(ids=found)}
         return [
