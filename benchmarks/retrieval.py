@@ -86,6 +86,7 @@ DEFAULT_VARIANT = "ae+infonce"  # what `latentsight train` trains with no option
 BOX_VARIANTS = ("ae", "ae+infonce", "ae+infonce-photo")  # region search: a tile index each
 WEIGHTS: tuple[float, ...] = ()  # --explore: rows [unit(PCA), w * unit(learned)] (--weights)
 EXPLORE = False  # --explore: also rows with the learned part centred on its gallery mean
+PCA_STANDARDIZE = False  # --pca-standardize: "pca+X" rows with --pixel-pca-standardize
 
 
 def log(msg: str) -> None:
@@ -396,7 +397,7 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
     ep = epochs * (2 if fields["model"] == "vit" else 1)
     k = min(64, len(proto.rows) - 1)
     cfg = TrainConfig(**fields, epochs=ep, name=name.replace("+", "_"), device="cpu", patience=100,
-                      model_config=mc, pixel_pca=k)
+                      model_config=mc, pixel_pca=k, pixel_pca_standardize=PCA_STANDARDIZE)
     t0, c0 = time.perf_counter(), time.process_time()
     train(proto.home, cfg, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -406,7 +407,8 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
     out = {"variant": name, "epochs": ep, "train_wall_s": round(wall, 1),
            "train_cpu_s": round(cpu, 1),
            "scores": {name: figures(proto.score(lg, lq, "cosine")),
-                      f"pca+{name}": figures(proto.score(g, q, "cosine"))}}
+                      f"{'pca(std)' if PCA_STANDARDIZE else 'pca'}+{name}":
+                      figures(proto.score(g, q, "cosine"))}}
     if EXPLORE:
         cg = unit(lg - lg.mean(0))
         cq = None if q is None else unit(lq - lg.mean(0))
@@ -494,7 +496,7 @@ def render(table, runs, protocols, note) -> str:
     default, best, losses = choose_default(table, protocols)
     methods = ["raw pixels", "PCA-64"] + [m for m in sorted(
         {m for p in protocols for m in table[p]} - {"raw pixels", "PCA-64"},
-        key=lambda m: (m.split()[0].removeprefix("pca+"), m))]
+        key=lambda m: (m.split()[0].removeprefix("pca+").removeprefix("pca(std)+"), m))]
     hdr = "| method | " + " | ".join(f"{p} P@{K} micro / macro | {p} mAP micro / macro"
                                      for p in protocols) + " | worst macro P@10 | train s |"
     lines = [f"## {SECTION}", "", note, "", hdr,
@@ -513,7 +515,7 @@ def render(table, runs, protocols, note) -> str:
             cells += [f"{f['p']:.3f} / {f['p_macro']:.3f}",
                       f"{f['map']:.3f} / {f['map_macro']:.3f}"]
             worst.append(f["p_macro"])
-        base = m.removeprefix("pca+").split(" ")[0]
+        base = m.removeprefix("pca+").removeprefix("pca(std)+").split(" ")[0]
         ts = sum(train_s.get(base, [])) if base in train_s else None
         name = f"**{m} (default)**" if m == default else m
         w = f"{min(worst):.3f}" if len(worst) == len(protocols) else "-"
@@ -542,6 +544,8 @@ def main() -> int:
     ap.add_argument("--no-anomaly", action="store_true", help="skip the anomaly-weighted rows")
     ap.add_argument("--explore", action="store_true", help="extra rows: centring, --weights")
     ap.add_argument("--weights", default="", help="with --explore: weightings, e.g. 0.5,2")
+    ap.add_argument("--pca-standardize", action="store_true",
+                    help="pca+X rows with `train --pixel-pca-standardize` (rows named pca(std)+X)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", type=Path, default=RESULTS, help="where to write the raw results")
     ap.add_argument("--merge", type=Path, nargs="*", default=None,
@@ -566,9 +570,10 @@ def main() -> int:
             replace_section(SECTION, text.split("\n", 2)[2])
         return 0
     torch.set_num_threads(args.threads)
-    global WEIGHTS, EXPLORE
+    global WEIGHTS, EXPLORE, PCA_STANDARDIZE
     WEIGHTS = tuple(float(w) for w in args.weights.split(",") if w)
     EXPLORE = args.explore
+    PCA_STANDARDIZE = args.pca_standardize
     rng = np.random.default_rng(0)
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     protocols = []
