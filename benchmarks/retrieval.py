@@ -517,13 +517,15 @@ def render(table, runs, protocols, note) -> str:
             worst.append(f["p_macro"])
         base = m.removeprefix("pca+").removeprefix("pca(std)+").split(" ")[0]
         ts = sum(train_s.get(base, [])) if base in train_s else None
-        name = f"**{m} (default)**" if m == default else m
+        name = f"**{m} (best)**" if m == default else m
         w = f"{min(worst):.3f}" if len(worst) == len(protocols) else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {w} | "
                      f"{'-' if ts is None else f'{ts:.0f}'} |")
     if default:
-        lines += ["", f"Default by worst protocol: **{default}** (beats PCA-64 on every protocol, "
-                  "micro and macro)."]
+        lines += ["", f"Best by worst protocol among rows that beat PCA-64 on every protocol "
+                  f"(micro and macro): **{default}**. `latentsight train` with no options "
+                  f"({DEFAULT_VARIANT}) loses to PCA-64 on "
+                  f"{', '.join(losses.get(DEFAULT_VARIANT, [])) or '-'}."]
     else:
         lines += ["", "No learned row beats PCA-64 on every protocol (micro and macro), so none "
                   f"is marked default. Best worst-protocol macro P@{K}: {best} "
