@@ -17,13 +17,20 @@ Encoders: ae, vae, vit, each without and with the InfoNCE auxiliary objective;
 --pixel-pca 64`: the checkpoint holds PCA-64 of the training images' pixels and
 the search vector is [unit(PCA-64), unit(X)]), indexed through the product's
 own path; the "X" row of the same run is its learned part alone. On the defect
-protocol, "X anomaly" rows are the anomaly-weighted vector
-(`index.local.anomaly_vector`: the unit tile vectors of each image's most
-anomalous tiles under a detector fitted on other normal cells through the
-public `make_scorer(...).fit` / `anomaly_map` API). Baselines: raw pixels (L2) and PCA-64
-(L2), on the same images. The default is marked: the learned row with the best
-worst-protocol macro precision@10, and only if it beats PCA-64 on every
-protocol (micro and macro); otherwise the table says none qualifies.
+protocol, "X anomaly" rows are the anomaly-weighted vectors that `latentsight
+index build --anomaly SCAN_MODEL` stores (`index.local.build_anomaly`: each
+image's `anomaly_vector`, the tile vector of its most anomalous square under a
+detector fitted on other normal cells through the public `make_scorer(...).fit`
+/ `anomaly_map` API, centred on the catalog mean by `center_parts`), compared
+leave-one-out as `search --anomaly` compares them; "X anomaly uncentred" the
+same before centring; "X anomaly search" the query's most anomalous square
+against every tile (`Searcher.search(anomaly=...)` without those vectors);
+"raw pixels anomaly" the same square's pixels alone. With --pca-standardize the
+combined rows are "pca(std)+X" (`train --pixel-pca 64 --pixel-pca-standardize`).
+Baselines: raw pixels (L2) and PCA-64 (L2), on the same images. Marked "(best)":
+the learned row with the best worst-protocol macro precision@10 among those
+that beat PCA-64 on every protocol (micro and macro); otherwise the table says
+none qualifies.
 
     python benchmarks/retrieval.py                  # every protocol and variant (subsets)
     python benchmarks/retrieval.py --protocols digits --only ae --no-write
