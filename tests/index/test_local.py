@@ -250,3 +250,43 @@ def test_anomaly_weighted_vectors_are_indexed_searched_and_follow_deletes(local_
     assert rows[0].id not in set(after.store.ids().tolist())
     hits = s.search(rows[1].id, k=3, anomaly=scorer)
     assert hits[0].id == rows[1].id and rows[0].id not in {h.id for h in hits}
+
+
+def test_cli_index_build_anomaly_and_search_with_a_scanning_model(anomaly_home, tmp_path):
+    """`index build --anomaly SCAN` on a copy of the scanning home: one vector per image,
+    `search --anomaly SCAN --weighted --json` finds the query first with a box, and an
+    image ingested and synced gets its vector from the named scanning model."""
+    import shutil
+
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.local import load_anomaly
+    from latentsight.index.manager import sync_index
+
+    root = tmp_path / "home"
+    shutil.copytree(anomaly_home.root, root)
+    args = ["--home", str(root), "--device", "cpu"]
+    out = json.loads(run("index", "build", "--model", "scan-test", "--anomaly", "scan-test",
+                         "--workers", "0", "--json", *args))
+    home = Home(root)
+    n = home.catalog.count_images()
+    assert out["anomaly_ntotal"] == n and out["anomaly_model"] == "scan-test"
+    qid = home.catalog.images(labels=["checker"])[0].id
+    hits = json.loads(run("search", str(qid), "--anomaly", "scan-test", "--weighted", "--k",
+                          "3", "--model", "scan-test", "--json", *args))
+    assert hits[0]["id"] == qid and len(hits[0]["box"]) == 4
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    flipped = np.ascontiguousarray(np.asarray(Image.open(from_row(home, qid)))[:, ::-1])
+    Image.fromarray(flipped).save(extra / "flipped.png")  # new content: not a duplicate
+    rep = ingest_paths(home, [extra], label="checker", progress=False, workers=0)
+    assert rep.added == 1
+    sync_index(home, home.catalog.model("scan-test"))  # scan-test is not the active model
+    index = load_anomaly(home, home.catalog.model("scan-test"))
+    assert index.store.ntotal == n + 1 and index.scan_model == "scan-test"
+
+
+def from_row(home, image_id: int) -> str:
+    from latentsight.index.paths import from_catalog
+
+    return from_catalog(home.catalog.image(image_id).path)
