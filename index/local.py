@@ -587,11 +587,21 @@ def load_anomaly(home: Home, model: ModelRow) -> AnomalyIndex:
 
 
 def _scan_scorer(home: Home, scan_model: str) -> tuple[object, str | None]:
-    """The fitted scorer of a scanning model and its checkpoint digest."""
-    from latentsight.index.manager import load_scorer  # manager imports this module
+    """The fitted scorer of a scanning model and its checkpoint digest (as
+    `manager.load_scorer`, which imports this module, so not called from here)."""
+    from latentsight.embedder.errors import ModelError
+    from latentsight.embedder.scorer_files import load_scorer_files
 
     row = home.catalog.model(scan_model)
-    return load_scorer(home, row, "cpu")[1], row.checkpoint_sha256
+    state = (row.metrics or {}).get("scoring")
+    if not state:
+        msg = (f"Model {row.name!r} has no anomaly calibration. Train one on normal images: "
+               "latentsight train --normal-label LABEL")
+        raise ModelError(msg)
+    directory = home.resolve(row.checkpoint_path)
+    encoder = Encoder.from_checkpoint(directory, device="cpu",
+                                      expected_sha256=row.checkpoint_sha256)
+    return load_scorer_files(directory, encoder, state, name=row.name), row.checkpoint_sha256
 
 
 def _anomaly_rows(
