@@ -66,6 +66,7 @@ class Searcher:
         self.encoder = load_encoder(home, self.model, device)
         self._local: tuple[float, LocalIndex] | None = None  # (file mtime, local vectors)
         self._scorer: tuple[str, object] | None = None  # (scanning model, its scorer)
+        self._anomaly: tuple[float, object] | None = None  # (file mtime, anomaly-weighted)
         self.last_query_box: tuple[int, int, int, int] | None = None  # of the last region search
 
     def refresh(self) -> bool:
@@ -145,6 +146,7 @@ class Searcher:
         synthetic: bool | None = None,
         box: tuple[int, int, int, int] | None = None,
         anomaly: str | object | None = None,
+        weighted: bool | None = None,
     ) -> list[Hit]:
         """Return up to k hits, best first. With a label, source or synthetic flag, a filter
         inside the search (FAISS: catalog ids + ID selector; Milvus: a boolean expression).
@@ -162,6 +164,11 @@ class Searcher:
         anomaly map (`index.local.anomaly_boxes`), so a defect image finds images with
         the same kind of defect rather than the same background; `last_query_box` then
         says which square it was. A fitted scorer object (with `anomaly_map`) works too.
+        When the model's anomaly-weighted vectors were built under that scanning model
+        (`latentsight index build --anomaly SCAN_MODEL`; for a scorer object: built from
+        one), the query's anomaly-weighted vector is matched against them (one per image:
+        its own most anomalous square) instead of against every tile; `weighted` True
+        requires them, False never uses them, None (default) uses them when they match.
         """
         self.refresh()
         if synthetic is None and not include_synthetic and (
@@ -171,6 +178,10 @@ class Searcher:
         filt = Filter.of(labels=label, sources=source, synthetic=synthetic)
         if box is not None and anomaly is not None:
             raise ValueError("Give a box or an anomaly model, not both.")
+        if anomaly is not None and box is None and weighted is not False:
+            index = self.anomaly_index(anomaly, required=bool(weighted))
+            if index is not None:
+                return self._search_anomaly(query, index, anomaly, k=k, filt=filt)
         if box is not None or anomaly is not None:
             return self._search_box(query, box, k=k, filt=filt, anomaly=anomaly)
         vec = self.query_vector(query)
@@ -190,16 +201,77 @@ class Searcher:
         """The most anomalous square of decoded pixels under a scanning model's map
         (`index.local.most_anomalous_box`); `scan_model` a model name or a fitted scorer."""
         from latentsight.index.local import most_anomalous_box
-        from latentsight.index.manager import load_scorer
 
-        scorer = scan_model
-        if isinstance(scan_model, str):
-            if self._scorer is None or self._scorer[0] != scan_model:
-                row = self.home.catalog.model(scan_model)
-                self._scorer = (scan_model, load_scorer(self.home, row, "cpu")[1])
-            scorer = self._scorer[1]
+        scorer = self._scorer_of(scan_model)
         amap = np.asarray(scorer.anomaly_map([pixels])[0], dtype=np.float64)
         return most_anomalous_box(amap, self.local_index().geometry)
+
+    def anomaly_index(self, scan_model: str | object, *, required: bool = False):
+        """The model's anomaly-weighted vectors when built under `scan_model` (a name, or
+        any scorer object for vectors built from one), else None (`required`: a StoreError
+        saying how to build them)."""
+        from latentsight.index.local import ANOMALY_HINT, anomaly_paths, has_anomaly, load_anomaly
+
+        if not has_anomaly(self.home, self.model):
+            if required:
+                msg = (f"The index of model {self.model.name!r} has no anomaly-weighted "
+                       f"vectors. {ANOMALY_HINT}")
+                raise StoreError(msg)
+            return None
+        mtime = anomaly_paths(self.home, self.model)[0].stat().st_mtime
+        cached = self._anomaly
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, load_anomaly(self.home, self.model))
+            self._anomaly = cached
+        index = cached[1]
+        want = scan_model if isinstance(scan_model, str) else ""
+        fresh = index.model_sha256 in (None, self.model.checkpoint_sha256)
+        if index.scan_model == want and fresh:
+            return index
+        if required:
+            why = ("the model was retrained since" if not fresh else
+                   f"they were built under {index.scan_model or 'a scorer object'!r}")
+            msg = (f"The anomaly-weighted vectors of model {self.model.name!r} do not fit: "
+                   f"{why}. {ANOMALY_HINT}")
+            raise StoreError(msg)
+        return None
+
+    def _search_anomaly(self, query, index, anomaly, *, k: int, filt: Filter) -> list[Hit]:
+        from latentsight.index.local import anomaly_vector
+
+        pixels, _name = self.query_pixels(query)
+        scorer = self._scorer_of(anomaly)
+        amap = np.asarray(scorer.anomaly_map([pixels])[0], dtype=np.float64)
+        vec, used = anomaly_vector(self.encoder, pixels, amap, index.geometry)
+        self.last_query_box = tuple(int(v) for v in used[0])
+        allowed = None
+        if not filt.empty:
+            allowed = np.asarray(self.home.catalog.image_ids(
+                labels=filt.labels, sources=filt.sources, synthetic=filt.synthetic,
+                match_empty=True), dtype=np.int64)
+            if not allowed.size:
+                return []
+        scores, ids = index.store.search(index.centered(vec[None, :]), k, allowed_ids=allowed)
+        found = [int(i) for i in ids[0] if i >= 0]
+        rows = {r.id: r for r in self.home.catalog.images(ids=found)}
+        return [
+            Hit(id=i, path=rows[i].path, label=rows[i].label, source=rows[i].source,
+                score=float(s), synthetic=bool(rows[i].synthetic),
+                box=[int(v) for v in index.boxes[i]] if i in index.boxes else None)
+            for s, i in zip(scores[0], (int(j) for j in ids[0]), strict=True)
+            if i >= 0 and i in rows
+        ]
+
+    def _scorer_of(self, scan_model: str | object):
+        """A scanning model's fitted scorer (loaded once), or the scorer object given."""
+        from latentsight.index.manager import load_scorer
+
+        if not isinstance(scan_model, str):
+            return scan_model
+        if self._scorer is None or self._scorer[0] != scan_model:
+            row = self.home.catalog.model(scan_model)
+            self._scorer = (scan_model, load_scorer(self.home, row, "cpu")[1])
+        return self._scorer[1]
 
     def _search_box(self, query, box, *, k: int, filt: Filter,
                     anomaly: str | object | None = None) -> list[Hit]:
@@ -244,11 +316,13 @@ def search(
     include_synthetic: bool = False,
     box: tuple[int, int, int, int] | None = None,
     anomaly: str | None = None,
+    weighted: bool | None = None,
 ) -> list[Hit]:
     """Search the catalog for images like `query` (one-shot; use Searcher for many queries)."""
     return Searcher(home, model, device=device).search(query, k=k, label=label,
                                                        include_synthetic=include_synthetic,
-                                                       box=box, anomaly=anomaly)
+                                                       box=box, anomaly=anomaly,
+                                                       weighted=weighted)
 
 
 def resolve_query(home: Home, query: str | int | Path) -> str:

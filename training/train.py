@@ -72,6 +72,7 @@ class TrainConfig:
     geometry: str = "auto"  # auto: input aspect from the images, aspect kept + padded;
     #                         square: image_size x image_size, squashed (models before issue 14)
     pixel_pca: int = 0  # > 0: the embedding = [unit(this many pixel PCs), unit(learned)]
+    pixel_pca_standardize: bool = False  # the PCA of each image's standardized pixels
 
 
 @dataclass
@@ -301,6 +302,8 @@ def train(home: Home, cfg: TrainConfig, *, progress: bool = True) -> TrainResult
     model_config, geometry = dict(cfg.model_config), None
     if cfg.pixel_pca:
         model_config["pixel_pca"] = cfg.pixel_pca
+        if cfg.pixel_pca_standardize:
+            model_config["pixel_pca_standardize"] = True
     if not cfg.crops and cfg.geometry == "auto":
         rows = home.catalog.images(labels=cfg.labels or None, ids=cfg.image_ids or None,
                                    synthetic=False)

@@ -16,6 +16,8 @@ and its search embedding is [unit(PCA_k(x)), unit(learned(x))]: the
 combination that the retrieval benchmark ranks above either part alone on
 most protocols. The training loop fits the components after training
 (`fit_pixel_pca`); the learned part is trained alone (`embed_learned`).
+`pixel_pca_standardize` (default off; every older checkpoint): the PCA is of each
+image's pixels minus their mean, over their std (brightness- and contrast-free).
 """
 
 from __future__ import annotations
@@ -54,19 +56,29 @@ class PixelPCA(nn.Module):
     with the learned part only breaking near-ties).
     """
 
-    def __init__(self, k: int, dim: int) -> None:
+    def __init__(self, k: int, dim: int, standardize: bool = False) -> None:
         super().__init__()
+        self.standardize = standardize  # from the config, not a buffer: old files load as is
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("components", torch.zeros(k, dim))
 
+    def rows(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """x (B, C, H, W) -> (B, C*H*W), each row standardized (minus its mean, over its
+        std) when `standardize`: the components then ignore brightness and contrast."""
+        flat = x.flatten(1).to(dtype)
+        if self.standardize:
+            flat = flat - flat.mean(1, keepdim=True)
+            flat = flat / flat.std(1, keepdim=True).clamp_min(1e-6)
+        return flat
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(1).to(self.mean.dtype)  # (B, C*H*W)
+        flat = self.rows(x, self.mean.dtype)  # (B, C*H*W)
         return (flat - self.mean) @ self.components.T  # (B, k)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> None:
         """Mean and top principal directions of the rows of x (n, C, H, W) in [0, 1]."""
-        flat = x.flatten(1).double()  # (n, D)
+        flat = self.rows(x, torch.float64)  # (n, D)
         mean = flat.mean(0)
         k = self.components.shape[0]
         n, d = flat.shape
@@ -86,7 +98,8 @@ def attach_pixel_pca(model: nn.Module) -> None:
     k = int(getattr(model.config, "pixel_pca", 0) or 0)
     if k:
         h, w = input_hw(model.config)
-        model.pixel_pca = PixelPCA(k, model.config.channels * h * w)
+        model.pixel_pca = PixelPCA(k, model.config.channels * h * w,
+                                   bool(getattr(model.config, "pixel_pca_standardize", False)))
 
 
 def combined_embedding(model: nn.Module, x: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ class ViTConfig:
     image_width: int = 0  # input columns; 0 = image_size (square). Chosen from the data in train
     resize: str = "squash"  # how other sizes fit the input: squash | pad (see models/inputs.py)
     pixel_pca: int = 0  # > 0: embed() = [unit(this many pixel PCs), unit(learned)]
+    pixel_pca_standardize: bool = False  # PCA of standardized pixels (own mean, std)
 
     def validate(self) -> None:
         for name, side in zip(("image_size", "image_width"), input_hw(self), strict=True):

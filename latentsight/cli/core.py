@@ -97,7 +97,13 @@ def search(
     anomaly: Annotated[str | None, typer.Option(
         "--anomaly", help="SCAN_MODEL: search with QUERY's most anomalous square under this "
         "scanning model (latentsight train --normal-label), like --box; finds the same kind "
-        "of defect rather than the same background. Needs local vectors.",
+        "of defect rather than the same background. Uses the anomaly-weighted vectors when "
+        "they were built under SCAN_MODEL (latentsight index build --anomaly SCAN_MODEL), "
+        "else the local vectors.",
+        show_default=False)] = None,
+    weighted: Annotated[bool | None, typer.Option(
+        "--weighted/--no-weighted", help="With --anomaly: require (or never use) the "
+        "anomaly-weighted vectors. Default: use them when built under SCAN_MODEL.",
         show_default=False)] = None,
     model: ModelOpt = None,
     *,
@@ -114,7 +120,8 @@ def search(
     region = parse_box(box) if box is not None else None
     h = opts.open_home()
     hits = run_search(h, query, k=k, label=label, model=model, device=opts.device,
-                      include_synthetic=include_synthetic, box=region, anomaly=anomaly)
+                      include_synthetic=include_synthetic, box=region, anomaly=anomaly,
+                      weighted=weighted)
     if opts.json:
         echo_json([hit.as_dict() for hit in hits])
     else:

@@ -67,6 +67,11 @@ def build(
         "--local/--no-local", help="Also index multi-scale tile vectors of every image, for "
         "search by region (latentsight search QUERY --box X,Y,W,H). Default: keep them when "
         "the model has them.", show_default=False)] = None,
+    anomaly: Annotated[str | None, typer.Option(
+        "--anomaly", help="SCAN_MODEL: also index each image's anomaly-weighted vector (its "
+        "most anomalous square under this scanning model's map), which latentsight search "
+        "QUERY --anomaly SCAN_MODEL then compares, so defect images meet by defect kind.",
+        show_default=False)] = None,
     workers: WorkersOpt = None,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -95,13 +100,26 @@ def build(
         embed = ray_embedder(h, m, address=ray_address, workers=workers)
     st = build_index(h, m, spec=spec, backend=be, uri=uri, params=params, metric=metric,
                      device=opts.device, workers=workers, embed=embed, local=local)
+    weighted = 0
+    if anomaly:
+        from latentsight.index.local import build_anomaly
+        from latentsight.index.locks import write_lock
+        from latentsight.index.manager import load_encoder
+
+        with write_lock(h, "index build --anomaly"):
+            weighted = build_anomaly(h, m, load_encoder(h, m, opts.device), anomaly).store.ntotal
     if opts.json:
+        if anomaly:
+            echo_json({**st.__dict__, "anomaly_ntotal": weighted, "anomaly_model": anomaly})
+            return
         echo_json(st.__dict__)
     else:
         typer.echo(f"{st.backend} index of {st.model}: {st.ntotal} vectors ({st.spec}), "
                    f"generation {st.generation}, {st.path}")
         if st.local:
             typer.echo(f"local (region) vectors: {st.local_ntotal} tiles")
+        if anomaly:
+            typer.echo(f"anomaly-weighted vectors under {anomaly}: {weighted} images")
 
 
 @index_app.command("rebuild")

@@ -79,6 +79,10 @@ def train(
         "training images, saved in the checkpoint) beside the learned embedding, each part "
         "unit length; 0 = off. See docs/benchmarks.md, retrieval across protocols.",
         show_default=False)] = None,
+    pixel_pca_standardize: Annotated[bool | None, typer.Option(
+        "--pixel-pca-standardize", help="With --pixel-pca: the components of each image's "
+        "pixels minus their mean, over their std (brightness and contrast left out).",
+        show_default=False)] = None,
     geometry: Annotated[str | None, typer.Option(
         "--geometry", help="auto: the input's aspect from the catalog images (short side = "
         "--image-size), images fitted aspect-preserving and padded; square: --image-size "
@@ -167,7 +171,8 @@ def train(
     model_config = _model_config(kind, given)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
                  "crop_scale": crop_scale, "rotate_deg": rotate, "aux": aux,
-                 "aux_weight": aux_weight, "pixel_pca": pixel_pca, "geometry": geometry}
+                 "aux_weight": aux_weight, "pixel_pca": pixel_pca, "geometry": geometry,
+                 "pixel_pca_standardize": pixel_pca_standardize}
     cfg = dataclasses.replace(
         defaults, model=kind, seed=seed, augment=augment, labels=list(label or []), name=name,
         device=opts.device, model_config=model_config,

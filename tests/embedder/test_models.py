@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +304,30 @@ def test_pixel_pca_part_matches_principal_components(batch):
     np.testing.assert_allclose(np.abs(got), np.abs(ref), atol=2e-3)
     torch.testing.assert_close(emb[:, :4], F.normalize(torch.from_numpy(got), dim=1))
     torch.testing.assert_close(emb[:, 4:], F.normalize(learned, dim=1))
+
+
+def test_standardized_pixel_pca_ignores_brightness_and_contrast_and_old_configs_load(batch,
+                                                                                     tmp_path):
+    """pixel_pca_standardize: the PCA part of x and of 0.5 x + 0.2 is the same (without it,
+    it is not); a checkpoint config written without the field loads with it off."""
+    from latentsight.embedder.models.inputs import fit_pixel_pca
+
+    torch.manual_seed(0)
+    x = batch.clamp(0.05, 0.95)
+    dim = 0.5 * x + 0.2  # dimmer, lower contrast
+    parts = {}
+    for std in (False, True):
+        model = create("ae", **TINY["ae"], pixel_pca=4, pixel_pca_standardize=std).eval()
+        assert fit_pixel_pca(model, x)
+        with torch.no_grad():
+            parts[std] = (model.pixel_pca(x), model.pixel_pca(dim))
+    torch.testing.assert_close(parts[True][0], parts[True][1], atol=1e-4, rtol=1e-4)
+    assert (parts[False][0] - parts[False][1]).abs().max() > 0.1
+    model = create("ae", **TINY["ae"], pixel_pca=4).eval()
+    save_checkpoint(model, tmp_path / "old", meta={"name": "old"})
+    cfg = tmp_path / "old" / "config.json"
+    doc = json.loads(cfg.read_text())
+    doc["config"].pop("pixel_pca_standardize")  # as written before the field existed
+    cfg.write_text(json.dumps(doc))
+    loaded, _meta = load_checkpoint(tmp_path / "old")
+    assert loaded.config.pixel_pca_standardize is False and not loaded.pixel_pca.standardize

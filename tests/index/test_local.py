@@ -204,3 +204,89 @@ def test_anomaly_vector_embeds_the_most_anomalous_tile(local_home):
     assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="anomaly map"):
         anomaly_vector(enc, px, amap[:-1], geo)
+
+
+def test_anomaly_weighted_vectors_are_indexed_searched_and_follow_deletes(local_home):
+    """`build_anomaly` stores one anomaly-weighted vector per image (a detector fitted on
+    patch-free backgrounds); a search by anomaly then uses them: the query image comes
+    first with a box on its patch; deleting an image drops its vector; asking for them
+    where they do not fit says how to build them."""
+    from latentsight.embedder.scoring import DEFAULT_SCORER, make_scorer
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.local import build_anomaly, has_anomaly, load_anomaly
+    from latentsight.index.manager import delete_images, load_encoder
+    from latentsight.index.search import Searcher
+
+    home, boxes, root = local_home
+    model = home.catalog.model("loc-ae")
+    enc = load_encoder(home, model, "cpu")
+    rng = np.random.default_rng(3)
+    normals = [np.clip(128 + (texture("stripes_h", rng, W)[:H, :W] - 128.0) * 0.3, 0,
+                       255).astype(np.uint8) for _ in range(8)]
+    scorer = make_scorer(DEFAULT_SCORER, enc).fit(normals[:3], reference=normals[3:])
+    index = build_anomaly(home, model, enc, scorer)
+    assert has_anomaly(home, model) and index.store.ntotal == home.catalog.count_images()
+    assert index.scan_model == "" and set(index.boxes) == set(home.catalog.image_ids())
+    s = Searcher(home, "loc-ae", device="cpu")
+    rows = home.catalog.images()
+    on_patch = 0
+    for row in rows[:6]:
+        hits = s.search(row.id, k=3, anomaly=scorer)
+        assert hits[0].id == row.id and len({h.id for h in hits}) == 3  # its own vector
+        assert hits[0].box is not None and s.last_query_box == tuple(hits[0].box)
+        on_patch += _overlap(hits[0].box, boxes[Path(row.path).name]) > 0
+    assert on_patch >= 4, f"the anomalous square was on the patch in {on_patch} of 6"
+    # named scanning model that is not the one they were built under: tiles, or an error
+    with pytest.raises(StoreError, match="index build --anomaly"):
+        s.search(rows[0].id, k=3, anomaly="no-such-scan", weighted=True)
+    # follows ingest (a scorer object cannot embed new images: they are left out, said so)
+    # and delete
+    write_defects(root / "anomaly-more", 1, seed=11)
+    rep = ingest_paths(home, [root / "anomaly-more"], labels_from_folders=True, progress=False,
+                       workers=0)
+    delete_images(home, [rows[0].id, *rep.ids])
+    after = load_anomaly(home, model)
+    assert after.store.ntotal == len(rows) - 1 and rows[0].id not in after.boxes
+    assert rows[0].id not in set(after.store.ids().tolist())
+    hits = s.search(rows[1].id, k=3, anomaly=scorer)
+    assert hits[0].id == rows[1].id and rows[0].id not in {h.id for h in hits}
+
+
+def test_cli_index_build_anomaly_and_search_with_a_scanning_model(anomaly_home, tmp_path):
+    """`index build --anomaly SCAN` on a copy of the scanning home: one vector per image,
+    `search --anomaly SCAN --weighted --json` finds the query first with a box, and an
+    image ingested and synced gets its vector from the named scanning model."""
+    import shutil
+
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.local import load_anomaly
+    from latentsight.index.manager import sync_index
+
+    root = tmp_path / "home"
+    shutil.copytree(anomaly_home.root, root)
+    args = ["--home", str(root), "--device", "cpu"]
+    out = json.loads(run("index", "build", "--model", "scan-test", "--anomaly", "scan-test",
+                         "--workers", "0", "--json", *args))
+    home = Home(root)
+    n = home.catalog.count_images()
+    assert out["anomaly_ntotal"] == n and out["anomaly_model"] == "scan-test"
+    qid = home.catalog.images(labels=["checker"])[0].id
+    hits = json.loads(run("search", str(qid), "--anomaly", "scan-test", "--weighted", "--k",
+                          "3", "--model", "scan-test", "--json", *args))
+    assert hits[0]["id"] == qid and len(hits[0]["box"]) == 4
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    flipped = np.ascontiguousarray(np.asarray(Image.open(from_row(home, qid)))[:, ::-1])
+    Image.fromarray(flipped).save(extra / "flipped.png")  # new content: not a duplicate
+    rep = ingest_paths(home, [extra], label="checker", progress=False, workers=0)
+    assert rep.added == 1
+    sync_index(home, home.catalog.model("scan-test"))  # scan-test is not the active model
+    index = load_anomaly(home, home.catalog.model("scan-test"))
+    assert index.store.ntotal == n + 1 and index.scan_model == "scan-test"
+
+
+def from_row(home, image_id: int) -> str:
+    from latentsight.index.paths import from_catalog
+
+    return from_catalog(home.catalog.image(image_id).path)
