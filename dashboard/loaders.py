@@ -160,9 +160,11 @@ def model_key(h: Home, model_id: int) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def map_rows(root: str, db_url: str | None, model: str, generation: int, built_at: str,
-             ntotal: int, ids: tuple[int, ...]) -> dict[str, list]:
-    """label, source, synthetic and sha256 of the latent map's points (one catalog read per
-    index generation)."""
+             ntotal: int, method: str, limit: int) -> dict[str, list]:
+    """label, source, synthetic and sha256 of the points of `projection` with the same
+    arguments (one catalog read per index generation; the key is small, not the 10k ids)."""
+    ids = projection(root, db_url, model, generation, built_at, ntotal, method,
+                     limit)["ids"].tolist()
     rows = {r.id: r for r in load_home(root, db_url).catalog.images(ids=list(ids))}
     out: dict[str, list] = {"label": [], "source": [], "synthetic": [], "sha256": [],
                             "path": []}

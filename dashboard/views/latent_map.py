@@ -36,7 +36,7 @@ if len(ids) == 0:
     st.stop()
 
 meta = loaders.map_rows(*loaders.home_location(), name, gen, built, ntotal,
-                        tuple(ids.tolist()))
+                        "pca" if method == "PCA" else "tsne", limit)
 meta = {k: np.asarray(v, dtype=object) for k, v in meta.items()}
 if f["labels"] or f["sources"] or f["tags"] or f["synthetic"] != "all":
     # the sidebar's filters on the points' cached metadata; tags through the catalog
@@ -83,9 +83,11 @@ def values(kind: str) -> list:
     return out
 
 
-def cd(a: np.ndarray) -> list[list[int]]:
-    """Catalog ids as plain lists: plotly would send a numpy array as base64 in the events."""
-    return [[int(i)] for i in a.tolist()]
+def cd(a: np.ndarray) -> np.ndarray:
+    """Catalog ids as an (n, 1) object array: plotly validates it as one array (a list of
+    lists is checked item by item, ~0.5 s for 10k points) and still writes it as plain lists
+    (a numeric array would reach the selection events as base64)."""
+    return np.asarray(a, dtype=np.int64).astype(object).reshape(-1, 1)
 
 
 vals = values(color)
