@@ -167,7 +167,7 @@ def map_rows(root: str, db_url: str | None, model: str, generation: int, built_a
                      limit)["ids"].tolist()
     rows = {r.id: r for r in load_home(root, db_url).catalog.images(ids=list(ids))}
     out: dict[str, list] = {"label": [], "source": [], "synthetic": [], "sha256": [],
-                            "path": []}
+                            "path": [], "hover": []}
     for i in ids:
         r = rows.get(i)
         out["label"].append((r.label or "-") if r else "-")
@@ -175,4 +175,5 @@ def map_rows(root: str, db_url: str | None, model: str, generation: int, built_a
         out["synthetic"].append(bool(r.synthetic) if r else False)
         out["sha256"].append(r.sha256 if r else None)
         out["path"].append(r.path if r else "")
+        out["hover"].append(f"id {i}<br>{(r.label or '-') if r else '-'}")
     return out

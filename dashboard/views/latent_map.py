@@ -91,7 +91,7 @@ def cd(a: np.ndarray) -> np.ndarray:
 
 
 vals = values(color)
-hover = [f"id {i}<br>{lab}" for i, lab in zip(ids.tolist(), meta["label"].tolist(), strict=True)]
+hover = meta["hover"]  # "id N<br>label", built once per index generation (map_rows)
 fig = go.Figure()
 if color == "anomaly score":
     scored = np.array([v is not None for v in vals])
@@ -100,9 +100,9 @@ if color == "anomaly score":
                 "Unscored images are grey.")
     fig.add_scattergl(x=xy[~scored, 0], y=xy[~scored, 1], mode="markers", name="unscored",
                       marker=dict(color="#c8c8c8", size=6), customdata=cd(ids[~scored]),
-                      hovertext=np.array(hover)[~scored], hoverinfo="text")
+                      hovertext=hover[~scored], hoverinfo="text")
     fig.add_scattergl(x=xy[scored, 0], y=xy[scored, 1], mode="markers", name="scored",
-                      customdata=cd(ids[scored]), hovertext=np.array(hover)[scored],
+                      customdata=cd(ids[scored]), hovertext=hover[scored],
                       hoverinfo="text",
                       marker=dict(color=[v for v in vals if v is not None], size=7,
                                   colorscale="Turbo", showscale=True,
@@ -117,7 +117,7 @@ else:
         m = arr == cat
         fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(cat),
                           marker=dict(color=colours[cat], size=7),
-                          customdata=cd(ids[m]), hovertext=np.array(hover)[m],
+                          customdata=cd(ids[m]), hovertext=hover[m],
                           hoverinfo="text")
 if selection_ids or picked_id is not None:
     hi = np.array([i in selection_ids or i == picked_id for i in ids.tolist()])
