@@ -91,9 +91,14 @@ def index_generation(home: Home, model: ModelRow) -> tuple[int, str]:
 # ---- thumbnails ---------------------------------------------------------------------------
 
 
+_THUMB_DIRS: set[Path] = set()  # made already in this process: no mkdir per card per rerun
+
+
 def thumbs_dir(home: Home) -> Path:
     d = home.root / "thumbs"
-    d.mkdir(parents=True, exist_ok=True)
+    if d not in _THUMB_DIRS or not d.is_dir():
+        d.mkdir(parents=True, exist_ok=True)
+        _THUMB_DIRS.add(d)
     return d
 
 

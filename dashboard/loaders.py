@@ -160,12 +160,14 @@ def model_key(h: Home, model_id: int) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def map_rows(root: str, db_url: str | None, model: str, generation: int, built_at: str,
-             ntotal: int, ids: tuple[int, ...]) -> dict[str, list]:
-    """label, source, synthetic and sha256 of the latent map's points (one catalog read per
-    index generation)."""
+             ntotal: int, method: str, limit: int) -> dict[str, list]:
+    """label, source, synthetic and sha256 of the points of `projection` with the same
+    arguments (one catalog read per index generation; the key is small, not the 10k ids)."""
+    ids = projection(root, db_url, model, generation, built_at, ntotal, method,
+                     limit)["ids"].tolist()
     rows = {r.id: r for r in load_home(root, db_url).catalog.images(ids=list(ids))}
     out: dict[str, list] = {"label": [], "source": [], "synthetic": [], "sha256": [],
-                            "path": []}
+                            "path": [], "hover": []}
     for i in ids:
         r = rows.get(i)
         out["label"].append((r.label or "-") if r else "-")
@@ -173,4 +175,5 @@ def map_rows(root: str, db_url: str | None, model: str, generation: int, built_a
         out["synthetic"].append(bool(r.synthetic) if r else False)
         out["sha256"].append(r.sha256 if r else None)
         out["path"].append(r.path if r else "")
+        out["hover"].append(f"id {i}<br>{(r.label or '-') if r else '-'}")
     return out

@@ -36,7 +36,7 @@ if len(ids) == 0:
     st.stop()
 
 meta = loaders.map_rows(*loaders.home_location(), name, gen, built, ntotal,
-                        tuple(ids.tolist()))
+                        "pca" if method == "PCA" else "tsne", limit)
 meta = {k: np.asarray(v, dtype=object) for k, v in meta.items()}
 if f["labels"] or f["sources"] or f["tags"] or f["synthetic"] != "all":
     # the sidebar's filters on the points' cached metadata; tags through the catalog
@@ -83,13 +83,15 @@ def values(kind: str) -> list:
     return out
 
 
-def cd(a: np.ndarray) -> list[list[int]]:
-    """Catalog ids as plain lists: plotly would send a numpy array as base64 in the events."""
-    return [[int(i)] for i in a.tolist()]
+def cd(a: np.ndarray) -> np.ndarray:
+    """Catalog ids as an (n, 1) object array: plotly validates it as one array (a list of
+    lists is checked item by item, ~0.5 s for 10k points) and still writes it as plain lists
+    (a numeric array would reach the selection events as base64)."""
+    return np.asarray(a, dtype=np.int64).astype(object).reshape(-1, 1)
 
 
 vals = values(color)
-hover = [f"id {i}<br>{lab}" for i, lab in zip(ids.tolist(), meta["label"].tolist(), strict=True)]
+hover = meta["hover"]  # "id N<br>label", built once per index generation (map_rows)
 fig = go.Figure()
 if color == "anomaly score":
     scored = np.array([v is not None for v in vals])
@@ -98,9 +100,9 @@ if color == "anomaly score":
                 "Unscored images are grey.")
     fig.add_scattergl(x=xy[~scored, 0], y=xy[~scored, 1], mode="markers", name="unscored",
                       marker=dict(color="#c8c8c8", size=6), customdata=cd(ids[~scored]),
-                      hovertext=np.array(hover)[~scored], hoverinfo="text")
+                      hovertext=hover[~scored], hoverinfo="text")
     fig.add_scattergl(x=xy[scored, 0], y=xy[scored, 1], mode="markers", name="scored",
-                      customdata=cd(ids[scored]), hovertext=np.array(hover)[scored],
+                      customdata=cd(ids[scored]), hovertext=hover[scored],
                       hoverinfo="text",
                       marker=dict(color=[v for v in vals if v is not None], size=7,
                                   colorscale="Turbo", showscale=True,
@@ -115,7 +117,7 @@ else:
         m = arr == cat
         fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(cat),
                           marker=dict(color=colours[cat], size=7),
-                          customdata=cd(ids[m]), hovertext=np.array(hover)[m],
+                          customdata=cd(ids[m]), hovertext=hover[m],
                           hoverinfo="text")
 if selection_ids or picked_id is not None:
     hi = np.array([i in selection_ids or i == picked_id for i in ids.tolist()])
