@@ -44,6 +44,23 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _aware(when: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they were stored in UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def _built_now(s: Session) -> datetime:
+    """The time an index covering every catalog image was built: now, never before its newest.
+
+    An index is recorded under the write lock after it took in every image, so
+    no image can be newer than it; a wall clock stepped back (NTP, a VM's clock)
+    between the images' commit and this write must not make readers call it stale.
+    """
+    now = utcnow()
+    newest = s.scalar(select(func.max(ImageRow.ingested_at)))
+    return max(now, _aware(newest)) if newest is not None else now
+
+
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_TEXT_CHARS = 255  # labels and sources, on every database and vector store (docs/reliability.md)
 
@@ -721,7 +738,7 @@ class Catalog:
             row = s.scalar(q)
             if row is None:
                 row = IndexRow(model_id=model_id, backend=backend, spec=spec, path=path,
-                               ntotal=ntotal, generation=1, built_at=utcnow(),
+                               ntotal=ntotal, generation=1, built_at=_built_now(s),
                                model_sha256=model_sha256, metric=metric,
                                collection=collection)
                 s.add(row)
@@ -734,7 +751,7 @@ class Catalog:
                 if collection is not None:
                     row.collection = collection
                 row.generation += 1
-                row.built_at = utcnow()
+                row.built_at = _built_now(s)
             s.flush()
             return row
 

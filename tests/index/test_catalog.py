@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from latentsight.index.catalog import Catalog
+from latentsight.index.catalog import Catalog, ImageRow
 from latentsight.index.errors import CatalogError
 from sqlalchemy.exc import IntegrityError
 
@@ -59,6 +60,22 @@ def test_index_generation_increments(db_url):
     r2 = cat.record_index(model_id=m.id, backend="faiss", spec="Flat", path="i", ntotal=5)
     assert (r1.generation, r2.generation, r2.ntotal) == (1, 2, 5)
     assert cat.index_for(m.id).generation == 2
+
+
+def test_an_index_is_never_older_than_the_images_it_took_in(db_url):
+    # a wall clock stepped back between an ingest's commit and its index write (NTP, a VM)
+    # must not make every reader call the new index stale
+    cat = Catalog(db_url)
+    m = cat.add_model(name="m", kind="ae", config={}, checkpoint_path="p", checkpoint_sha256="0",
+                      metrics={})
+    ahead = datetime.now(timezone.utc) + timedelta(hours=1)
+    with cat.session() as s:
+        s.add(ImageRow(**_row(1), ingested_at=ahead))
+    row = cat.record_index(model_id=m.id, backend="faiss", spec="Flat", path="i", ntotal=1)
+    assert cat.count_images_since(row.built_at) == 0
+    with cat.session() as s:  # an image ingested after that build is still seen
+        s.add(ImageRow(**_row(2), ingested_at=ahead + timedelta(seconds=1)))
+    assert cat.count_images_since(cat.index_for(m.id).built_at) == 1
 
 
 def test_filters_by_label_source_and_synthetic(db_url):
