@@ -822,6 +822,15 @@ class FaissStore(VectorStore):
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if ids.size == 0:
             return np.zeros((0, self.dim), np.float32)
+        in_delta = np.isin(ids, self._delta_ids)
+        if in_delta.any():  # added since the main file was written whole
+            out = np.empty((len(ids), self.dim), np.float32)
+            order = np.argsort(self._delta_ids, kind="stable")
+            at = np.searchsorted(self._delta_ids[order], ids[in_delta])
+            out[in_delta] = self._delta_vecs[order[at]]
+            if not in_delta.all():
+                out[~in_delta] = self.vectors(ids[~in_delta])
+            return out
         id_map = faiss.vector_to_array(self.index.id_map)
         order = np.argsort(id_map, kind="stable")
         at = np.clip(np.searchsorted(id_map[order], ids), 0, max(0, len(id_map) - 1))

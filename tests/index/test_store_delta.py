@@ -70,6 +70,11 @@ def test_delta_survives_save_and_load(tmp_path, spec, metric):
     assert np.isin(hit, new).all()
     if metric != "ip":
         assert (hit == new[:3]).all()
+    # vectors read back from both parts, in the order asked (the latent map reads them so)
+    mixed = np.array([new[3], 7, new[0], 999])
+    np.testing.assert_allclose(again.vectors(mixed), everything.vectors(mixed), atol=1e-6)
+    with pytest.raises(StoreError, match="not in the index"):
+        again.vectors([new[1], 123456])
 
 
 def test_lazy_open_adds_without_reading_the_main_file(tmp_path):
