@@ -103,15 +103,23 @@ def image_of(ids: np.ndarray) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64) >> TILE_BITS
 
 
+def _files(home: Home, model: ModelRow, part: str) -> tuple[Path, Path]:
+    """(faiss file, JSON) of one of a model's side stores (`local`, `anomaly`)."""
+    return (home.indexes_dir / f"{model.name}.{part}.faiss",
+            home.indexes_dir / f"{model.name}.{part}.json")
+
+
+def _both_exist(files: tuple[Path, Path]) -> bool:
+    return files[0].is_file() and files[1].is_file()
+
+
 def paths(home: Home, model: ModelRow) -> tuple[Path, Path]:
     """(faiss file, geometry JSON) of a model's local vectors."""
-    return (home.indexes_dir / f"{model.name}.local.faiss",
-            home.indexes_dir / f"{model.name}.local.json")
+    return _files(home, model, "local")
 
 
 def has_local(home: Home, model: ModelRow) -> bool:
-    store_path, meta_path = paths(home, model)
-    return store_path.is_file() and meta_path.is_file()
+    return _both_exist(paths(home, model))
 
 
 @dataclass
@@ -519,13 +527,11 @@ ANOMALY_HINT = "Run: latentsight index build --anomaly SCAN_MODEL"
 
 def anomaly_paths(home: Home, model: ModelRow) -> tuple[Path, Path]:
     """(faiss file, JSON) of a model's anomaly-weighted vectors."""
-    return (home.indexes_dir / f"{model.name}.anomaly.faiss",
-            home.indexes_dir / f"{model.name}.anomaly.json")
+    return _files(home, model, "anomaly")
 
 
 def has_anomaly(home: Home, model: ModelRow) -> bool:
-    store_path, meta_path = anomaly_paths(home, model)
-    return store_path.is_file() and meta_path.is_file()
+    return _both_exist(anomaly_paths(home, model))
 
 
 @dataclass
