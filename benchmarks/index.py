@@ -500,8 +500,9 @@ def exact_rows(jobs: list[tuple[int, int]], seconds: float) -> dict:
     rows = []
     for n, dim in jobs:
         rows += exact_job(n, dim, seconds, lim)
+    refine = refine_rows(100_000, 128, (16, 64), seconds / 2, lim)
     lim["load"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    return {"rows": rows, "limits": lim}
+    return {"rows": rows, "refine": refine, "limits": lim}
 
 
 def blocked_before(xb: object, q: np.ndarray, k: int) -> tuple[object, object]:
@@ -623,6 +624,45 @@ def delta_rows(sizes: list[int], dim: int, adds: int, reps: int, full_reps: int)
     return {"rows": rows}
 
 
+def refine_rows(n: int, dim: int, k_factors: tuple[int, ...], seconds: float, lim: dict
+                ) -> list[dict]:
+    """The refine stage of IVF-PQ + RFlat: its time per query (the refined search minus its
+    base search at k * k_factor, timed in rotation) beside the memory-read bound of the
+    candidate rows it scores (k * k_factor * d * 4 bytes per query), and beside numpy
+    gathering the same rows (a random-access reference measured in the same run)."""
+    x, q = make_data(n, dim)
+    index = faiss.index_factory(dim, f"IVF{max(64, n // 400)},PQ{dim // 8},RFlat",
+                                faiss.METRIC_INNER_PRODUCT)
+    index.train(x[: min(n, 50_000)])
+    index.add(x)
+    refine = faiss.downcast_index(index)
+    base = faiss.downcast_index(refine.base_index)
+    base.nprobe = 16
+    batch = 256
+    rows = []
+    for kf in k_factors:
+        refine.k_factor = kf
+        cand = base.search(q[:batch], K * kf)[1]
+
+        def arg(i: int) -> np.ndarray:
+            s = (i * batch) % (len(q) - batch)
+            return q[s : s + batch]
+
+        fns = {"refined": lambda b: index.search(b, K),
+               "base": lambda b, kk=K * kf: base.search(b, kk),
+               "gather": lambda b, c=cand: x[c.ravel()].sum()}
+        t = interleaved(fns, arg, seconds)
+        per_q = max(t["refined"] - t["base"], 1e-12) / batch
+        nbytes = K * kf * dim * 4
+        bound = nbytes / (lim["memory"]["read_GBps"] * 1e9)
+        rows.append({"n": n, "dim": dim, "k_factor": kf, "candidates": K * kf,
+                     "refine_us": per_q * 1e6, "base_us": t["base"] / batch * 1e6,
+                     "gather_us": t["gather"] / batch * 1e6, "bound_us": bound * 1e6,
+                     "of_bound": bound / per_q})
+        log(f"  refine k_factor {kf}: {per_q * 1e6:.1f} us/query (bound {bound * 1e6:.1f})")
+    return rows
+
+
 def render_exact(res: dict) -> str:
     lim = res["limits"]
     lines = [
@@ -648,6 +688,23 @@ def render_exact(res: dict) -> str:
         lines.append(f"| {r['n']:,} x {r['dim']} | {r['batch']} | {name} | {r['qps']:,.0f} | "
                      f"{r['bound_qps']:,.0f} ({r['bound_by']}) | {r['of_bound']:.2f} | "
                      f"{r['vs_fastest_raw']:.2f} |")
+    if res.get("refine"):
+        lines += [
+            "",
+            "The refine stage (faiss's own `RFlat` re-ranking of IVF-PQ candidates, not a",
+            "BLAS call): per query, the refined search minus its base search at k x k_factor",
+            "candidates (batches of 256, timed in rotation), beside the memory-read bound of",
+            "the candidate rows it reads (k x k_factor x d x 4 bytes at the bandwidth above)",
+            "and numpy gathering and summing the same rows (random access, same run).",
+            "",
+            "| N x d | k_factor | candidates | refine (us/query) | bound (us) | of bound | "
+            "numpy gather (us) | base search (us) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in res["refine"]:
+            lines.append(f"| {r['n']:,} x {r['dim']} | {r['k_factor']} | {r['candidates']} | "
+                         f"{r['refine_us']:.1f} | {r['bound_us']:.1f} | {r['of_bound']:.2f} | "
+                         f"{r['gather_us']:.1f} | {r['base_us']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
