@@ -11,7 +11,6 @@ vectors on the way in and scores by inner product, i.e. cosine similarity;
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
 import math
 import os
@@ -27,8 +26,6 @@ from latentsight.embedder.devices import check_device
 from latentsight.embedder.fsutil import atomic_write
 from latentsight.index.errors import StoreError
 from latentsight.index.threads import cores, one_torch_thread
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +145,7 @@ def exact_search(
     xb: object, q: np.ndarray, k: int, *, metric: str, xnorm: object | None = None,
     mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of queries `q` over the rows of `xb` through torch's CPU BLAS.
+    """Exact top-k of queries `q` over the rows of `xb` through a fast CPU BLAS.
 
     `xb` is a torch float32 (n, d) tensor (a view of faiss's own rows, or the
     delta's), `q` float32 (nq, d) already prepared as the store prepares
@@ -158,9 +155,11 @@ def exact_search(
     0). `mask` (n,) bool limits the candidates. Returns (scores, positions),
     (nq, k), best first, -inf / -1 in missing slots.
 
-    faiss's own Flat search runs 3-10x slower on the development machine
-    (docs/benchmarks.md, "Limits"); the same product through torch runs near
-    the GEMM / memory-bandwidth limit.
+    faiss's own Flat search runs 2-10x slower on the development machines
+    (docs/benchmarks.md, "Exact search at the limit"). The product runs through
+    torch's BLAS or numpy's, whichever this machine runs faster (`blas_for`:
+    MKL, torch's, is fast on Intel and slow on AMD CPUs, where numpy's OpenBLAS
+    wins), measured once per process for single queries and for batches.
     """
     import torch
 
@@ -178,41 +177,16 @@ def exact_search(
             sn = None if xnorm is None else xnorm[torch.from_numpy(pos)]
             s, p = exact_search(sub, q, k, metric=metric, xnorm=sn)
             return s, np.where(p >= 0, pos[np.clip(p, 0, None)], -1)
-        blocked = torch.from_numpy(~mask)
     qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
     kk = min(k, n)
-    # Row chunks whose (nq, rows) score block stays in cache (<= 1 MiB, at most 16k rows),
-    # each multiplied and reduced to its top k on one torch thread, chunks shared out to a
-    # thread per core; the chunks' top k are merged once at the end.
-    rows = int(min(16384, max(1024, (1 << 18) // max(nq, 1))))
-    rows = max(1024, min(rows, -(-n // cores())))  # a few queries: every core gets rows
-    starts = list(range(0, n, rows))
-
-    def chunk(b0: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = qt @ xb[b0 : b0 + rows].T  # (nq, B)
-        if metric == "l2":
-            s.mul_(2).sub_(xnorm[b0 : b0 + rows])  # 2 q.x - |x|^2: larger is nearer
-        if mask is not None:
-            s.masked_fill_(blocked[b0 : b0 + rows], -np.inf)
-        v, i = torch.topk(s, min(kk, s.shape[1]), dim=1)  # (nq, kk), sorted
-        return v, i.add_(b0)
-
+    blocked = None if mask is None else torch.from_numpy(~mask)
     small = n * int(q.shape[1]) * nq < SMALL_SEARCH_MACS
-    with torch.no_grad(), contextlib.nullcontext() if small else one_torch_thread():
-        if small:  # one block on torch's own threads: a hand-off would cost more than it saves
-            rows = n
-            parts = [chunk(0)]
-        elif len(starts) > 1 and cores() > 1:
-            parts = list(_search_pool().map(chunk, starts))
-        else:
-            parts = [chunk(b0) for b0 in starts]
-        if len(parts) == 1:
-            best_s, best_p = parts[0]
-        else:
-            v = torch.cat([p[0] for p in parts], 1)
-            i = torch.cat([p[1] for p in parts], 1)
-            best_s, j = torch.topk(v, kk, dim=1)
-            best_p = torch.gather(i, 1, j)
+    with torch.no_grad():
+        tiny = n * int(q.shape[1]) < CALIBRATE_ROWS_X_DIM  # too few rows to time the BLAS
+        if not tiny and blas_for(xb, qt) == "numpy":
+            best_s, best_p = _numpy_blocks(xb, qt, kk, metric, xnorm, blocked)
+        else:  # small: one block on torch's threads (a hand-off would cost more than it saves)
+            best_s, best_p = _torch_chunks(xb, qt, kk, metric, xnorm, blocked, small=small)
         scores, pos = best_s.numpy(), best_p.numpy().astype(np.int64)
         if metric == "l2":  # -(|q|^2 + |x|^2 - 2 q.x), clamped like faiss's distances
             qn = (qt * qt).sum(1, keepdim=True).numpy()
@@ -226,12 +200,111 @@ def exact_search(
     return out_s, out_p
 
 
+def _block_topk(s: object, b0: int, kk: int, metric: str, xnorm: object | None,
+                blocked: object | None) -> tuple[object, object]:
+    """One (nq, rows) score block starting at row b0 -> its (scores, positions) top kk."""
+    import torch
+
+    rows = s.shape[1]
+    if metric == "l2":
+        s.mul_(2).sub_(xnorm[b0 : b0 + rows])  # 2 q.x - |x|^2: larger is nearer
+    if blocked is not None:
+        s.masked_fill_(blocked[b0 : b0 + rows], -np.inf)
+    v, i = torch.topk(s, min(kk, rows), dim=1)  # (nq, kk), sorted
+    return v, i.add_(b0)
+
+
+def _merge_parts(parts: list[tuple[object, object]], kk: int) -> tuple[object, object]:
+    import torch
+
+    if len(parts) == 1:
+        return parts[0]
+    v = torch.cat([p[0] for p in parts], 1)
+    i = torch.cat([p[1] for p in parts], 1)
+    best_s, j = torch.topk(v, kk, dim=1)
+    return best_s, torch.gather(i, 1, j)
+
+
+def _torch_chunks(xb: object, qt: object, kk: int, metric: str, xnorm: object | None,
+                  blocked: object | None, *, small: bool = False) -> tuple[object, object]:
+    """torch's BLAS: row chunks whose (nq, rows) score block stays in cache (<= 1 MiB, at
+    most 16k rows), each multiplied and reduced to its top k on one torch thread, chunks
+    shared out to a thread per core; the chunks' top k merged once at the end."""
+    n, nq = int(xb.shape[0]), int(qt.shape[0])
+    if small:
+        return _block_topk(qt @ xb.T, 0, kk, metric, xnorm, blocked)
+    rows = int(min(16384, max(1024, (1 << 18) // max(nq, 1))))
+    rows = max(1024, min(rows, -(-n // cores())))  # a few queries: every core gets rows
+    starts = list(range(0, n, rows))
+
+    def chunk(b0: int) -> tuple[object, object]:
+        return _block_topk(qt @ xb[b0 : b0 + rows].T, b0, kk, metric, xnorm, blocked)
+
+    with one_torch_thread():
+        if len(starts) > 1 and cores() > 1:
+            parts = list(_search_pool().map(chunk, starts))
+        else:
+            parts = [chunk(b0) for b0 in starts]
+        return _merge_parts(parts, kk)
+
+
+def _numpy_blocks(xb: object, qt: object, kk: int, metric: str, xnorm: object | None,
+                  blocked: object | None) -> tuple[object, object]:
+    """numpy's BLAS (OpenBLAS, on its own threads): blocks of rows whose score block is at
+    most 64 MiB, each reduced to its top k by torch on the same memory (no copy)."""
+    import torch
+
+    x, q = xb.numpy(), qt.numpy()  # views, no copies
+    n, nq = len(x), len(q)
+    rows = max(4096, (1 << 24) // max(nq, 1))
+    parts = [_block_topk(torch.from_numpy(q @ x[b0 : b0 + rows].T), b0, kk, metric, xnorm,
+                         blocked) for b0 in range(0, n, rows)]
+    return _merge_parts(parts, kk)
+
+
 # Below this many multiply-adds (n * d * queries; 10k x 384 at batch 1 is 3.8M) a search is
 # one product on the calling thread: the chunk hand-off and the thread-count switch cost
 # more than they save (docs/benchmarks.md, "Exact search at the limit").
 SMALL_SEARCH_MACS = 1 << 24
+CALIBRATE_ROWS_X_DIM = 1 << 20  # below this many row floats (4 MiB) torch, unmeasured
+BLAS_ENV = "LATENTSIGHT_EXACT_BLAS"  # torch | numpy: skip the measurement, use this one
+_BLAS: dict[str, str] = {}
+_BLAS_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
+
+
+def blas_for(xb: object, qt: object) -> str:
+    """"torch" or "numpy": whichever runs this shape of search faster on this machine.
+
+    Measured once per process and per kind (a single query is a matrix-vector product,
+    bound by memory; a batch is a matrix product, bound by FLOP/s): both kernels search
+    the first rows of `xb` (at most 32k) three times, the faster by its best time is kept.
+    `LATENTSIGHT_EXACT_BLAS=torch|numpy` sets it instead.
+    """
+    import time
+
+    forced = os.environ.get(BLAS_ENV, "").strip().lower()
+    if forced in ("torch", "numpy"):
+        return forced
+    kind = "gemv" if int(qt.shape[0]) <= 4 else "gemm"
+    with _BLAS_LOCK:
+        if kind in _BLAS:
+            return _BLAS[kind]
+        sample = xb[: min(int(xb.shape[0]), 32768)]
+        best = {}
+        for name, fn in (("torch", _torch_chunks), ("numpy", _numpy_blocks)):
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                fn(sample, qt, 10, "ip", None, None)
+                times.append(time.perf_counter() - t)
+            best[name] = min(times)
+        _BLAS[kind] = min(best, key=best.get)
+        log.info("exact search (%s): %s's BLAS (torch %.2f ms, numpy %.2f ms on %d rows)",
+                 kind, _BLAS[kind], best["torch"] * 1e3, best["numpy"] * 1e3, len(sample))
+        return _BLAS[kind]
+
 
 
 def _search_pool() -> ThreadPoolExecutor:

@@ -126,9 +126,52 @@ def test_filter_through_resolver_and_k_beyond_n():
     assert (np.diff(s[:, :25], axis=1) <= 1e-6).all()  # best first
 
 
-def test_exact_search_blocks_merge():
-    """More rows than one score block: the per-block top-k merge gives the global top-k."""
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_both_kernels_match_faiss_beyond_the_small_path(monkeypatch, blas, metric):
+    """Searches big enough for the chunked kernels (not the one-product small path): torch's
+    and numpy's BLAS each give faiss's ids and scores, filtered and not."""
+    import latentsight.index.store as store_mod
+
+    monkeypatch.setenv(store_mod.BLAS_ENV, blas)
+    x, _, ids = _data(40_000)
+    q = np.random.default_rng(3).standard_normal((20, DIM)).astype(np.float32)
+    assert 40_000 * DIM * len(q) >= store_mod.SMALL_SEARCH_MACS
+    store = FaissStore(DIM, "Flat", metric=metric)
+    store.add(ids, x)
+    ref = _faiss_flat(metric, x, ids)
+    _same(store.search(q, 10), _faiss_search(ref, metric, q, 10))
+    allowed = ids[np.random.default_rng(4).random(len(ids)) < 0.6]
+    _same(store.search(q, 10, allowed_ids=allowed), _faiss_search(ref, metric, q, 10, allowed))
+
+
+def test_blas_choice_is_measured_once_per_kind(monkeypatch):
+    """Without the override, the kernel is picked by timing both, once for single queries
+    and once for batches, and kept."""
+    import latentsight.index.store as store_mod
     import torch
+
+    monkeypatch.delenv(store_mod.BLAS_ENV, raising=False)
+    monkeypatch.setattr(store_mod, "_BLAS", {})
+    xb = torch.from_numpy(np.random.default_rng(0).standard_normal((50_000, DIM))
+                          .astype(np.float32))
+    one = torch.zeros((1, DIM))
+    many = torch.zeros((64, DIM))
+    first = store_mod.blas_for(xb, one)
+    assert first in ("torch", "numpy") and set(store_mod._BLAS) == {"gemv"}
+    store_mod._BLAS["gemv"] = "numpy" if first == "torch" else "torch"  # kept, not re-measured
+    assert store_mod.blas_for(xb, one) == store_mod._BLAS["gemv"]
+    assert store_mod.blas_for(xb, many) in ("torch", "numpy")
+    assert set(store_mod._BLAS) == {"gemv", "gemm"}
+
+
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
+def test_exact_search_blocks_merge(monkeypatch, blas):
+    """More rows than one score block: the per-block top-k merge gives the global top-k."""
+    import latentsight.index.store as store_mod
+    import torch
+
+    monkeypatch.setenv(store_mod.BLAS_ENV, blas)
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((20_000, 8)).astype(np.float32)
