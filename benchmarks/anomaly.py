@@ -57,7 +57,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
 
-DATA = ROOT.parent / "shared" / "datasets"
+# a worktree beside the main checkout points here with LATENTSIGHT_DATASETS=/work/shared/datasets
+DATA = Path(os.environ.get("LATENTSIGHT_DATASETS") or ROOT.parent / "shared" / "datasets")
 PROTOCOLS = ("elpv-mono", "elpv-poly", "neu-oneclass", "neu-synthetic", "shapes")
 SCORERS = ["detector"]  # --with-texture adds the previous default (detector:texture ~ it)
 BASELINES = ("pca64", "1nn")
