@@ -57,7 +57,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
 
-DATA = ROOT.parent / "shared" / "datasets"
+# a worktree beside the main checkout points here with LATENTSIGHT_DATASETS=/work/shared/datasets
+DATA = Path(os.environ.get("LATENTSIGHT_DATASETS") or ROOT.parent / "shared" / "datasets")
 PROTOCOLS = ("elpv-mono", "elpv-poly", "neu-oneclass", "neu-synthetic", "shapes")
 SCORERS = ["detector"]  # --with-texture adds the previous default (detector:texture ~ it)
 BASELINES = ("pca64", "1nn")
@@ -86,6 +87,16 @@ VARIANTS = {
     # candidate synthetic-anomaly segmentation part (--parts pca,gauss,texture,nn,seg)
     "detector:seg": (("seg",), "max", "q90"),
     "detector+seg": (("pca", "gauss", "texture", "nn", "seg"), "l2", "q90"),
+    # candidate image-level parts (--parts pca,gauss,texture,nn,pcamean,nncos): the PCA-64
+    # baseline's whole-image mean error on the grid, and a 1-NN of per-image normalized grids
+    "detector:pcamean": (("pcamean",), "max", "q90"),
+    "detector:nncos": (("nncos",), "max", "q90"),
+    "detector:pca+gauss+texture+nn": (("pca", "gauss", "texture", "nn"), "l2", "q90"),
+    "detector+pcamean": (("pca", "gauss", "texture", "nn", "pcamean"), "l2", "q90"),
+    "detector+nncos": (("pca", "gauss", "texture", "nn", "nncos"), "l2", "q90"),
+    "detector+pcamean+nncos": (("pca", "gauss", "texture", "nn", "pcamean", "nncos"), "l2",
+                               "q90"),
+    "detector:pcamean+gauss+texture+nn": (("pcamean", "gauss", "texture", "nn"), "l2", "q90"),
 }
 # Heatmap rules measured for the localization (NEU synthetic): name -> (parts, combine,
 # spread), over the parts' standardized maps (`part_maps`).

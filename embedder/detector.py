@@ -25,7 +25,11 @@ Four parts, each learned from the `reference` (training) normals:
   (raw-pixel 1-NN, at most MAX_NN_REF kept); catches a wrong shape.
 
 Optional parts, measured by benchmarks/anomaly.py (`--parts`) and not in the
-default because they do not raise its worst protocol: `pca2` / `gauss2`
+default because they do not raise its worst protocol: `pcamean` (the mean of
+the `pca` part's squared error over the whole grid instead of its pooled
+maximum: the PCA-64 baseline's global reconstruction energy), `nncos` (the
+1-NN distance of the grid images each made zero-mean and unit-norm first:
+position-aligned shape, blind to brightness and contrast), `pca2` / `gauss2`
 (`pca` / `gauss` on a finer grid, `fine_grid` = 128 cells on the long side)
 and `seg` (a small segmentation net trained from scratch on synthetic
 anomalies made from the training images, DRAEM-style: embedder/synthetic.py;
@@ -39,7 +43,8 @@ up. Models saved before (state without "version") keep their rule: softplus
 of the max of (s - median) / std. Chosen by the worst protocol of
 benchmarks/anomaly.py. The combined score is then calibrated like every
 scorer (threshold 1.0 at the target FPR). The heatmap comes from the parts
-that localize (MAP_PARTS: all but the image-level `nn`): at each pixel the
+that localize (MAP_PARTS: all but the image-level `nn`, `pcamean`, `nncos`):
+at each pixel the
 largest of their standardized, pooled maps at the (scaled) input size
 (version-1 models: softplus of that maximum, as before).
 """
@@ -59,12 +64,17 @@ from latentsight.embedder.synthetic import Segmenter, segment, train_segmenter
 
 log = logging.getLogger(__name__)
 
-PARTS = ("pca", "gauss", "texture", "nn", "pca2", "gauss2", "seg")
-GLOBAL_PARTS = ("pca", "gauss", "nn", "pca2", "gauss2", "seg")
+PARTS = ("pca", "gauss", "texture", "nn", "pca2", "gauss2", "seg", "pcamean", "nncos")
+GLOBAL_PARTS = ("pca", "gauss", "nn", "pca2", "gauss2", "seg", "pcamean", "nncos")
+# the parts that keep the reference grid images (`grid_ref`)
+NN_PARTS = ("nn", "nncos")
+# image-level parts: one number per image (their map is not used for the heatmap)
+IMAGE_PARTS = ("nn", "pcamean", "nncos")
 # the parts on the fine grid (`fine_grid` cells on the long side, twice the global grid)
 FINE_PARTS = ("pca2", "gauss2")
 # The heatmap combines only the parts whose maps say where: `nn` is an image-level distance
-# (to one whole nearest image), its map is nearly flat and would hide the defect.
+# (to one whole nearest image), its map is nearly flat and would hide the defect; the
+# other IMAGE_PARTS (a whole-image mean, a normalized 1-NN) likewise.
 MAP_PARTS = ("pca", "gauss", "texture", "pca2", "gauss2", "seg")
 DEFAULT_PARTS = ("pca", "gauss", "texture", "nn")
 COMBINES = ("l2", "mean", "max")
@@ -124,6 +134,12 @@ def _combine_z(z: np.ndarray, how: str, axis: int) -> np.ndarray:
     if how == "l2":
         return np.sqrt(np.square(np.maximum(z, 0.0)).sum(axis=axis))
     return np.logaddexp(0.0, z.mean(axis=axis) if how == "mean" else z.max(axis=axis))
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows of (N, D) minus their mean, divided by their norm (a flat row stays zero)."""
+    d = x - x.mean(1, keepdim=True)
+    return d / d.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
 class DetectorScorer(TextureScorer):
@@ -262,12 +278,13 @@ class DetectorScorer(TextureScorer):
             self.grid_components_ = vt[:k].float().numpy()  # (k, D)
         else:
             self.grid_components_ = np.zeros((0, x.shape[1]), dtype=np.float32)
-        if "nn" in self.parts:
+        if any(p in self.parts for p in NN_PARTS):
             keep = np.arange(len(x))
             if len(x) > MAX_NN_REF:
                 keep = np.sort(np.random.default_rng(self.seed).choice(
                     len(x), MAX_NN_REF, replace=False))
             self.grid_ref_ = x[torch.from_numpy(keep)].float().numpy()  # (R, D)
+        self._unit_ref = None  # nncos: the unit reference rows, made on first use
         if "seg" in self.parts:  # synthetic-anomaly segmentation net on the grid images
             gh, gw = self.geometry_["grid"]
             xs = x.float().view(len(x), self.encoder.channels, gh, gw)
@@ -294,12 +311,15 @@ class DetectorScorer(TextureScorer):
         x = self._grid_pixels([pixels])[0]  # (D,)
         mean = torch.from_numpy(self.grid_mean_)
         out = {}
-        if "pca" in self.parts:
+        if "pca" in self.parts or "pcamean" in self.parts:
             v = torch.from_numpy(self.grid_components_)  # (k, D)
             d = x - mean
             r = d - (d @ v.T) @ v
             e = (r * r).view(c, gh, gw).mean(0)[None, None]  # (1, 1, gh, gw)
-            out["pca"] = _pool_same(e, min(self.grid_window, gh, gw))
+            m = _pool_same(e, min(self.grid_window, gh, gw))
+            out["pca"] = m
+            # the whole image's mean squared error (the PCA-64 baseline's statistic)
+            out["pcamean"] = (m, float(e.mean()))
         if "gauss" in self.parts:
             z = ((x - mean) / torch.from_numpy(self.grid_std_)).abs()
             z = z.view(c, gh, gw).mean(0)[None, None]
@@ -313,6 +333,14 @@ class DetectorScorer(TextureScorer):
             # map: the squared difference to the nearest normal, pooled; score: the distance
             m = _pool_same(e, min(self.grid_window, gh, gw))
             out["nn"] = (m, float(diff.sum().sqrt()))
+        if "nncos" in self.parts:
+            ref = self._unit_reference()  # (R, D), rows zero-mean, unit norm
+            u = _unit(x[None])[0]  # (D,)
+            j = int((ref @ u).argmax())  # the largest cosine = the smallest unit distance
+            diff = (u - ref[j]) ** 2
+            m = _pool_same(diff.view(c, gh, gw).mean(0)[None, None],
+                           min(self.grid_window, gh, gw))
+            out["nncos"] = (m, float(diff.sum().sqrt()))
         if "seg" in self.parts:
             p = segment(self.seg_net_, x.view(1, c, gh, gw))
             out["seg"] = _pool_same(p, min(self.grid_window, gh, gw))
@@ -345,11 +373,21 @@ class DetectorScorer(TextureScorer):
                 scores.append(score)
                 # in score units: the pooled squared difference summed over the grid, rooted
                 maps.append((m * float(m[0, 0].numel() * self.encoder.channels)).sqrt())
+            elif part in IMAGE_PARTS:  # an image-level score; its map is not in MAP_PARTS
+                m, score = glob[part]
+                scores.append(score)
+                maps.append(m)
             else:
                 m = glob[part]
                 scores.append(float(m.max()))
                 maps.append(m)
         return np.asarray(scores, dtype=np.float64), maps
+
+    def _unit_reference(self) -> torch.Tensor:
+        """The reference grid images made zero-mean and unit-norm (nncos), cached."""
+        if getattr(self, "_unit_ref", None) is None:
+            self._unit_ref = _unit(torch.from_numpy(self.grid_ref_))
+        return self._unit_ref
 
     def _texture_reduce(self, m: torch.Tensor) -> float:
         w = min(self.window, *m.shape[-2:])
@@ -446,7 +484,7 @@ class DetectorScorer(TextureScorer):
         if any(p in self.parts for p in GLOBAL_PARTS):
             out.update({"grid_mean": self.grid_mean_, "grid_std": self.grid_std_,
                         "grid_components": self.grid_components_})
-        if "nn" in self.parts:
+        if any(p in self.parts for p in NN_PARTS):
             out["grid_ref"] = self.grid_ref_
         if any(p in self.parts for p in FINE_PARTS):
             out.update({"grid2_mean": self.grid2_mean_, "grid2_std": self.grid2_std_,
@@ -466,8 +504,9 @@ class DetectorScorer(TextureScorer):
             self.grid_mean_ = np.asarray(arrays["grid_mean"], dtype=np.float32)
             self.grid_std_ = np.asarray(arrays["grid_std"], dtype=np.float32)
             self.grid_components_ = np.asarray(arrays["grid_components"], dtype=np.float32)
-        if "nn" in self.parts:
+        if any(p in self.parts for p in NN_PARTS):
             self.grid_ref_ = np.asarray(arrays["grid_ref"], dtype=np.float32)
+            self._unit_ref = None
         if any(p in self.parts for p in FINE_PARTS):
             self.grid2_mean_ = np.asarray(arrays["grid2_mean"], dtype=np.float32)
             self.grid2_std_ = np.asarray(arrays["grid2_std"], dtype=np.float32)

@@ -117,7 +117,8 @@ def test_detector_fits_and_scores_mixed_non_square_sizes(encoder):
 def test_detector_parts_and_validation(encoder):
     rng = np.random.default_rng(9)
     imgs = [grain(rng) for _ in range(12)]
-    for parts in (("pca",), ("gauss", "texture"), ("nn",)):
+    for parts in (("pca",), ("gauss", "texture"), ("nn",), ("pcamean",), ("nncos",),
+                  ("pca", "pcamean", "nncos")):
         sc = make_scorer("detector", encoder, parts=parts, fpr=0.1).fit(imgs)  # two-fold
         scores, z = sc.part_decision(imgs[:2])
         assert set(z) == set(parts)
@@ -243,3 +244,33 @@ def test_detector_seg_part_trains_saves_and_loads(encoder):
     assert xa.shape == x.shape and m.shape == (6, 1, 24, 24)
     assert torch.equal(xa * (1 - m), x * (1 - m))  # only inside the masks
     assert 0 <= float(xa.min()) and float(xa.max()) <= 1
+
+
+def test_image_level_parts_pcamean_and_nncos(encoder):
+    """`pcamean` is the whole grid's mean squared PCA reconstruction error (the PCA-64
+    baseline's statistic, where `pca` takes the pooled maximum); `nncos` is the 1-NN distance
+    of zero-mean unit-norm grids, blind to brightness and contrast where `nn` is not. Both
+    are image-level: not in the heatmap's parts."""
+    rng = np.random.default_rng(13)
+    ref, calib = [grain(rng) for _ in range(12)], [grain(rng) for _ in range(8)]
+    sc = make_scorer("detector", encoder, parts=("pca", "nn", "pcamean", "nncos"),
+                     fpr=0.1).fit(calib, reference=ref)
+    img, _ = dark_defect(grain(rng), "spot", rng)
+    raw = sc.part_raw([img])[0]
+    # the 48x48 grid is the image itself (repeated per channel: (C, H, W) flattened)
+    x = np.tile(img.astype(np.float64).ravel() / 255, encoder.channels)
+    d = x - sc.grid_mean_
+    v = sc.grid_components_.astype(np.float64)
+    r = d - (d @ v.T) @ v
+    assert raw[2] == pytest.approx(float(np.mean(r * r)), rel=1e-4)
+    assert raw[2] < raw[0]  # the mean of the error map, below its pooled maximum
+    # an affine copy of a reference image (half the contrast, brighter): far from every
+    # reference in raw pixels, at (almost) zero distance once each grid is normalized
+    copy = np.clip(0.5 * ref[3].astype(np.float64) + 70, 0, 255).round().astype(np.uint8)
+    raw_copy, raw_ref = sc.part_raw([copy, ref[3]])
+    assert raw_ref[1] == pytest.approx(0, abs=1e-3) and raw_ref[3] == pytest.approx(0, abs=1e-3)
+    assert raw_copy[3] < 0.05 < 10 * raw_copy[3] < raw_copy[1]
+    assert set(sc.part_maps(img)) == {"pca"}
+    again = scorer_from_state(encoder, sc.state(), sc.arrays())
+    np.testing.assert_allclose(again.part_raw([img, copy]), sc.part_raw([img, copy]),
+                               rtol=1e-5, atol=1e-7)

@@ -16,6 +16,16 @@ from sklearn.metrics import roc_auc_score
 from tests.imagegen import normal_textures, texture
 
 FPR = 0.1
+# detector configurations beside the registered scorers' defaults, under the same contract:
+# name -> (scorer, options)
+CONFIGS = {"detector+pcamean+nncos": ("detector", {
+    "parts": ("pca", "gauss", "texture", "nn", "pcamean", "nncos")})}
+CASES = sorted(SCORERS) + sorted(CONFIGS)
+
+
+def build(name, encoder, **kwargs):
+    scorer, options = CONFIGS.get(name, (name, {}))
+    return make_scorer(scorer, encoder, **options, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +44,8 @@ def fitted(encoder, reference):
     """Every scorer fitted once on 30 held-out normals (the kNN bank from 30 others)."""
     calib = normal_textures(30, seed=12)
     out = {}
-    for name in SCORERS:
-        sc = make_scorer(name, encoder, fpr=FPR)
+    for name in CASES:
+        sc = build(name, encoder, fpr=FPR)
         ret = sc.fit(calib, reference=reference)
         assert ret is sc  # fit returns self
         out[name] = sc
@@ -54,7 +64,7 @@ def defects():
     return imgs, masks
 
 
-@pytest.mark.parametrize("name", sorted(SCORERS))
+@pytest.mark.parametrize("name", CASES)
 def test_contract(name, fitted):
     sc = fitted[name]
     assert sc.decision_scores_.shape == (30,)
@@ -75,7 +85,7 @@ def test_contract(name, fitted):
         assert m.shape == im.shape[:2]
 
 
-@pytest.mark.parametrize("name", sorted(SCORERS))
+@pytest.mark.parametrize("name", CASES)
 def test_calibrated_fpr_on_held_out_normals_is_near_target(name, fitted):
     sc = fitted[name]
     held_out = normal_textures(160, seed=30)
@@ -89,7 +99,7 @@ def test_calibrated_fpr_on_held_out_normals_is_near_target(name, fitted):
     assert sc.threshold_for_fpr(0.5) < sc.threshold_
 
 
-@pytest.mark.parametrize("name", sorted(SCORERS))
+@pytest.mark.parametrize("name", CASES)
 def test_state_round_trip_gives_the_same_scores(name, fitted, encoder):
     sc = fitted[name]
     again = scorer_from_state(encoder, sc.state(), sc.arrays())
@@ -133,9 +143,9 @@ def test_kdtree_bank_search_is_exact(fitted, monkeypatch):
         sc._set_bank(sc.bank_)
 
 
-@pytest.mark.parametrize("name", sorted(SCORERS))
+@pytest.mark.parametrize("name", CASES)
 def test_validation_happens_in_fit(name, encoder):
-    sc = make_scorer(name, encoder, fpr=0.7)  # the constructor only stores it
+    sc = build(name, encoder, fpr=0.7)  # the constructor only stores it
     with pytest.raises(ValueError, match="'fpr' option must be in"):
         sc.fit(normal_textures(4, seed=1))
     with pytest.raises(RuntimeError, match="not fitted"):
