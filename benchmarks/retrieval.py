@@ -71,16 +71,17 @@ from latentsight.training.evaluate import (  # noqa: E402
 from latentsight.training.train import TrainConfig, train  # noqa: E402
 from PIL import Image  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "datasets"
+DATA = Path(os.environ.get("LATENTSIGHT_BENCH_DATA", ROOT.parent / "shared" / "datasets"))
 NEU, ELPV = DATA / "neu-cls", DATA / "elpv"
 SECTION = "Retrieval across protocols (issue 14)"
 RESULTS = ROOT / "benchmarks" / "results" / "retrieval_protocols.json"
 K = 10
 
-AUGMENT = {"crop_scale": 0.5, "rotate_deg": 10.0}
+# every view field spelled out: a variant must not change when TrainConfig's defaults do
+AUGMENT = {"augment": True, "crop_scale": 0.5, "rotate_deg": 10.0, "jitter": 0.0, "noise": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "ae": {"model": "ae", "aux": "none", **AUGMENT},
-    "ae+infonce": {"model": "ae", "aux": "infonce", **AUGMENT},  # = `latentsight train`
+    "ae+infonce": {"model": "ae", "aux": "infonce", **AUGMENT},  # the default before issue 14
     "vae": {"model": "vae", "aux": "none", **AUGMENT},
     "vae+infonce": {"model": "vae", "aux": "infonce", **AUGMENT},
     "vit": {"model": "vit", "aux": "none", **AUGMENT},
@@ -89,11 +90,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ae+infonce-photo": {"model": "ae", "aux": "infonce", "augment": False, "crop_scale": 0.85,
                          "rotate_deg": 20.0, "jitter": 0.3, "noise": 0.12},
 }
-DEFAULT_VARIANT = "ae+infonce"  # what `latentsight train` trains with no options
+# What `latentsight train` trains with no options (TrainConfig's defaults, issue 14): the
+# ae+infonce-photo views, indexed as [unit(PCA-64 of standardized pixels), unit(learned)].
+# A "pca(std)+X" name given to --only runs variant X with --pixel-pca-standardize.
+DEFAULT_VARIANT = "pca(std)+ae+infonce-photo"
 BOX_VARIANTS = ("ae", "ae+infonce", "ae+infonce-photo")  # region search: a tile index each
 WEIGHTS: tuple[float, ...] = ()  # --explore: rows [unit(PCA), w * unit(learned)] (--weights)
 EXPLORE = False  # --explore: also rows with the learned part centred on its gallery mean
 PCA_STANDARDIZE = False  # --pca-standardize: "pca+X" rows with --pixel-pca-standardize
+SEED = 0  # --seed: the subsets, the pasted defects, the digit queries and the training seed
 
 
 def log(msg: str) -> None:
@@ -394,8 +399,10 @@ def pixel_anomaly_scores(proto: Protocol, side: int = 16) -> dict[str, float]:
     return figures(proto.score(unit(np.stack(vecs)), None, "cosine"))
 
 
-def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str, Any]:
+def run_variant(proto: Protocol, name: str, epochs: int, box: bool,
+                standardize: bool = False) -> dict[str, Any]:
     fields = dict(VARIANTS[name])
+    std = standardize or PCA_STANDARDIZE
     mc: dict[str, Any] = {"image_size": proto.size}
     if fields["model"] in ("ae", "vae"):
         mc |= {"width": 16, "depth": 3 if proto.size == 32 else 4}
@@ -404,7 +411,7 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
     ep = epochs * (2 if fields["model"] == "vit" else 1)
     k = min(64, len(proto.rows) - 1)
     cfg = TrainConfig(**fields, epochs=ep, name=name.replace("+", "_"), device="cpu", patience=100,
-                      model_config=mc, pixel_pca=k, pixel_pca_standardize=PCA_STANDARDIZE)
+                      model_config=mc, pixel_pca=k, pixel_pca_standardize=std, seed=SEED)
     t0, c0 = time.perf_counter(), time.process_time()
     train(proto.home, cfg, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -414,7 +421,7 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
     out = {"variant": name, "epochs": ep, "train_wall_s": round(wall, 1),
            "train_cpu_s": round(cpu, 1),
            "scores": {name: figures(proto.score(lg, lq, "cosine")),
-                      f"{'pca(std)' if PCA_STANDARDIZE else 'pca'}+{name}":
+                      f"{'pca(std)' if std else 'pca'}+{name}":
                       figures(proto.score(g, q, "cosine"))}}
     if EXPLORE:
         cg = unit(lg - lg.mean(0))
@@ -572,7 +579,10 @@ def render(table, runs, protocols, note) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocols", default="neu,elpv4,defects,digits")
-    ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated variants (default: all); "
+                    "'pca(std)+X' = variant X with --pixel-pca-standardize")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seeds the subsets, pasted defects, digit queries and the training")
     ap.add_argument("--per-label", type=int, default=60, help="images per label (subsets)")
     ap.add_argument("--epochs", type=int, default=4, help="epochs (the ViT gets twice as many)")
     ap.add_argument("--threads", type=int, default=1)
@@ -606,12 +616,16 @@ def main() -> int:
             replace_section(SECTION, text.split("\n", 2)[2])
         return 0
     torch.set_num_threads(args.threads)
-    global WEIGHTS, EXPLORE, PCA_STANDARDIZE
+    global WEIGHTS, EXPLORE, PCA_STANDARDIZE, SEED
     WEIGHTS = tuple(float(w) for w in args.weights.split(",") if w)
     EXPLORE = args.explore
     PCA_STANDARDIZE = args.pca_standardize
-    rng = np.random.default_rng(0)
+    SEED = args.seed
+    rng = np.random.default_rng(args.seed)
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+    unknown = [n for n in names if n.removeprefix("pca(std)+") not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     protocols = []
     for p in args.protocols.split(","):
         need = {"neu": [NEU], "elpv4": [ELPV], "defects": [ELPV, NEU], "digits": []}[p]
@@ -634,14 +648,16 @@ def main() -> int:
                     f"anomaly {json.dumps(table[p]['raw pixels anomaly'])}")
             log(f"{p}: {len(proto.rows)} images; baselines {json.dumps(table[p])}")
             for n in names:
-                r = run_variant(proto, n, args.epochs, not args.no_box)
+                r = run_variant(proto, n.removeprefix("pca(std)+"), args.epochs,
+                                not args.no_box, standardize=n.startswith("pca(std)+"))
                 table[p].update(r.pop("scores"))
                 runs.append({"protocol": p, **r})
-                log(f"{p} {n}: {json.dumps({m: table[p][m] for m in table[p] if n in m})} "
+                v = n.removeprefix("pca(std)+")
+                log(f"{p} {n}: {json.dumps({m: table[p][m] for m in table[p] if v in m})} "
                     f"train {r['train_wall_s']}s")
             proto.home.close()
     note = (f"Subsets: {args.per_label} images per label (digits: {10 * args.per_label} gallery, "
-            f"{5 * args.per_label} transformed held-out queries), seed 0, one run; "
+            f"{5 * args.per_label} transformed held-out queries), seed {args.seed}, one run; "
             f"{args.epochs} epochs for the conv models, {2 * args.epochs} for the ViT "
             "(short: CPU budget), 64x64 (digits 32x32), CPU with "
             f"{args.threads} torch thread(s) on a 2-core machine shared with other jobs "
