@@ -34,6 +34,8 @@ none qualifies.
 
     python benchmarks/retrieval.py                  # every protocol and variant (subsets)
     python benchmarks/retrieval.py --protocols digits --only ae --no-write
+    python benchmarks/retrieval.py --seed 1 --only 'pca(std)+ae+infonce-photo' --no-box \
+        --no-anomaly --no-write --json out.json   # the default, another seed
 
 Writes `## Retrieval across protocols (issue 14)` in docs/benchmarks.md and
 benchmarks/results/retrieval_protocols.json. Protocols whose data set is absent
@@ -71,16 +73,17 @@ from latentsight.training.evaluate import (  # noqa: E402
 from latentsight.training.train import TrainConfig, train  # noqa: E402
 from PIL import Image  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "datasets"
+DATA = Path(os.environ.get("LATENTSIGHT_BENCH_DATA", ROOT.parent / "shared" / "datasets"))
 NEU, ELPV = DATA / "neu-cls", DATA / "elpv"
 SECTION = "Retrieval across protocols (issue 14)"
 RESULTS = ROOT / "benchmarks" / "results" / "retrieval_protocols.json"
 K = 10
 
-AUGMENT = {"crop_scale": 0.5, "rotate_deg": 10.0}
+# every view field spelled out: a variant must not change when TrainConfig's defaults do
+AUGMENT = {"augment": True, "crop_scale": 0.5, "rotate_deg": 10.0, "jitter": 0.0, "noise": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "ae": {"model": "ae", "aux": "none", **AUGMENT},
-    "ae+infonce": {"model": "ae", "aux": "infonce", **AUGMENT},  # = `latentsight train`
+    "ae+infonce": {"model": "ae", "aux": "infonce", **AUGMENT},  # the default before issue 14
     "vae": {"model": "vae", "aux": "none", **AUGMENT},
     "vae+infonce": {"model": "vae", "aux": "infonce", **AUGMENT},
     "vit": {"model": "vit", "aux": "none", **AUGMENT},
@@ -89,11 +92,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ae+infonce-photo": {"model": "ae", "aux": "infonce", "augment": False, "crop_scale": 0.85,
                          "rotate_deg": 20.0, "jitter": 0.3, "noise": 0.12},
 }
-DEFAULT_VARIANT = "ae+infonce"  # what `latentsight train` trains with no options
+# What `latentsight train` trains with no options (TrainConfig's defaults, issue 14): the
+# ae+infonce-photo views, indexed as [unit(PCA-64 of standardized pixels), unit(learned)].
+# A "pca(std)+X" name given to --only runs variant X with --pixel-pca-standardize.
+DEFAULT_VARIANT = "pca(std)+ae+infonce-photo"
 BOX_VARIANTS = ("ae", "ae+infonce", "ae+infonce-photo")  # region search: a tile index each
 WEIGHTS: tuple[float, ...] = ()  # --explore: rows [unit(PCA), w * unit(learned)] (--weights)
 EXPLORE = False  # --explore: also rows with the learned part centred on its gallery mean
 PCA_STANDARDIZE = False  # --pca-standardize: "pca+X" rows with --pixel-pca-standardize
+SEED = 0  # --seed: the subsets, the pasted defects, the digit queries and the training seed
 
 
 def log(msg: str) -> None:
@@ -394,8 +401,10 @@ def pixel_anomaly_scores(proto: Protocol, side: int = 16) -> dict[str, float]:
     return figures(proto.score(unit(np.stack(vecs)), None, "cosine"))
 
 
-def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str, Any]:
+def run_variant(proto: Protocol, name: str, epochs: int, box: bool,
+                standardize: bool = False) -> dict[str, Any]:
     fields = dict(VARIANTS[name])
+    std = standardize or PCA_STANDARDIZE
     mc: dict[str, Any] = {"image_size": proto.size}
     if fields["model"] in ("ae", "vae"):
         mc |= {"width": 16, "depth": 3 if proto.size == 32 else 4}
@@ -404,7 +413,7 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
     ep = epochs * (2 if fields["model"] == "vit" else 1)
     k = min(64, len(proto.rows) - 1)
     cfg = TrainConfig(**fields, epochs=ep, name=name.replace("+", "_"), device="cpu", patience=100,
-                      model_config=mc, pixel_pca=k, pixel_pca_standardize=PCA_STANDARDIZE)
+                      model_config=mc, pixel_pca=k, pixel_pca_standardize=std, seed=SEED)
     t0, c0 = time.perf_counter(), time.process_time()
     train(proto.home, cfg, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -414,7 +423,7 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool) -> dict[str,
     out = {"variant": name, "epochs": ep, "train_wall_s": round(wall, 1),
            "train_cpu_s": round(cpu, 1),
            "scores": {name: figures(proto.score(lg, lq, "cosine")),
-                      f"{'pca(std)' if PCA_STANDARDIZE else 'pca'}+{name}":
+                      f"{'pca(std)' if std else 'pca'}+{name}":
                       figures(proto.score(g, q, "cosine"))}}
     if EXPLORE:
         cg = unit(lg - lg.mean(0))
@@ -508,21 +517,76 @@ Which encoder gets where (macro P@10, beside PCA-64 of the same run):
 Beating PCA-64 everywhere. One row beats PCA-64 on all four protocols, micro
 and macro: pca(std)+ae+infonce-photo, i.e. `TrainConfig(model="ae",
 aux="infonce", augment=False, crop_scale=0.85, rotate_deg=20, jitter=0.3,
-noise=0.12, pixel_pca=64, pixel_pca_standardize=True)` (the demo's recipe; the
-CLI has `--no-augment --crop-scale 0.85 --rotate 20 --pixel-pca 64
---pixel-pca-standardize` but no flags yet for the photometric views jitter and
-noise), at the training cost of its ae+infonce-photo row (the PCA is one SVD
+noise=0.12, pixel_pca=64, pixel_pca_standardize=True)` (the demo's views with the
+standardized pixel PCA), at the training cost of its ae+infonce-photo row (the PCA is one SVD
 after training). Its worst protocol is defects (whole-image, 0.341 vs
 0.331: chance-level for both, a margin within one seed's noise; there the
 anomaly-weighted search is the tool), so "beat PCA-64 on every protocol" is met
-by this row in this run, narrowly on defects, and by no row of the product's
-current default recipe.
-It is not made the product default in this change: `latentsight train`'s
-defaults (ae+infonce, no pixel PCA) lose to PCA-64 on elpv4 and digits (line
-above), and switching them changes every trained model's embedding
-and the scan path (pixel PCA is refused with tile crops), which needs the full
-test suite run; the standardized PCA alone (pca(std)+ae) loses on neu (0.310)
-and pca(std)+ae+infonce on digits (0.719), so neither of those is a candidate.
+by this row in this run, narrowly on defects, and by no row of the recipe that
+was the default then (ae+infonce).
+Since issue 14's seed runs (below) it is the product default: `latentsight train` with
+no options trains it (`TrainConfig`'s `SEARCH_DEFAULTS`; scan models, `--normal-label`,
+keep tile crops, flips and turns, no photometric views and no pixel PCA), and
+`--augment --crop-scale 0.5 --rotate 10 --jitter 0 --noise 0 --pixel-pca 0` gives the
+earlier default (ae+infonce) back. The standardized PCA alone (pca(std)+ae) loses on
+neu (0.310) and pca(std)+ae+infonce on digits (0.719), so neither of those was a
+candidate.
+
+Seeds 0-4: the default beside raw pixels, PCA-64 and the earlier default. Same
+protocols, 50 images per label, 4 epochs; `--seed S` draws other subsets, pasted
+defects and digit queries and seeds the training, so each seed's baselines are its own.
+Run at commit 770a495 as two processes in parallel (`LATENTSIGHT_BENCH_DATA=../shared/datasets
+nice -n 15 python benchmarks/retrieval.py --protocols neu,defects --per-label 50
+--epochs 4 --seed S --only 'pca(std)+ae+infonce-photo,ae+infonce' --no-box --no-anomaly
+--no-write --json FILE`, and `--protocols elpv4,digits`), load average 4-17 from other jobs.
+Raw results: benchmarks/results/retrieval_protocols/seeds/ (PROTOCOLS-sS.json: the default,
+seeds 0-1; PROTOCOLS-run2-sS.json: ae+infonce at seeds 0-1, both at seeds 2-4).
+Seed 0 reproduces the table above to 3 decimals except the default's neu row (0.444 here,
+0.442 above). Macro P@10 (micro differs from macro by at most 0.015, on digits):
+
+| method | seed | neu | elpv4 | defects | digits | worst | loses to PCA-64 on |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| raw pixels | 0 | 0.392 | 0.374 | 0.329 | 0.733 | 0.329 | - |
+| raw pixels | 1 | 0.428 | 0.446 | 0.342 | 0.754 | 0.342 | - |
+| raw pixels | 2 | 0.393 | 0.441 | 0.346 | 0.757 | 0.346 | - |
+| raw pixels | 3 | 0.395 | 0.486 | 0.348 | 0.740 | 0.348 | - |
+| raw pixels | 4 | 0.427 | 0.461 | 0.375 | 0.729 | 0.375 | - |
+| PCA-64 | 0 | 0.402 | 0.379 | 0.331 | 0.733 | 0.331 | - |
+| PCA-64 | 1 | 0.440 | 0.449 | 0.335 | 0.754 | 0.335 | - |
+| PCA-64 | 2 | 0.410 | 0.446 | 0.341 | 0.757 | 0.341 | - |
+| PCA-64 | 3 | 0.409 | 0.486 | 0.344 | 0.740 | 0.344 | - |
+| PCA-64 | 4 | 0.436 | 0.468 | 0.369 | 0.729 | 0.369 | - |
+| **pca(std)+ae+infonce-photo (default)** | 0 | 0.444 | 0.536 | 0.341 | 0.772 | 0.341 | none |
+| **pca(std)+ae+infonce-photo (default)** | 1 | 0.440 | 0.541 | 0.369 | 0.798 | 0.369 | neu |
+| **pca(std)+ae+infonce-photo (default)** | 2 | 0.431 | 0.555 | 0.352 | 0.804 | 0.352 | none |
+| **pca(std)+ae+infonce-photo (default)** | 3 | 0.405 | 0.577 | 0.361 | 0.794 | 0.361 | neu |
+| **pca(std)+ae+infonce-photo (default)** | 4 | 0.437 | 0.582 | 0.343 | 0.793 | 0.343 | defects |
+| ae+infonce (default before) | 0 | 0.619 | 0.302 | 0.347 | 0.497 | 0.302 | elpv4, digits |
+| ae+infonce (default before) | 1 | 0.572 | 0.322 | 0.316 | 0.501 | 0.316 | elpv4, defects, digits |
+| ae+infonce (default before) | 2 | 0.593 | 0.298 | 0.337 | 0.466 | 0.298 | elpv4, defects, digits |
+| ae+infonce (default before) | 3 | 0.468 | 0.357 | 0.351 | 0.430 | 0.351 | elpv4, digits |
+| ae+infonce (default before) | 4 | 0.527 | 0.358 | 0.345 | 0.482 | 0.345 | elpv4, defects, digits |
+
+Mean over the five seeds (± sample std), macro P@10: default 0.432 ± 0.015 / 0.558 ±
+0.021 / 0.353 ± 0.012 / 0.792 ± 0.012 (neu / elpv4 / defects / digits) against PCA-64
+0.419 ± 0.018 / 0.446 ± 0.041 / 0.344 ± 0.015 / 0.743 ± 0.013 and raw pixels 0.407 /
+0.442 / 0.348 / 0.743; the earlier default 0.556 / 0.327 / 0.339 / 0.475. Worst
+protocol, mean over seeds: default 0.353, PCA-64 0.344, raw pixels 0.348, earlier
+default 0.322. What holds: the default beats PCA-64 clearly on elpv4 (+0.09 to +0.16)
+and digits (+0.04 to +0.06) at every seed. What does not: on neu (+0.042, -0.0003 i.e.
+0.4400 vs 0.4403, +0.022, -0.003, +0.001) and defects (+0.011, +0.034, +0.011, +0.017,
+-0.026) the margin is within seed noise, and by the strict rule (beat PCA-64 on every
+protocol, micro and macro) the default qualifies at seeds 0 and 2 only; its neu mAP is
+below PCA-64's at every seed (-0.012 to -0.067). The earlier default loses to PCA-64 on
+two or three protocols at every seed, so by worst protocol the change is still an
+improvement (0.322 -> 0.353 mean worst), but "beats PCA-64 everywhere" is a seed-0
+result, not a robust one; whole-image defects stay at chance for every vector (the
+anomaly-weighted rows above are the tool there). Cost: the default's training took
+85-123 s wall over the four protocols per seed (33-39 s CPU in the training process; the
+pixel PCA is one SVD after training), the earlier default 66-148 s (30-36 s CPU).
+**ELPV-4 goal 0.70: still not met** (0.536-0.582). The default's PCA and its brightness
+jitter leave brightness out: a catalog whose labels differ by brightness alone is served
+worse (`--no-pixel-pca-standardize --jitter 0`).
 """
 
 
@@ -556,10 +620,12 @@ def render(table, runs, protocols, note) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {w} | "
                      f"{'-' if ts is None else f'{ts:.0f}'} |")
     if default:
+        said = ("trains it" if default == DEFAULT_VARIANT else
+                f"({DEFAULT_VARIANT}) loses to PCA-64 on "
+                f"{', '.join(losses.get(DEFAULT_VARIANT, [])) or '-'}")
         lines += ["", f"Best by worst protocol among rows that beat PCA-64 on every protocol "
                   f"(micro and macro): **{default}**. `latentsight train` with no options "
-                  f"({DEFAULT_VARIANT}) loses to PCA-64 on "
-                  f"{', '.join(losses.get(DEFAULT_VARIANT, [])) or '-'}."]
+                  f"{said}."]
     else:
         lines += ["", "No learned row beats PCA-64 on every protocol (micro and macro), so none "
                   f"is marked default. Best worst-protocol macro P@{K}: {best} "
@@ -572,7 +638,10 @@ def render(table, runs, protocols, note) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocols", default="neu,elpv4,defects,digits")
-    ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated variants (default: all); "
+                    "'pca(std)+X' = variant X with --pixel-pca-standardize")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seeds the subsets, pasted defects, digit queries and the training")
     ap.add_argument("--per-label", type=int, default=60, help="images per label (subsets)")
     ap.add_argument("--epochs", type=int, default=4, help="epochs (the ViT gets twice as many)")
     ap.add_argument("--threads", type=int, default=1)
@@ -606,12 +675,16 @@ def main() -> int:
             replace_section(SECTION, text.split("\n", 2)[2])
         return 0
     torch.set_num_threads(args.threads)
-    global WEIGHTS, EXPLORE, PCA_STANDARDIZE
+    global WEIGHTS, EXPLORE, PCA_STANDARDIZE, SEED
     WEIGHTS = tuple(float(w) for w in args.weights.split(",") if w)
     EXPLORE = args.explore
     PCA_STANDARDIZE = args.pca_standardize
-    rng = np.random.default_rng(0)
+    SEED = args.seed
+    rng = np.random.default_rng(args.seed)
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+    unknown = [n for n in names if n.removeprefix("pca(std)+") not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     protocols = []
     for p in args.protocols.split(","):
         need = {"neu": [NEU], "elpv4": [ELPV], "defects": [ELPV, NEU], "digits": []}[p]
@@ -634,14 +707,16 @@ def main() -> int:
                     f"anomaly {json.dumps(table[p]['raw pixels anomaly'])}")
             log(f"{p}: {len(proto.rows)} images; baselines {json.dumps(table[p])}")
             for n in names:
-                r = run_variant(proto, n, args.epochs, not args.no_box)
+                r = run_variant(proto, n.removeprefix("pca(std)+"), args.epochs,
+                                not args.no_box, standardize=n.startswith("pca(std)+"))
                 table[p].update(r.pop("scores"))
                 runs.append({"protocol": p, **r})
-                log(f"{p} {n}: {json.dumps({m: table[p][m] for m in table[p] if n in m})} "
+                v = n.removeprefix("pca(std)+")
+                log(f"{p} {n}: {json.dumps({m: table[p][m] for m in table[p] if v in m})} "
                     f"train {r['train_wall_s']}s")
             proto.home.close()
     note = (f"Subsets: {args.per_label} images per label (digits: {10 * args.per_label} gallery, "
-            f"{5 * args.per_label} transformed held-out queries), seed 0, one run; "
+            f"{5 * args.per_label} transformed held-out queries), seed {args.seed}, one run; "
             f"{args.epochs} epochs for the conv models, {2 * args.epochs} for the ViT "
             "(short: CPU budget), 64x64 (digits 32x32), CPU with "
             f"{args.threads} torch thread(s) on a 2-core machine shared with other jobs "

@@ -75,6 +75,7 @@ def run_demo(home: Home, *, epochs: int = 8, device: str = "auto") -> int:
             model="ae", epochs=epochs, batch_size=64, lr=3e-3, patience=3, name=DEMO_MODEL,
             device=device, augment=False, crop_scale=0.85, rotate_deg=20.0, aux="infonce",
             jitter=0.3, noise=0.12,
+            pixel_pca=0,  # the learned embedding alone, as the demo's figures and screenshots
             model_config={"image_size": 32, "depth": 3, "latent_dim": 64, "width": 16},
         )
         res = train(home, cfg)

@@ -135,7 +135,8 @@ def train_scorer(
     mc["image_size"] = tile_size_for(rows, mc["image_size"], scale, mc.get("depth", 4))
     geometry["tile"] = mc["image_size"]
     # Reconstruction-only training on native-resolution tiles: the retrieval defaults
-    # (InfoNCE, random resized crops, rotations) were not measured for scanning.
+    # (InfoNCE, random resized crops, rotations) were not measured for scanning; the fields
+    # left None (flips, photometric views, pixel PCA) take train.SCAN_DEFAULTS with crops.
     cfg = replace(cfg, crops=True, tile_scale=scale, image_ids=[r.id for r in tr_rows],
                   labels=[], model_config=mc, aux="none", crop_scale=0.0, rotate_deg=0.0)
     res = train(home, cfg, progress=progress)

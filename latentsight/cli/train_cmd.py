@@ -63,12 +63,23 @@ def train(
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.",
                                                  show_default=False)] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    augment: Annotated[bool, typer.Option(help="Random flips and 90-degree turns.")] = True,
+    augment: Annotated[bool | None, typer.Option(
+        "--augment/--no-augment", help="Random flips and 90-degree turns. Default: off "
+        "(a 6 is not a 9); on for --normal-label.", show_default=False)] = None,
     crop_scale: Annotated[float | None, typer.Option(
-        help="Random crops of side in [S, 1] x image, resized back; 0 = off.",
+        help="Random crops of side in [S, 1] x image, resized back; 0 = off. Default: 0.85; "
+        "off for --normal-label.",
         show_default=False)] = None,
     rotate: Annotated[float | None, typer.Option(
-        help="Small random rotations up to +/- DEG degrees; 0 = off.", show_default=False)] = None,
+        help="Small random rotations up to +/- DEG degrees; 0 = off. Default: 20; off for "
+        "--normal-label.",
+        show_default=False)] = None,
+    jitter: Annotated[float | None, typer.Option(
+        help="Random brightness and contrast changes up to this fraction, in [0, 1]; 0 = off. "
+        "Default: 0.3; 0 for --normal-label.", show_default=False)] = None,
+    noise: Annotated[float | None, typer.Option(
+        help="Gaussian pixel noise of std up to this (pixels in [0, 1]); 0 = off. "
+        "Default: 0.12; 0 for --normal-label.", show_default=False)] = None,
     aux: Annotated[Aux | None, typer.Option(
         help="Auxiliary objective on two augmented views: none or infonce.",
         show_default=False)] = None,
@@ -77,12 +88,12 @@ def train(
     pixel_pca: Annotated[int | None, typer.Option(
         "--pixel-pca", help="Add N principal components of the input pixels (fitted on the "
         "training images, saved in the checkpoint) beside the learned embedding, each part "
-        "unit length; 0 = off. See docs/benchmarks.md, retrieval across protocols.",
-        show_default=False)] = None,
+        "unit length; 0 = off. Default: 64; 0 for --normal-label (tile crops). See "
+        "docs/benchmarks.md, retrieval across protocols.", show_default=False)] = None,
     pixel_pca_standardize: Annotated[bool | None, typer.Option(
-        "--pixel-pca-standardize", help="With --pixel-pca: the components of each image's "
-        "pixels minus their mean, over their std (brightness and contrast left out).",
-        show_default=False)] = None,
+        "--pixel-pca-standardize/--no-pixel-pca-standardize", help="With --pixel-pca: the "
+        "components of each image's pixels minus their mean, over their std (brightness and "
+        "contrast left out). Default: on.", show_default=False)] = None,
     geometry: Annotated[str | None, typer.Option(
         "--geometry", help="auto: the input's aspect from the catalog images (short side = "
         "--image-size), images fitted aspect-preserving and padded; square: --image-size "
@@ -142,17 +153,21 @@ def train(
     """Train an encoder on the catalog's images; the new model becomes the active one.
 
     Seeded, with a validation split, early stopping and the best checkpoint kept
-    (safetensors + JSON in HOME/models/NAME). With no options it trains the
-    default chosen by the retrieval benchmark (docs/benchmarks.md).
+    (safetensors + JSON in HOME/models/NAME).
+
+    Default: ae + InfoNCE on photometric views + PCA-64 of standardized pixels, the only
+    recipe that beats PCA-64 on every retrieval protocol (docs/benchmarks.md, issue 14).
 
     Examples:
       latentsight train
+      latentsight train --augment --crop-scale 0.5 --rotate 10 --jitter 0 --noise 0 --pixel-pca 0
+                                                  # the default before issue 14 (ae+infonce)
       latentsight train --normal-label good --fpr 0.01    # a model for anomaly scans
       latentsight train --normal-label good --scorer knn --contamination 0.02
       latentsight train --normal-label good --use-reviews --refit-normals
       latentsight train --model vae --beta 0.5 --kl-warmup 5 --free-bits 0.1
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
-      latentsight train --pixel-pca 64      # [pixel PCA-64, learned] as the search vector
+      latentsight train --pixel-pca 0       # the learned embedding alone as the search vector
     """
     from latentsight.index.catalog import check_model_name
     from latentsight.training.train import TrainConfig
@@ -170,11 +185,12 @@ def train(
              "dim": dim, "heads": heads, "norm_pix_loss": norm_pix_loss}
     model_config = _model_config(kind, given)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
-                 "crop_scale": crop_scale, "rotate_deg": rotate, "aux": aux,
+                 "crop_scale": crop_scale, "rotate_deg": rotate, "jitter": jitter,
+                 "noise": noise, "augment": augment, "aux": aux,
                  "aux_weight": aux_weight, "pixel_pca": pixel_pca, "geometry": geometry,
                  "pixel_pca_standardize": pixel_pca_standardize}
     cfg = dataclasses.replace(
-        defaults, model=kind, seed=seed, augment=augment, labels=list(label or []), name=name,
+        defaults, model=kind, seed=seed, labels=list(label or []), name=name,
         device=opts.device, model_config=model_config,
         **{k: v for k, v in overrides.items() if v is not None},
     )

@@ -12,6 +12,7 @@ from latentsight.index.local import Geometry, choose_geometry, has_local, load_l
 from PIL import Image
 
 from tests.cli import run
+from tests.conftest import PRE_ISSUE_14
 from tests.imagegen import texture
 
 W, H = 96, 64  # not square: tiles are cut at native resolution, never squashed
@@ -60,9 +61,11 @@ def local_home(tmp_path_factory):
     boxes = write_defects(root / "imgs", 16, seed=0)
     home = Home(root / "home")
     ingest_paths(home, [root / "imgs"], labels_from_folders=True, progress=False, workers=0)
+    # the recipe before issue 14: these labels differ by brightness, which the default's
+    # standardized pixel PCA and brightness jitter leave out (self-first 12 of 16, not 15)
     cfg = TrainConfig(model="ae", epochs=1, batch_size=16, name="loc-ae", device="cpu",
                       aux="none", model_config={"image_size": 32, "depth": 3, "latent_dim": 16,
-                                                "width": 8})
+                                                "width": 8}, **PRE_ISSUE_14)
     train(home, cfg, progress=False)
     build_index(home, home.catalog.model("loc-ae"), device="cpu", progress=False, workers=0,
                 local=True)

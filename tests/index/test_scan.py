@@ -192,6 +192,10 @@ def test_train_normal_label_calibrates_on_held_out_images_only(anomaly_home):
     state = cfg["scoring"]
     assert not set(state["train_ids"]) & set(state["calib_ids"])
     assert state["normal_label"] == "good" and len(state["calibration_scores_"]) == 8
+    # a scan model keeps its own recipe (issue 14 changed the whole-image default only)
+    assert cfg["config"]["pixel_pca"] == 0 and cfg["train"]["crops"]
+    assert (cfg["train"]["augment"], cfg["train"]["jitter"], cfg["train"]["noise"]) == (
+        True, 0.0, 0.0)
     assert (anomaly_home.root / "models" / "cli-scanner" / "scoring.safetensors").is_file()
     anomaly_home.catalog.set_active("scan-test")
 

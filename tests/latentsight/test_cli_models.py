@@ -44,6 +44,41 @@ def test_models_list_shows_kind_and_the_active_one(two_models):
     assert cfg["config"]["mask_ratio"] == 0.5 and cfg["config"]["patch_size"] == 8
 
 
+def test_train_default_and_the_view_options_reach_the_config(two_models, tmp_path):
+    """m-ae was trained with train's defaults: the pixel PCA-64 of standardized pixels and
+    photometric views (issue 14). --jitter/--noise/--augment/--pixel-pca reach the
+    checkpoint's record, and they give the recipe before issue 14 back."""
+    cfg = json.loads((two_models / "models" / "m-ae" / "config.json").read_text())
+    assert cfg["config"]["pixel_pca"] == 64 and cfg["config"]["pixel_pca_standardize"]
+    assert (cfg["train"]["augment"], cfg["train"]["jitter"], cfg["train"]["noise"]) == (
+        False, 0.3, 0.12)
+    import shutil
+
+    home = tmp_path / "h"
+    shutil.copytree(two_models, home)
+    out = json.loads(run("train", "--epochs", "1", "--image-size", "16", "--depth", "2",
+                         "--width", "8", "--latent-dim", "8", "--batch-size", "16", "--augment",
+                         "--crop-scale", "0.5", "--rotate", "10", "--jitter", "0.1", "--noise",
+                         "0.05", "--pixel-pca", "0", "--name", "m-old", "--device", "cpu",
+                         "--json", "--home", str(home)))
+    assert out["name"] == "m-old"
+    cfg = json.loads((home / "models" / "m-old" / "config.json").read_text())
+    t = cfg["train"]
+    assert (t["augment"], t["crop_scale"], t["rotate_deg"], t["jitter"], t["noise"]) == (
+        True, 0.5, 10.0, 0.1, 0.05)
+    assert cfg["config"]["pixel_pca"] == 0 and t["pixel_pca"] == 0
+    res = runner.invoke(app, ["train", "--jitter", "2", "--home", str(home)])
+    assert res.exit_code == 2 and "jitter" in res.output
+
+
+def test_train_help_says_the_default_and_why():
+    res = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "PCA-64 of standardized pixels" in text and "docs/benchmarks.md" in text
+    assert "--jitter" in text and "--noise" in text
+
+
 def test_search_with_an_unindexed_model_names_the_fix(two_models):
     res = runner.invoke(app, ["search", "1", "--home", str(two_models)])
     assert res.exit_code == 2

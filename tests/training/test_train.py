@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from latentsight.training.train import (
@@ -45,7 +47,8 @@ def test_info_nce_rewards_matching_views():
 
 
 @pytest.mark.parametrize("field,value", [("aux", "simclr"), ("crop_scale", 1.5),
-                                         ("rotate_deg", 90.0)])
+                                         ("rotate_deg", 90.0), ("jitter", 1.5),
+                                         ("noise", -0.1)])
 def test_bad_train_options_are_rejected(tmp_path, field, value):
     from latentsight.index.home import Home
 
@@ -116,8 +119,11 @@ def test_train_records_a_non_square_input_and_a_pixel_pca(tmp_path):
     ingest_paths(home, [tmp_path / "dark", tmp_path / "bright"], labels_from_folders=True,
                  progress=False, workers=0)
     mc = {"image_size": 16, "depth": 2, "width": 8, "latent_dim": 8}
+    # the plain pixel PCA (the default standardizes: brightness, all these labels differ by,
+    # would be left out) and no brightness jitter
     res = train(home, TrainConfig(epochs=1, batch_size=8, device="cpu", name="rect",
-                                  pixel_pca=3, model_config=mc), progress=False)
+                                  pixel_pca=3, pixel_pca_standardize=False, jitter=0.0,
+                                  model_config=mc), progress=False)
     assert res.metrics["input_geometry"]["width"] == 40
     row = home.catalog.model("rect")
     assert (row.config["image_size"], row.config["image_width"]) == (16, 40)
@@ -135,3 +141,84 @@ def test_train_records_a_non_square_input_and_a_pixel_pca(tmp_path):
     assert out["pixel_pca"] == 3 and out["macro_precision_at_k"] > 0.6  # two easy labels
     with pytest.raises(ValueError, match="geometry"):
         train(home, TrainConfig(geometry="round"), progress=False)
+
+
+# ---- the default recipe: whole images vs tile crops (issue 14) -----------------------------
+
+
+def test_default_train_is_the_search_recipe_and_crops_keep_theirs(tmp_path, texture_dir):
+    """TrainConfig's defaults: whole images get the recipe benchmarks/retrieval.py picks
+    (PCA-64 of standardized pixels beside the learned part, photometric views, no flips);
+    tile-crop (scan) training keeps no pixel PCA, flips and turns, no photometric views.
+    Both checkpoints record the values used."""
+    import json
+
+    import numpy as np
+    from latentsight.embedder.encoder import Encoder
+    from latentsight.index.home import Home
+    from latentsight.index.ingest import ingest_paths
+    from latentsight.index.manager import build_index
+    from latentsight.index.search import Searcher
+
+    home = Home(tmp_path / "home")
+    ingest_paths(home, [texture_dir], labels_from_folders=True, progress=False, workers=0)
+    mc = {"image_size": 16, "depth": 2, "width": 8, "latent_dim": 8}
+    res = train(home, TrainConfig(epochs=1, batch_size=16, device="cpu", name="dflt",
+                                  model_config=mc), progress=False)
+    row = home.catalog.model("dflt")
+    assert row.config["pixel_pca"] == 64 and row.config["pixel_pca_standardize"] is True
+    state = json.loads((Path(res.checkpoint) / "config.json").read_text())["train"]
+    assert (state["augment"], state["jitter"], state["noise"]) == (False, 0.3, 0.12)
+    assert (state["crop_scale"], state["rotate_deg"], state["aux"]) == (0.85, 20.0, "infonce")
+    assert (state["pixel_pca"], state["pixel_pca_standardize"]) == (64, True)
+    enc = Encoder.from_checkpoint(res.checkpoint, device="cpu",
+                                  expected_sha256=row.checkpoint_sha256)
+    learned = enc.model.embed_learned(torch.zeros(1, 1, 16, 16)).shape[1]
+    assert enc.embed_dim == 64 + learned and enc.model.pixel_pca.standardize
+    assert np.abs(enc.model.pixel_pca.components.numpy()).sum() > 0  # fitted
+    build_index(home, row, device="cpu", progress=False, workers=0)
+    first = home.catalog.images()[0]
+    hits = Searcher(home, "dflt", device="cpu").search(first.id, k=3)
+    assert hits[0].id == first.id and len(hits) == 3
+
+    res = train(home, TrainConfig(epochs=1, batch_size=16, device="cpu", name="tiles",
+                                  crops=True, aux="none", model_config=mc), progress=False)
+    assert home.catalog.model("tiles").config["pixel_pca"] == 0
+    state = json.loads((Path(res.checkpoint) / "config.json").read_text())["train"]
+    assert (state["augment"], state["jitter"], state["noise"], state["pixel_pca"]) == (
+        True, 0.0, 0.0, 0)
+    with pytest.raises(ValueError, match="pixel_pca"):  # asked for explicitly: refused
+        train(home, TrainConfig(crops=True, pixel_pca=8, model_config=mc), progress=False)
+
+
+def test_make_view_takes_the_kinds_defaults_for_fields_left_none():
+    from latentsight.training.train import SCAN_DEFAULTS, resolve
+
+    x = torch.full((4, 1, 16, 16), 0.5)
+    cfg = TrainConfig(crop_scale=0.0, rotate_deg=0.0)  # photometric views only (search)
+    view = make_view(x, cfg, torch.Generator().manual_seed(0))
+    assert not torch.equal(view, x)  # jitter 0.3, noise 0.12 by default
+    scan = TrainConfig(crop_scale=0.0, rotate_deg=0.0, crops=True)
+    assert torch.equal(make_view(x, scan, torch.Generator().manual_seed(0)), x)  # flips only
+    assert {k: getattr(resolve(scan), k) for k in SCAN_DEFAULTS} == SCAN_DEFAULTS
+    given = resolve(TrainConfig(jitter=0.05, augment=True, pixel_pca=0))
+    assert (given.jitter, given.augment, given.pixel_pca, given.noise) == (0.05, True, 0, 0.12)
+
+
+def test_the_benchmarks_default_row_is_trains_default():
+    """benchmarks/retrieval.py's DEFAULT_VARIANT spells out TrainConfig's defaults."""
+    import importlib.util
+
+    from latentsight.training.train import resolve
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("bench_retrieval",
+                                                  root / "benchmarks" / "retrieval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    name = bench.DEFAULT_VARIANT
+    assert name.startswith("pca(std)+")
+    fields = bench.VARIANTS[name.removeprefix("pca(std)+")]
+    cfg = resolve(TrainConfig())
+    assert {k: getattr(cfg, k) for k in fields} == fields
+    assert cfg.pixel_pca == 64 and cfg.pixel_pca_standardize
