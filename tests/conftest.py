@@ -79,6 +79,21 @@ def anomaly_home(tmp_path_factory: pytest.TempPathFactory):
     return home
 
 
+@pytest.fixture()
+def own_anomaly_home(anomaly_home, tmp_path):
+    """A private copy of `anomaly_home` for a test that trains or changes models in it.
+
+    `anomaly_home` is shared by the whole session: a model trained into it would show up
+    in other files' tests (the dashboard's scan page lists every scan model).
+    """
+    import shutil
+
+    from latentsight.index.home import Home
+
+    anomaly_home.catalog.engine.dispose()
+    return Home(shutil.copytree(anomaly_home.root, tmp_path / "own-anomaly-home"))
+
+
 PG_ENV = "LATENTSIGHT_TEST_PG_URL"
 
 

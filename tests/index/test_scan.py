@@ -180,15 +180,15 @@ def test_resume_after_a_kill_does_not_redo_finished_images(anomaly_home, tmp_pat
     assert len(paths) == len(set(paths)) == 400 and status == ("done",)
 
 
-def test_train_normal_label_calibrates_on_held_out_images_only(anomaly_home):
+def test_train_normal_label_calibrates_on_held_out_images_only(own_anomaly_home):
     code, out, errout = cli("train", "--normal-label", "good", "--epochs", "1", "--image-size",
                             "16", "--latent-dim", "16", "--batch-size", "16", "--name",
                             "cli-scanner", "--json", "--device", "cpu", "--home",
-                            str(anomaly_home.root))
+                            str(own_anomaly_home.root))
     assert code == 0, errout
     res = json.loads(out)
     assert res["threshold"] == 1.0 and res["n_calib"] == 8 and res["n_train"] == 32
-    cfg = json.loads((anomaly_home.root / "models" / "cli-scanner" / "config.json").read_text())
+    cfg = json.loads((own_anomaly_home.root / "models" / "cli-scanner" / "config.json").read_text())
     state = cfg["scoring"]
     assert not set(state["train_ids"]) & set(state["calib_ids"])
     assert state["normal_label"] == "good" and len(state["calibration_scores_"]) == 8
@@ -196,18 +196,17 @@ def test_train_normal_label_calibrates_on_held_out_images_only(anomaly_home):
     assert cfg["config"]["pixel_pca"] == 0 and cfg["train"]["crops"]
     assert (cfg["train"]["augment"], cfg["train"]["jitter"], cfg["train"]["noise"]) == (
         True, 0.0, 0.0)
-    assert (anomaly_home.root / "models" / "cli-scanner" / "scoring.safetensors").is_file()
-    anomaly_home.catalog.set_active("scan-test")
+    assert (own_anomaly_home.root / "models" / "cli-scanner" / "scoring.safetensors").is_file()
 
 
-def test_train_scorer_and_contamination_options(anomaly_home):
+def test_train_scorer_and_contamination_options(own_anomaly_home):
     args = ("train", "--normal-label", "good", "--epochs", "1", "--image-size", "16",
             "--latent-dim", "16", "--batch-size", "16", "--json", "--device", "cpu",
-            "--home", str(anomaly_home.root))
+            "--home", str(own_anomaly_home.root))
     code, out, errout = cli(*args, "--name", "cli-knn", "--scorer", "knn",
                             "--contamination", "0.25")
     assert code == 0, errout
-    state = json.loads((anomaly_home.root / "models" / "cli-knn" / "config.json").read_text()
+    state = json.loads((own_anomaly_home.root / "models" / "cli-knn" / "config.json").read_text()
                        )["scoring"]
     assert state["name"] == "knn" and state["params"]["contamination"] == 0.25
     # the threshold flags at most the contaminated quarter of the 8 held-out images, but some
@@ -216,21 +215,19 @@ def test_train_scorer_and_contamination_options(anomaly_home):
     code, _, errout = cli(*args, "--name", "cli-bad", "--scorer", "nope")
     assert code == 2 and "Invalid value for '--scorer'" in errout  # refused when parsed
     code, _, errout = cli("train", "--scorer", "knn", "--epochs", "1", "--home",
-                          str(anomaly_home.root))
+                          str(own_anomaly_home.root))
     assert code == 2 and "only apply with --normal-label" in errout
-    anomaly_home.catalog.set_active("scan-test")
 
 
-def test_train_prints_geometry_threshold_and_spread(anomaly_home):
+def test_train_prints_geometry_threshold_and_spread(own_anomaly_home):
     code, out, errout = cli("train", "--normal-label", "good", "--epochs", "1", "--image-size",
                             "16", "--latent-dim", "16", "--batch-size", "16", "--name",
-                            "cli-geometry", "--device", "cpu", "--home", str(anomaly_home.root))
+                            "cli-geometry", "--device", "cpu", "--home", str(own_anomaly_home.root))
     assert code == 0, errout
     assert "geometry (from the training images, median 32x32 px): scale 1" in out
     assert re.search(r"threshold 1\.000; held-out normal scores: min [\d.]+, median", out)
     # 8 held-out normals cannot resolve the default FPR 0.01: said so, with the achievable one
     assert "cannot resolve FPR 0.01" in errout and "smallest achievable is 0.125" in errout
-    anomaly_home.catalog.set_active("scan-test")
 
 
 def test_eval_anomaly_gives_tpr_at_fpr_1_and_5_percent(anomaly_home):
@@ -243,24 +240,23 @@ def test_eval_anomaly_gives_tpr_at_fpr_1_and_5_percent(anomaly_home):
         assert 0 <= r["tpr"] <= 1 and 0 <= r["fpr"] <= 1 and "cannot resolve" in r["note"]
 
 
-def test_model_trained_before_the_detector_still_loads_and_scans(anomaly_home, scan_dir):
+def test_model_trained_before_the_detector_still_loads_and_scans(own_anomaly_home, scan_dir):
     """A texture model as stored before this change: no geometry, scale 1.0."""
     code, out, errout = cli("train", "--normal-label", "good", "--epochs", "1", "--image-size",
                             "16", "--latent-dim", "16", "--batch-size", "16", "--name",
                             "old-texture", "--scorer", "texture", "--device", "cpu", "--home",
-                            str(anomaly_home.root))
+                            str(own_anomaly_home.root))
     assert code == 0, errout
-    row = anomaly_home.catalog.model("old-texture")
-    cfg_path = anomaly_home.root / "models" / "old-texture" / "config.json"
+    row = own_anomaly_home.catalog.model("old-texture")
+    cfg_path = own_anomaly_home.root / "models" / "old-texture" / "config.json"
     doc = json.loads(cfg_path.read_text())
     for state in (doc["scoring"], row.metrics["scoring"]):
         state.pop("geometry", None)
         state["params"]["scale"] = 1.0
     cfg_path.write_text(json.dumps(doc))
-    anomaly_home.catalog.update_model_metrics(row.id, {"scoring": row.metrics["scoring"]})
-    code, out, errout = cli("scan", str(scan_dir), "--json", "--home", str(anomaly_home.root),
+    own_anomaly_home.catalog.update_model_metrics(row.id, {"scoring": row.metrics["scoring"]})
+    code, out, errout = cli("scan", str(scan_dir), "--json", "--home", str(own_anomaly_home.root),
                             "--model", "old-texture", "--device", "cpu")
     assert code in (0, 1), errout
     res = json.loads(out)
     assert len(res) == 10 and all(r["score"] is not None for r in res)
-    anomaly_home.catalog.set_active("scan-test")
