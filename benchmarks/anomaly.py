@@ -97,6 +97,12 @@ VARIANTS = {
     "detector+pcamean+nncos": (("pca", "gauss", "texture", "nn", "pcamean", "nncos"), "l2",
                                "q90"),
     "detector:pcamean+gauss+texture+nn": (("pcamean", "gauss", "texture", "nn"), "l2", "q90"),
+    # the default before logq90 and nncos (format 2 as first shipped): l2 of q90 parts
+    "detector-v2": (("pca", "gauss", "texture", "nn"), "l2", "q90"),
+    "detector+nncos:q90": (("pca", "gauss", "texture", "nn", "nncos"), "l2", "q90"),
+    "detector:pca+gauss+texture+nn:logq90": (("pca", "gauss", "texture", "nn"), "l2", "logq90"),
+    "detector+pcamean+nncos:logq90": (("pca", "gauss", "texture", "nn", "pcamean", "nncos"),
+                                      "l2", "logq90"),
 }
 # Heatmap rules measured for the localization (NEU synthetic): name -> (parts, combine,
 # spread), over the parts' standardized maps (`part_maps`).
@@ -104,6 +110,8 @@ MAP_RULES = {
     "map:texture": (("texture",), "max", "q90"),
     "map:v1 (max, std; pca+gauss+texture)": (("pca", "gauss", "texture"), "max", "std"),
     "map:l2 q90 (pca+gauss+texture)": (("pca", "gauss", "texture"), "l2", "q90"),
+    "map:max q90 (pca+gauss+texture; format 2 as first shipped)": (
+        ("pca", "gauss", "texture"), "max", "q90"),
 }
 DETECTOR_PARTS = tuple(VARIANTS)
 SECTION = "## Protocol suite"
@@ -229,15 +237,12 @@ def fit_all(train: list[np.ndarray], seed: int) -> dict[str, Any]:
 def variant(det, raw: np.ndarray, name: str) -> np.ndarray:
     """A VARIANTS rule applied to raw part scores (N, P), standardized on the calibration
     normals' raw part scores as the detector does."""
-    from latentsight.embedder.detector import _combine_z
+    from latentsight.embedder.detector import _combine_z, fit_standardization, standardize
 
     parts, combine, spread = VARIANTS[name]
     idx = [det.parts.index(p) for p in parts]
-    cal = det.part_scores_[:, idx]
-    loc = np.median(cal, axis=0)
-    sp = np.quantile(cal, 0.9, axis=0) - loc if spread == "q90" else cal.std(axis=0)
-    sp = np.maximum(sp, 1e-6 * np.maximum(np.abs(loc), 1e-6))
-    return _combine_z((raw[:, idx] - loc) / sp, combine, axis=1)
+    loc, sp = fit_standardization(det.part_scores_[:, idx], spread)
+    return _combine_z(standardize(raw[:, idx], loc, sp, spread), combine, axis=1)
 
 
 def has_parts(det, name: str) -> bool:
@@ -291,18 +296,17 @@ def evaluate(fitted, normal_imgs, anomalous_imgs, key: str = "") -> dict[str, di
 
 
 def map_rule(det, z: dict[str, np.ndarray], parts, combine: str, spread: str) -> np.ndarray:
-    """A heatmap rule over the detector's q90-standardized part maps `z` (restandardized by
-    the calibration normals' std for spread "std", as version 1 did)."""
-    from latentsight.embedder.detector import _combine_z
+    """A heatmap rule over the detector's standardized part maps `z`, restandardized by
+    the calibration normals with `spread` (the maps are brought back to raw values first)."""
+    from latentsight.embedder.detector import _combine_z, fit_standardization, standardize
 
     maps = []
     for p in parts:
-        m = z[p]
-        if spread == "std":
-            i = det.parts.index(p)
-            raw = m * det.part_spread_[i] + det.part_loc_[i]
-            m = (raw - det.part_loc_[i]) / max(float(det.part_scores_[:, i].std()), 1e-12)
-        maps.append(m)
+        i = det.parts.index(p)
+        x = z[p] * det.part_spread_[i] + det.part_loc_[i]
+        raw = np.exp(x) if det.spread == "logq90" else x
+        loc, sp = fit_standardization(det.part_scores_[:, i : i + 1], spread)
+        maps.append(standardize(raw, loc[0], sp[0], spread))
     return _combine_z(np.stack(maps), combine, axis=0)
 
 

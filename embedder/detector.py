@@ -23,29 +23,31 @@ Four parts, each learned from the `reference` (training) normals:
 
 - `nn`: the distance of the grid image to its nearest training grid image
   (raw-pixel 1-NN, at most MAX_NN_REF kept); catches a wrong shape.
+- `nncos`: the same 1-NN with the grid images each made zero-mean and
+  unit-norm first: position-aligned shape, blind to brightness and contrast.
 
 Optional parts, measured by benchmarks/anomaly.py (`--parts`) and not in the
 default because they do not raise its worst protocol: `pcamean` (the mean of
 the `pca` part's squared error over the whole grid instead of its pooled
-maximum: the PCA-64 baseline's global reconstruction energy), `nncos` (the
-1-NN distance of the grid images each made zero-mean and unit-norm first:
-position-aligned shape, blind to brightness and contrast), `pca2` / `gauss2`
-(`pca` / `gauss` on a finer grid, `fine_grid` = 128 cells on the long side)
-and `seg` (a small segmentation net trained from scratch on synthetic
-anomalies made from the training images, DRAEM-style: embedder/synthetic.py;
-`seg_steps` training steps on the grid images).
+maximum: the PCA-64 baseline's global reconstruction energy), `pca2` /
+`gauss2` (`pca` / `gauss` on a finer grid, `fine_grid` = 128 cells on the
+long side) and `seg` (a small segmentation net trained from scratch on
+synthetic anomalies made from the training images, DRAEM-style:
+embedder/synthetic.py; `seg_steps` training steps on the grid images).
 
-Each part's score is standardized on the calibration normals (median, and
-the 90% quantile minus the median: `spread="q90"`) and the image score is
-the Euclidean norm of the positive standardized scores (`combine="l2"`):
-a defect one part sees strongly counts, and evidence from several parts adds
-up. Models saved before (state without "version") keep their rule: softplus
-of the max of (s - median) / std. Chosen by the worst protocol of
-benchmarks/anomaly.py. The combined score is then calibrated like every
-scorer (threshold 1.0 at the target FPR). The heatmap comes from the parts
-that localize (MAP_PARTS: all but the image-level `nn`, `pcamean`, `nncos`):
-at each pixel the
-largest of their standardized, pooled maps at the (scaled) input size
+Each part's score is standardized on the calibration normals on a log scale
+(`spread="logq90"`: z = (log s - median) / (90% quantile - median) of the
+normals' log scores; the parts' scores are positive and heavy-tailed) and
+the image score is the Euclidean norm of the positive standardized scores
+(`combine="l2"`): a defect one part sees strongly counts, and evidence from
+several parts adds up. Models saved with `spread="q90"` (the same on the
+raw scores; the default before) keep it; models saved before (state without
+"version") keep their rule: softplus of the max of (s - median) / std.
+Chosen by the worst protocol of benchmarks/anomaly.py, over two seeds. The
+combined score is then calibrated like every scorer (threshold 1.0 at the
+target FPR). The heatmap comes from the parts that localize (MAP_PARTS: all
+but the image-level `nn`, `pcamean`, `nncos`): at each pixel the largest of
+their standardized, pooled maps at the (scaled) input size
 (version-1 models: softplus of that maximum, as before).
 """
 
@@ -76,9 +78,12 @@ FINE_PARTS = ("pca2", "gauss2")
 # (to one whole nearest image), its map is nearly flat and would hide the defect; the
 # other IMAGE_PARTS (a whole-image mean, a normalized 1-NN) likewise.
 MAP_PARTS = ("pca", "gauss", "texture", "pca2", "gauss2", "seg")
-DEFAULT_PARTS = ("pca", "gauss", "texture", "nn")
+DEFAULT_PARTS = ("pca", "gauss", "texture", "nn", "nncos")
 COMBINES = ("l2", "mean", "max")
-SPREADS = ("q90", "std")
+SPREADS = ("logq90", "q90", "std")
+# `spread="logq90"` standardizes log(max(score, LOG_FLOOR)): the parts' scores are
+# positive and heavy-tailed, and their logs spread alike across data sets
+LOG_FLOOR = 1e-12
 # Saved-state format: 1 = before `combine`/`spread`/`nn` (max of (s - median) / std);
 # a state without "version" is 1 and loads with those rules.
 VERSION = 2
@@ -136,6 +141,28 @@ def _combine_z(z: np.ndarray, how: str, axis: int) -> np.ndarray:
     return np.logaddexp(0.0, z.mean(axis=axis) if how == "mean" else z.max(axis=axis))
 
 
+def fit_standardization(raw: np.ndarray, spread: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's location and spread on the calibration normals' raw part scores (N, P).
+
+    "q90": median and 90% quantile minus median (robust: the normals' upper
+    tail, not their outliers); "logq90": the same on log(score); "std":
+    median and standard deviation (version 1).
+    """
+    x = _spread_scale(raw, spread)
+    loc = np.median(x, axis=0)
+    sp = x.std(axis=0) if spread == "std" else np.quantile(x, 0.9, axis=0) - loc
+    return loc, np.maximum(sp, 1e-6 * np.maximum(np.abs(loc), 1e-6))
+
+
+def standardize(raw: np.ndarray, loc: np.ndarray, sp: np.ndarray, spread: str) -> np.ndarray:
+    """Raw part scores (or maps, last axis or broadcast) -> standardized z."""
+    return (_spread_scale(raw, spread) - loc) / sp
+
+
+def _spread_scale(raw: np.ndarray, spread: str) -> np.ndarray:
+    return np.log(np.maximum(raw, LOG_FLOOR)) if spread == "logq90" else np.asarray(raw)
+
+
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """Rows of (N, D) minus their mean, divided by their norm (a flat row stays zero)."""
     d = x - x.mean(1, keepdim=True)
@@ -151,7 +178,7 @@ class DetectorScorer(TextureScorer):
     def __init__(self, encoder: Encoder, *, parts: Sequence[str] = DEFAULT_PARTS,
                  global_grid: int = 64, grid_shape: Sequence[int] | None = None,
                  components: int = 64, grid_window: int = 8, gauss_window: int = 2,
-                 combine: str = "l2", spread: str = "q90", stride: int | None = None,
+                 combine: str = "l2", spread: str = "logq90", stride: int | None = None,
                  fine_grid: int = 128, seg_steps: int = 600, seg_width: int = 16,
                  **kwargs: Any) -> None:
         # tiles 3/4 of a tile apart (texture's default: 1/2): ~half the tiles, same cells
@@ -231,12 +258,7 @@ class DetectorScorer(TextureScorer):
                 raw[:, self.parts.index("texture")] = self._texture_cal
         if ref is not None and "texture" in self.parts:
             raw[:, self.parts.index("texture")] = self._texture_cal
-        self.part_loc_ = np.median(raw, axis=0)
-        if self.spread == "q90":  # robust: the normals' upper tail, not their outliers
-            spread = np.quantile(raw, 0.9, axis=0) - self.part_loc_
-        else:
-            spread = raw.std(axis=0)
-        self.part_spread_ = np.maximum(spread, 1e-6 * np.maximum(np.abs(self.part_loc_), 1e-6))
+        self.part_loc_, self.part_spread_ = fit_standardization(raw, self.spread)
         self._calibrate(self._combine(raw))
         self.part_scores_ = raw
         log.info("detector: grid %s, scale %.3f, parts %s", geo["grid"], self.scale,
@@ -399,7 +421,11 @@ class DetectorScorer(TextureScorer):
 
     def _combine(self, raw: np.ndarray) -> np.ndarray:
         """(N, P) raw part scores -> (N,) combined score (>= 0), see `_combine_z`."""
-        return _combine_z((raw - self.part_loc_) / self.part_spread_, self.combine, axis=1)
+        return _combine_z(self._z(raw), self.combine, axis=1)
+
+    def _z(self, raw: np.ndarray) -> np.ndarray:
+        """(N, P) raw part scores -> standardized (N, P) by the calibration normals."""
+        return standardize(raw, self.part_loc_, self.part_spread_, self.spread)
 
     def _raw_scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not hasattr(self, "part_loc_"):  # inside fit, before the parts are standardized
@@ -430,7 +456,8 @@ class DetectorScorer(TextureScorer):
             if part not in MAP_PARTS:
                 continue
             m = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
-            out[part] = (m[0, 0].numpy() - self.part_loc_[i]) / self.part_spread_[i]
+            out[part] = standardize(m[0, 0].numpy(), self.part_loc_[i], self.part_spread_[i],
+                                    self.spread)
         return out
 
     def part_maps(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -458,7 +485,7 @@ class DetectorScorer(TextureScorer):
         """
         self._check_fitted()
         raw = self._part_scores(images)
-        z = (raw - self.part_loc_) / self.part_spread_
+        z = self._z(raw)
         return self._combine(raw) / self.scale_, {p: z[:, i] for i, p in enumerate(self.parts)}
 
     def part_raw(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -469,7 +496,7 @@ class DetectorScorer(TextureScorer):
 
     def calibration_parts(self) -> dict[str, np.ndarray]:
         """Each part's standardized scores of the calibration images (from fit)."""
-        z = (self.part_scores_ - self.part_loc_) / self.part_spread_
+        z = self._z(self.part_scores_)
         return {p: z[:, i] for i, p in enumerate(self.parts)}
 
     # ---- persistence --------------------------------------------------------------------

@@ -174,15 +174,15 @@ def test_detector_saved_before_the_l2_rule_still_loads_and_scores_the_same():
 
 
 def test_heatmap_comes_from_the_parts_that_localize(grain_default):
-    """The image-level `nn` part (a distance to one whole nearest image) has no place in the
-    map: the map is each pixel's largest standardized localizing part, so its maximum still
-    falls in a small dark spot even when `nn` is part of the score."""
+    """The image-level parts (`nn`, `nncos`: distances to one whole nearest image) have no
+    place in the map: the map is each pixel's largest standardized localizing part, so its
+    maximum still falls in a small dark spot even when they are part of the score."""
     sc = grain_default
-    assert "nn" in sc.parts
+    assert {"nn", "nncos"} <= set(sc.parts)
     rng = np.random.default_rng(11)
     img, mask = dark_defect(grain(rng), "spot", rng)
     z = sc.part_maps(img)
-    assert set(z) == set(sc.parts) - {"nn"}
+    assert set(z) == set(sc.parts) - {"nn", "nncos"}
     expected = np.maximum(np.stack(list(z.values())).max(0), 0) / sc.scale_
     amap = sc.anomaly_map([img])[0]
     np.testing.assert_allclose(amap, expected, rtol=1e-4, atol=1e-6)
@@ -274,3 +274,33 @@ def test_image_level_parts_pcamean_and_nncos(encoder):
     again = scorer_from_state(encoder, sc.state(), sc.arrays())
     np.testing.assert_allclose(again.part_raw([img, copy]), sc.part_raw([img, copy]),
                                rtol=1e-5, atol=1e-7)
+
+
+def test_logq90_standardizes_the_parts_on_a_log_scale():
+    """The default spread: log scores, median and 90% quantile of the calibration normals.
+    A power of a part's scores (a part on another scale of the same evidence) gives the same
+    z; the linear q90 rule does not."""
+    from latentsight.embedder.detector import (
+        SPREADS,
+        DetectorScorer,
+        fit_standardization,
+        standardize,
+    )
+
+    assert SPREADS[0] == "logq90" and DetectorScorer.__init__.__kwdefaults__["spread"] == "logq90"
+    rng = np.random.default_rng(0)
+    cal = rng.lognormal(size=(200, 2))
+    test = rng.lognormal(size=(50, 2)) * 3
+    z = standardize(test, *fit_standardization(cal, "logq90"), "logq90")
+    z3 = standardize(test**3, *fit_standardization(cal**3, "logq90"), "logq90")
+    np.testing.assert_allclose(z, z3, rtol=1e-9, atol=1e-9)
+    zl = standardize(test, *fit_standardization(cal, "q90"), "q90")
+    zl3 = standardize(test**3, *fit_standardization(cal**3, "q90"), "q90")
+    assert not np.allclose(zl, zl3, rtol=1e-3)
+    # the calibration normals' own median sits at 0 and their 90% quantile at 1
+    zc = standardize(cal, *fit_standardization(cal, "logq90"), "logq90")
+    np.testing.assert_allclose(np.median(zc, 0), 0, atol=1e-9)
+    np.testing.assert_allclose(np.quantile(zc, 0.9, axis=0), 1, atol=1e-9)
+    # a score of 0 (a duplicate of a normal image) stays finite
+    assert np.isfinite(standardize(np.zeros((1, 2)), *fit_standardization(cal, "logq90"),
+                                   "logq90")).all()
