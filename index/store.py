@@ -269,6 +269,9 @@ SMALL_SEARCH_MACS = 1 << 24
 CALIBRATE_ROWS_X_DIM = 1 << 20  # below this many row floats (4 MiB) torch, unmeasured
 BLAS_ENV = "LATENTSIGHT_EXACT_BLAS"  # torch | numpy: skip the measurement, use this one
 _BLAS: dict[str, str] = {}
+# an index over LARGE_ROWS rows has its own choice, measured on its first LARGE_SAMPLE rows
+LARGE_ROWS = 65536
+LARGE_SAMPLE = 262144
 _BLAS_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -277,9 +280,12 @@ _POOL_LOCK = threading.Lock()
 def blas_for(xb: object, qt: object) -> str:
     """"torch" or "numpy": whichever runs this shape of search faster on this machine.
 
-    Measured once per process and per kind (a single query is a matrix-vector product,
-    bound by memory; a batch is a matrix product, bound by FLOP/s): both kernels search
-    the first rows of `xb` (at most 32k) three times, the faster by its best time is kept.
+    Measured once per process and per kind: a single query is a matrix-vector product,
+    bound by memory; a batch is a matrix product, bound by FLOP/s; and a large index
+    (over LARGE_ROWS rows) is its own kind, because which kernel wins a batch changes
+    with the rows (on the Intel dev VM numpy's at 32k rows, torch's from about 100k).
+    Both kernels search the first rows of `xb` (at most 32k, or LARGE_SAMPLE for a large
+    index) three times; the faster by its best time is kept.
     `LATENTSIGHT_EXACT_BLAS=torch|numpy` sets it instead.
     """
     import time
@@ -287,11 +293,13 @@ def blas_for(xb: object, qt: object) -> str:
     forced = os.environ.get(BLAS_ENV, "").strip().lower()
     if forced in ("torch", "numpy"):
         return forced
-    kind = "gemv" if int(qt.shape[0]) <= 4 else "gemm"
+    rows = int(xb.shape[0])
+    large = rows > LARGE_ROWS
+    kind = ("gemv" if int(qt.shape[0]) <= 4 else "gemm") + ("-large" if large else "")
     with _BLAS_LOCK:
         if kind in _BLAS:
             return _BLAS[kind]
-        sample = xb[: min(int(xb.shape[0]), 32768)]
+        sample = xb[: min(rows, LARGE_SAMPLE if large else 32768)]
         best = {}
         for name, fn in (("torch", _torch_chunks), ("numpy", _numpy_blocks)):
             times = []
@@ -304,7 +312,6 @@ def blas_for(xb: object, qt: object) -> str:
         log.info("exact search (%s): %s's BLAS (torch %.2f ms, numpy %.2f ms on %d rows)",
                  kind, _BLAS[kind], best["torch"] * 1e3, best["numpy"] * 1e3, len(sample))
         return _BLAS[kind]
-
 
 
 def _search_pool() -> ThreadPoolExecutor:

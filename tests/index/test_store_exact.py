@@ -163,6 +163,10 @@ def test_blas_choice_is_measured_once_per_kind(monkeypatch):
     assert store_mod.blas_for(xb, one) == store_mod._BLAS["gemv"]
     assert store_mod.blas_for(xb, many) in ("torch", "numpy")
     assert set(store_mod._BLAS) == {"gemv", "gemm"}
+    # a large index is measured again, on more of its rows: the winner changes with the rows
+    big = torch.zeros((store_mod.LARGE_ROWS + 1, DIM))
+    assert store_mod.blas_for(big, many) in ("torch", "numpy")
+    assert set(store_mod._BLAS) == {"gemv", "gemm", "gemm-large"}
 
 
 @pytest.mark.parametrize("blas", ["torch", "numpy"])
