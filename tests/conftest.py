@@ -86,12 +86,9 @@ def own_anomaly_home(anomaly_home, tmp_path):
     `anomaly_home` is shared by the whole session: a model trained into it would show up
     in other files' tests (the dashboard's scan page lists every scan model).
     """
-    import shutil
+    from tests.homes import copy_home
 
-    from latentsight.index.home import Home
-
-    anomaly_home.catalog.engine.dispose()
-    return Home(shutil.copytree(anomaly_home.root, tmp_path / "own-anomaly-home"))
+    return copy_home(anomaly_home, tmp_path / "own-anomaly-home")
 
 
 PG_ENV = "LATENTSIGHT_TEST_PG_URL"

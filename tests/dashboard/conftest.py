@@ -14,6 +14,8 @@ from latentsight.index.catalog import ScanResultRow, ScanRow
 from latentsight.index.home import Home
 from latentsight.index.manager import load_encoder
 
+from tests.homes import copy_home
+
 
 def reconstruction_scan(home: Home, paths: list[str], bad: list[str],
                         threshold: float | None = None) -> int:
@@ -60,12 +62,6 @@ def dash_home(tmp_path_factory, trained_home) -> Home:
 @pytest.fixture()
 def empty_home(tmp_path) -> Home:
     return Home(tmp_path / "empty")
-
-
-def copy_home(home: Home, dest: Path) -> Home:
-    """A private copy of a home (model and index paths are stored relative to it)."""
-    home.catalog.engine.dispose()
-    return Home(shutil.copytree(home.root, dest))
 
 
 @pytest.fixture()

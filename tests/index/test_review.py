@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 from latentsight.index.errors import CatalogError
-from latentsight.index.home import Home
 from latentsight.index.review import best_threshold
 from latentsight.index.scan import load_scorer, scan_paths
 
 from tests.cli import run
+from tests.homes import copy_home
 
 
 def test_best_threshold_separates_the_reviews_nearest_the_current_one():
@@ -24,8 +24,7 @@ def test_best_threshold_separates_the_reviews_nearest_the_current_one():
 
 
 def test_reviews_refit_the_threshold_through_the_cli(anomaly_home, tmp_path):
-    anomaly_home.catalog.engine.dispose()
-    home = Home(shutil.copytree(anomaly_home.root, tmp_path / "home"))
+    home = copy_home(anomaly_home, tmp_path / "home")
     with pytest.raises(CatalogError, match="No reviewed scan results"):
         from latentsight.index.review import refit_threshold
 
@@ -105,8 +104,7 @@ def test_refit_normals_moves_false_alarms_in_and_defects_out(anomaly_home, tmp_p
 
     from tests.imagegen import normal_textures
 
-    anomaly_home.catalog.engine.dispose()
-    home = Home(shutil.copytree(anomaly_home.root, tmp_path / "home"))
+    home = copy_home(anomaly_home, tmp_path / "home")
     folder = tmp_path / "scan"
     folder.mkdir()
     for i, px in enumerate(normal_textures(6, seed=7)):  # normal, but new to the model
