@@ -103,6 +103,13 @@ VARIANTS = {
     "detector:pca+gauss+texture+nn:logq90": (("pca", "gauss", "texture", "nn"), "l2", "logq90"),
     "detector+pcamean+nncos:logq90": (("pca", "gauss", "texture", "nn", "pcamean", "nncos"),
                                       "l2", "logq90"),
+    # candidate random-feature PaDiM part (--parts pca,gauss,texture,nn,nncos,padim)
+    "detector:padim": (("padim",), "max", "q90"),
+    "detector+padim": (("pca", "gauss", "texture", "nn", "nncos", "padim"), "l2", "logq90"),
+    "detector+padim-gauss": (("pca", "texture", "nn", "nncos", "padim"), "l2", "logq90"),
+    "detector:padim+texture": (("padim", "texture"), "l2", "logq90"),
+    "detector:padim+texture+nncos": (("padim", "texture", "nncos"), "l2", "logq90"),
+    "detector:padim+pca+texture": (("padim", "pca", "texture"), "l2", "logq90"),
 }
 # Heatmap rules measured for the localization (NEU synthetic): name -> (parts, combine,
 # spread), over the parts' standardized maps (`part_maps`).

@@ -33,7 +33,10 @@ maximum: the PCA-64 baseline's global reconstruction energy), `pca2` /
 `gauss2` (`pca` / `gauss` on a finer grid, `fine_grid` = 128 cells on the
 long side) and `seg` (a small segmentation net trained from scratch on
 synthetic anomalies made from the training images, DRAEM-style:
-embedder/synthetic.py; `seg_steps` training steps on the grid images).
+embedder/synthetic.py; `seg_steps` training steps on the grid images) and
+`padim` (per-position Gaussians of random convolutional features on the
+image at 4 pixels per grid cell, Mahalanobis distance map, PaDiM-style:
+embedder/padim.py).
 
 Each part's score is standardized on the calibration normals on a log scale
 (`spread="logq90"`: z = (log s - median) / (90% quantile - median) of the
@@ -60,14 +63,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from latentsight.embedder import padim
 from latentsight.embedder.encoder import Encoder
 from latentsight.embedder.scoring import SCORERS, TextureScorer, TileScorer, to_channels
 from latentsight.embedder.synthetic import Segmenter, segment, train_segmenter
 
 log = logging.getLogger(__name__)
 
-PARTS = ("pca", "gauss", "texture", "nn", "pca2", "gauss2", "seg", "pcamean", "nncos")
-GLOBAL_PARTS = ("pca", "gauss", "nn", "pca2", "gauss2", "seg", "pcamean", "nncos")
+PARTS = ("pca", "gauss", "texture", "nn", "pca2", "gauss2", "seg", "pcamean", "nncos",
+         "padim")
+GLOBAL_PARTS = ("pca", "gauss", "nn", "pca2", "gauss2", "seg", "pcamean", "nncos", "padim")
 # the parts that keep the reference grid images (`grid_ref`)
 NN_PARTS = ("nn", "nncos")
 # image-level parts: one number per image (their map is not used for the heatmap)
@@ -77,7 +82,7 @@ FINE_PARTS = ("pca2", "gauss2")
 # The heatmap combines only the parts whose maps say where: `nn` is an image-level distance
 # (to one whole nearest image), its map is nearly flat and would hide the defect; the
 # other IMAGE_PARTS (a whole-image mean, a normalized 1-NN) likewise.
-MAP_PARTS = ("pca", "gauss", "texture", "pca2", "gauss2", "seg")
+MAP_PARTS = ("pca", "gauss", "texture", "pca2", "gauss2", "seg", "padim")
 DEFAULT_PARTS = ("pca", "gauss", "texture", "nn", "nncos")
 COMBINES = ("l2", "mean", "max")
 SPREADS = ("logq90", "q90", "std")
@@ -312,6 +317,8 @@ class DetectorScorer(TextureScorer):
             xs = x.float().view(len(x), self.encoder.channels, gh, gw)
             self.seg_net_ = train_segmenter(xs, steps=self.seg_steps, seed=self.seed,
                                             width=self.seg_width)
+        if "padim" in self.parts:
+            self._fit_padim(images)
         if any(p in self.parts for p in FINE_PARTS):
             x = self._grid_pixels(images, "grid2").double()
             mean = x.mean(0)
@@ -323,6 +330,30 @@ class DetectorScorer(TextureScorer):
                 self.grid2_components_ = vt[:k].float().numpy()
             else:
                 self.grid2_components_ = np.zeros((0, x.shape[1]), dtype=np.float32)
+
+    def _padim_pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Images resized to the padim input (FEATURE_STRIDE pixels per grid cell),
+        float (N, C, 4 gh, 4 gw) in [0, 1]."""
+        size = padim.input_size(tuple(self.geometry_["grid"]))
+        out = []
+        for p in images:
+            x = torch.from_numpy(np.array(to_channels(p, self.encoder.channels)))
+            x = x.float().div_(255.0)[None]
+            down = x.shape[-2] >= size[0] and x.shape[-1] >= size[1]
+            out.append(F.interpolate(x, size=size, mode="area") if down else
+                       F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+        return torch.cat(out)
+
+    def _fit_padim(self, images: Sequence[np.ndarray]) -> None:
+        """The padim part: random features' per-position Gaussians (embedder/padim.py)."""
+        grid = tuple(self.geometry_["grid"])
+        self.padim_net_ = padim.feature_net(self.encoder.channels, self.seed)
+        # resized in batches, so the resized pixels never all sit in memory
+        batches = (self._padim_pixels(images[i : i + padim.BATCH])
+                   for i in range(0, len(images), padim.BATCH))
+        model = padim.fit_padim(self.padim_net_, batches, grid)
+        self.padim_mean_ = model["mean"].numpy()
+        self.padim_precision_ = model["precision"].numpy()
 
     # ---- scoring ------------------------------------------------------------------------
 
@@ -366,6 +397,12 @@ class DetectorScorer(TextureScorer):
         if "seg" in self.parts:
             p = segment(self.seg_net_, x.view(1, c, gh, gw))
             out["seg"] = _pool_same(p, min(self.grid_window, gh, gw))
+        if "padim" in self.parts:
+            model = {"mean": torch.from_numpy(self.padim_mean_),
+                     "precision": torch.from_numpy(self.padim_precision_)}
+            m = padim.padim_distance(self.padim_net_, model, self._padim_pixels([pixels]),
+                                     (gh, gw))
+            out["padim"] = _pool_same(m[None], min(3, gh, gw))
         if any(p in self.parts for p in FINE_PARTS):
             gh, gw = self.geometry_["grid2"]
             x = self._grid_pixels([pixels], "grid2")[0]
@@ -519,6 +556,11 @@ class DetectorScorer(TextureScorer):
         if "seg" in self.parts:
             out.update({f"seg.{k}": v.detach().cpu().numpy()
                         for k, v in self.seg_net_.state_dict().items()})
+        if "padim" in self.parts:
+            out.update({"padim_mean": self.padim_mean_,
+                        "padim_precision": self.padim_precision_})
+            out.update({f"padim.{k}": v.detach().cpu().numpy()
+                        for k, v in self.padim_net_.state_dict().items()})
         return out
 
     def load_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> DetectorScorer:
@@ -543,6 +585,13 @@ class DetectorScorer(TextureScorer):
             net.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
                                  if k.startswith("seg.")})
             self.seg_net_ = net.eval()
+        if "padim" in self.parts:
+            self.padim_mean_ = np.asarray(arrays["padim_mean"], dtype=np.float32)
+            self.padim_precision_ = np.asarray(arrays["padim_precision"], dtype=np.float32)
+            pnet = padim.FeatureNet(self.encoder.channels)
+            pnet.load_state_dict({k[6:]: torch.from_numpy(np.array(v))
+                                  for k, v in arrays.items() if k.startswith("padim.")})
+            self.padim_net_ = pnet.eval()
         if "texture" in self.parts:
             return super().load_state(state, arrays)
         return TileScorer.load_state(self, state, arrays)

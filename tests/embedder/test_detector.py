@@ -246,6 +246,32 @@ def test_detector_seg_part_trains_saves_and_loads(encoder):
     assert 0 <= float(xa.min()) and float(xa.max()) <= 1
 
 
+def test_detector_padim_part_localizes_saves_and_loads(encoder):
+    """The optional `padim` part (per-position Gaussians of random convolutional features,
+    embedder/padim.py): a dark spot scores above every normal and its map peaks on the spot;
+    the features are fixed by the seed; saved as arrays, it loads to the same scores."""
+    import torch
+    from latentsight.embedder import padim
+
+    rng = np.random.default_rng(14)
+    ref, calib = [grain(rng) for _ in range(24)], [grain(rng) for _ in range(8)]
+    sc = make_scorer("detector", encoder, parts=("padim",), fpr=0.1).fit(calib, reference=ref)
+    normals = [grain(rng) for _ in range(6)]
+    bad, mask = dark_defect(grain(rng), "spot", rng)
+    s_norm, s_bad = sc.decision_function(normals), sc.decision_function([bad])[0]
+    assert s_bad > s_norm.max()
+    assert peak_inside(sc.anomaly_map([bad])[0], mask, margin=3)
+    again = scorer_from_state(encoder, sc.state(), sc.arrays())
+    np.testing.assert_allclose(again.decision_function([*normals, bad]),
+                               [*s_norm, s_bad], rtol=1e-5)
+    a, b = padim.feature_net(1, 0), padim.feature_net(1, 0)
+    x = torch.rand(2, 1, 16, 16)
+    assert torch.equal(a(x, (4, 4)), b(x, (4, 4)))
+    assert not torch.equal(a(x, (4, 4)), padim.feature_net(1, 1)(x, (4, 4)))
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        padim.fit_padim(a, [torch.rand(1, 1, 16, 16)], (4, 4))
+
+
 def test_image_level_parts_pcamean_and_nncos(encoder):
     """`pcamean` is the whole grid's mean squared PCA reconstruction error (the PCA-64
     baseline's statistic, where `pca` takes the pooled maximum); `nncos` is the 1-NN distance

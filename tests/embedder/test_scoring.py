@@ -19,7 +19,8 @@ FPR = 0.1
 # detector configurations beside the registered scorers' defaults, under the same contract:
 # name -> (scorer, options)
 CONFIGS = {"detector+pcamean+nncos": ("detector", {
-    "parts": ("pca", "gauss", "texture", "nn", "pcamean", "nncos")})}
+    "parts": ("pca", "gauss", "texture", "nn", "pcamean", "nncos")}),
+    "detector+padim": ("detector", {"parts": ("pca", "gauss", "texture", "nn", "nncos", "padim")})}
 CASES = sorted(SCORERS) + sorted(CONFIGS)
 
 
