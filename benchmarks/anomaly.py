@@ -550,6 +550,8 @@ def main() -> None:
     ap.add_argument("--parts", default="",
                     help="the detector's parts for this run, comma-separated (default: its "
                          "defaults); e.g. pca,gauss,texture,nn,pca2,gauss2")
+    ap.add_argument("--padim", default="",
+                    help="the padim part's covariance and dimensions, e.g. position:32")
     ap.add_argument("--dump-raw", default="",
                     help="save the detector's raw part scores (calibration, test normal, test "
                          "anomalous) per protocol split to this .npz file")
@@ -569,6 +571,9 @@ def main() -> None:
         return
     if args.parts:
         DET_PARAMS["parts"] = tuple(args.parts.split(","))
+    if args.padim:
+        cov, _, dims = args.padim.partition(":")
+        DET_PARAMS.update(padim_cov=cov, padim_dims=int(dims or 64))
     torch.set_num_threads(args.threads)
     want = set(args.protocols.split(","))
     t0 = time.perf_counter()

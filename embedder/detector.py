@@ -185,6 +185,7 @@ class DetectorScorer(TextureScorer):
                  components: int = 64, grid_window: int = 8, gauss_window: int = 2,
                  combine: str = "l2", spread: str = "logq90", stride: int | None = None,
                  fine_grid: int = 128, seg_steps: int = 600, seg_width: int = 16,
+                 padim_cov: str = "shared", padim_dims: int = padim.DIMS,
                  **kwargs: Any) -> None:
         # tiles 3/4 of a tile apart (texture's default: 1/2): ~half the tiles, same cells
         stride = stride or max(1, encoder.image_size * 3 // 4)
@@ -200,13 +201,16 @@ class DetectorScorer(TextureScorer):
         self.fine_grid = fine_grid
         self.seg_steps = seg_steps
         self.seg_width = seg_width
+        self.padim_cov = padim_cov
+        self.padim_dims = padim_dims
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "parts": list(self.parts), "global_grid": self.global_grid,
                 "grid_shape": self.grid_shape, "components": self.components,
                 "grid_window": self.grid_window, "gauss_window": self.gauss_window,
                 "combine": self.combine, "spread": self.spread, "fine_grid": self.fine_grid,
-                "seg_steps": self.seg_steps, "seg_width": self.seg_width}
+                "seg_steps": self.seg_steps, "seg_width": self.seg_width,
+                "padim_cov": self.padim_cov, "padim_dims": self.padim_dims}
 
     # ---- fit ----------------------------------------------------------------------------
 
@@ -351,7 +355,8 @@ class DetectorScorer(TextureScorer):
         # resized in batches, so the resized pixels never all sit in memory
         batches = (self._padim_pixels(images[i : i + padim.BATCH])
                    for i in range(0, len(images), padim.BATCH))
-        model = padim.fit_padim(self.padim_net_, batches, grid)
+        model = padim.fit_padim(self.padim_net_, batches, grid, cov=self.padim_cov,
+                                dims=self.padim_dims)
         self.padim_mean_ = model["mean"].numpy()
         self.padim_precision_ = model["precision"].numpy()
 

@@ -37,6 +37,7 @@ from torch import nn
 # the input is this many pixels per grid cell
 FEATURE_STRIDE = 4
 DIMS = 64  # channels kept of the two layers' 32 + 64
+COVS = ("shared", "position")
 # the covariance is regularized by this times the identity (features are O(1))
 RIDGE = 0.01
 BATCH = 32
@@ -81,42 +82,68 @@ def input_size(grid: tuple[int, int]) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def fit_padim(net: FeatureNet, batches: Iterable[torch.Tensor], grid: tuple[int, int]
-              ) -> dict[str, torch.Tensor]:
-    """Per-position mean (P, D) and the shared precision (D, D) of the normal images' features.
+def fit_padim(net: FeatureNet, batches: Iterable[torch.Tensor], grid: tuple[int, int], *,
+              cov: str = "shared", dims: int = DIMS) -> dict[str, torch.Tensor]:
+    """Per-position mean (P, d) and precision of the normal images' features (the first
+    `dims` of the net's DIMS channels).
 
-    `batches`: (B, C, H, W) float tensors in [0, 1] at `input_size(grid)`;
-    accumulated (float64 sums), so memory stays (P, D) whatever the count.
-    The covariance is the within-position one, pooled over positions.
+    `cov="shared"`: one (d, d) precision, the within-position covariance pooled
+    over positions; "position": one per position, (P, d, d). `batches`: (B, C,
+    H, W) float tensors in [0, 1] at `input_size(grid)`; accumulated (float64
+    sums), so memory stays that of the model whatever the count.
     """
+    if cov not in COVS or not 1 <= dims <= DIMS:
+        msg = (f"The padim 'cov' and 'dims' options must be one of {list(COVS)} and 1..{DIMS}. "
+               f"Got {cov!r} and {dims} instead.")
+        raise ValueError(msg)
     p = grid[0] * grid[1]
     n = 0
-    s1 = torch.zeros(p, DIMS, dtype=torch.float64)
-    s2 = torch.zeros(DIMS, DIMS, dtype=torch.float64)
+    s1 = torch.zeros(p, dims, dtype=torch.float64)
+    s2 = torch.zeros(*((p,) if cov == "position" else ()), dims, dims, dtype=torch.float64)
     for x in batches:
-        f = net(x, grid).double().permute(0, 2, 3, 1).reshape(len(x), p, DIMS)  # (B, P, D)
+        f = _features(net, x, grid, dims).double()  # (B, P, d)
         n += len(x)
         s1 += f.sum(0)
-        flat = f.reshape(-1, DIMS)
-        s2 += flat.T @ flat
+        if cov == "position":
+            fp = f.transpose(0, 1)  # (P, B, d)
+            s2 += fp.transpose(1, 2) @ fp
+        else:
+            flat = f.reshape(-1, dims)
+            s2 += flat.T @ flat
     if n < 2:
         msg = f"padim needs at least 2 training images. Got {n}."
         raise ValueError(msg)
     mean = s1 / n
-    cov = (s2 - n * mean.T @ mean) / (p * (n - 1))
-    cov += RIDGE * torch.eye(DIMS, dtype=torch.float64)
-    return {"mean": mean.float(), "precision": torch.linalg.inv(cov).float()}
+    if cov == "position":
+        c = (s2 - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
+    else:
+        c = (s2 - n * mean.T @ mean) / (p * (n - 1))
+    c += RIDGE * torch.eye(dims, dtype=torch.float64)
+    return {"mean": mean.float(), "precision": torch.linalg.inv(c).float()}
 
 
 @torch.no_grad()
 def padim_distance(net: FeatureNet, model: dict[str, torch.Tensor], images: torch.Tensor,
                    grid: tuple[int, int]) -> torch.Tensor:
-    """Mahalanobis distance of each position's features, (N, gh, gw)."""
+    """Mahalanobis distance of each position's features, (N, gh, gw); the model's
+    precision is shared (d, d) or per position (P, d, d)."""
     out = []
-    p = grid[0] * grid[1]
+    dims = int(model["mean"].shape[1])
+    prec = model["precision"]
     for i in range(0, len(images), BATCH):
         x = images[i : i + BATCH]
-        d = net(x, grid).permute(0, 2, 3, 1).reshape(len(x), p, DIMS) - model["mean"]
-        m = ((d @ model["precision"]) * d).sum(-1).clamp_min_(0).sqrt_()  # (B, P)
-        out.append(m.reshape(-1, grid[0], grid[1]))
+        d = _features(net, x, grid, dims) - model["mean"]  # (B, P, d)
+        if prec.ndim == 3:  # per position: (P, B, d) @ (P, d, d)
+            dp = d.transpose(0, 1)
+            m = ((dp @ prec) * dp).sum(-1).T
+        else:
+            m = ((d @ prec) * d).sum(-1)  # (B, P)
+        out.append(m.clamp_min_(0).sqrt_().reshape(-1, grid[0], grid[1]))
     return torch.cat(out)
+
+
+def _features(net: FeatureNet, x: torch.Tensor, grid: tuple[int, int], dims: int
+              ) -> torch.Tensor:
+    """(B, C, H, W) -> (B, P, dims) features per grid position."""
+    f = net(x, grid)[:, :dims]
+    return f.permute(0, 2, 3, 1).reshape(len(x), grid[0] * grid[1], dims)

@@ -264,6 +264,14 @@ def test_detector_padim_part_localizes_saves_and_loads(encoder):
     again = scorer_from_state(encoder, sc.state(), sc.arrays())
     np.testing.assert_allclose(again.decision_function([*normals, bad]),
                                [*s_norm, s_bad], rtol=1e-5)
+    # one covariance per position (PaDiM's own), on 16 of the 64 feature dimensions
+    pos = make_scorer("detector", encoder, parts=("padim",), padim_cov="position",
+                      padim_dims=16, fpr=0.1).fit(calib, reference=ref)
+    assert pos.arrays()["padim_precision"].shape[1:] == (16, 16)
+    assert pos.decision_function([bad])[0] > pos.decision_function(normals).max()
+    np.testing.assert_allclose(
+        scorer_from_state(encoder, pos.state(), pos.arrays()).decision_function([bad]),
+        pos.decision_function([bad]), rtol=1e-5)
     a, b = padim.feature_net(1, 0), padim.feature_net(1, 0)
     x = torch.rand(2, 1, 16, 16)
     assert torch.equal(a(x, (4, 4)), b(x, (4, 4)))
