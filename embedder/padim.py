@@ -10,14 +10,14 @@ distance. Its features usually come from a network pretrained on ImageNet,
 which latentsight cannot download; here they come from two convolutions
 with fixed random weights (torch's Kaiming-uniform init, from a seed):
 random filters give a rich, stable description of local structure. Each
-position has its own mean; the covariance is shared (the within-position
-covariance pooled over positions), so the model is (positions x 64) means
-and one 64 x 64 matrix. One covariance per position (PaDiM's own choice)
-scored higher on ELPV mono in an experiment outside the benchmark (AUROC
-0.838 vs 0.740 alone; 0.821 with 32 dimensions) and about the same on poly
-(0.822 vs 0.816), but it is a (positions x 64 x 64) matrix, 67 MB on a 64 x
-64 grid, and reading it for every image made the part four times slower.
-Not in the detector's default: docs/anomaly.md ("Candidate: `padim`").
+position has its own mean; the covariance is shared by default (the
+within-position covariance pooled over positions: (positions x 64) means and
+one 64 x 64 matrix) or one per position (`cov="position"`, PaDiM's own, on
+`dims` dimensions). In benchmarks/anomaly.py the part alone scored AUROC
+0.734 / 0.807 on ELPV mono / poly shared and 0.828 / 0.821 per position on 32
+dimensions (a 16 MB matrix on the 64-cell grid; 67 MB on 64 dimensions, whose
+reading made the part four times slower). Not in the detector's default:
+docs/anomaly.md ("Candidate: `padim`").
 
 The input is the image at FEATURE_STRIDE times the grid (256 pixels on the
 long side for the 64-cell grid), so a crack a few pixels wide in a 300x300
