@@ -573,7 +573,7 @@ def main() -> None:
         DET_PARAMS["parts"] = tuple(args.parts.split(","))
     if args.padim:
         cov, _, dims = args.padim.partition(":")
-        DET_PARAMS.update(padim_cov=cov, padim_dims=int(dims or 64))
+        DET_PARAMS.update(padim_cov=cov, **({"padim_dims": int(dims)} if dims else {}))
     torch.set_num_threads(args.threads)
     want = set(args.protocols.split(","))
     t0 = time.perf_counter()

@@ -288,13 +288,18 @@ class DetectorScorer(TextureScorer):
 
     def _grid_pixels(self, images: Sequence[np.ndarray], key: str = "grid") -> torch.Tensor:
         """Images resized (area) to the grid (or "grid2"): float (N, C*gh*gw) in [0, 1]."""
-        gh, gw = self.geometry_[key]
-        out = []
-        for p in images:
-            x = torch.from_numpy(np.array(to_channels(p, self.encoder.channels)))
-            x = x.float().div_(255.0)[None]  # (1, C, H, W)
-            out.append(F.interpolate(x, size=(gh, gw), mode="area").flatten())
-        return torch.stack(out)
+        size = tuple(self.geometry_[key])
+        return torch.stack([self._resized(p, size).flatten() for p in images])
+
+    def _resized(self, pixels: np.ndarray, size: tuple[int, int], *,
+                 smooth_up: bool = False) -> torch.Tensor:
+        """One image in the model's channels, float (1, C, h, w) in [0, 1]: area-averaged
+        to `size`, or bilinear where `smooth_up` and the image is smaller than `size`."""
+        x = torch.from_numpy(np.array(to_channels(pixels, self.encoder.channels)))
+        x = x.float().div_(255.0)[None]  # (1, C, H, W)
+        if smooth_up and (x.shape[-2] < size[0] or x.shape[-1] < size[1]):
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=size, mode="area")
 
     def _fit_global(self, images: Sequence[np.ndarray]) -> None:
         if not any(p in self.parts for p in GLOBAL_PARTS):
@@ -339,14 +344,7 @@ class DetectorScorer(TextureScorer):
         """Images resized to the padim input (FEATURE_STRIDE pixels per grid cell),
         float (N, C, 4 gh, 4 gw) in [0, 1]."""
         size = padim.input_size(tuple(self.geometry_["grid"]))
-        out = []
-        for p in images:
-            x = torch.from_numpy(np.array(to_channels(p, self.encoder.channels)))
-            x = x.float().div_(255.0)[None]
-            down = x.shape[-2] >= size[0] and x.shape[-1] >= size[1]
-            out.append(F.interpolate(x, size=size, mode="area") if down else
-                       F.interpolate(x, size=size, mode="bilinear", align_corners=False))
-        return torch.cat(out)
+        return torch.cat([self._resized(p, size, smooth_up=True) for p in images])
 
     def _fit_padim(self, images: Sequence[np.ndarray]) -> None:
         """The padim part: random features' per-position Gaussians (embedder/padim.py)."""
