@@ -215,6 +215,7 @@ def tiny_encoder(tile: int):
 
 DET_PARAMS: dict[str, Any] = {}  # --parts: the detector's parts for the whole run
 RAW: dict[str, list] = {}  # --dump-raw: raw part scores per protocol split
+SYNTH: list[str] = []  # --synthetic: also dump the parts' raw scores on synthetic anomalies
 
 
 def fit_all(train: list[np.ndarray], seed: int) -> dict[str, Any]:
@@ -238,7 +239,81 @@ def fit_all(train: list[np.ndarray], seed: int) -> dict[str, Any]:
         out[f"_fit_s:{name}"] = time.perf_counter() - t0
     for name in BASELINES:
         out[name] = PixelBaseline(name).fit(calib, ref)
+    for kind in SYNTH:
+        out[f"_synth:{kind}"] = synthetic_anomalies(calib, seed, kind)
     return out
+
+
+def synthetic_anomalies(imgs: list[np.ndarray], seed: int, kind: str = "draem",
+                        copies: int = 2) -> list[np.ndarray]:
+    """`copies` copies of each image with a synthetic anomaly at the image's own size.
+
+    "draem": embedder/synthetic.py's masks (smooth noise, large regions) filled with another
+    image's content, procedural noise or a brightness change (images of one shape are
+    batched: the donors); "generic": small defects of the common kinds, one per copy in turn:
+    a thin scar (a line 1-3% of the short side wide, 15-50% long, darker or brighter by 1-3
+    of the image's standard deviations, or another image's content: CutPaste-scar), a spot
+    (a disk 2-5% of the side across, likewise) or a small smooth-noise region (0.5-3% of
+    the area) with another image's content, procedural noise or a brightness change.
+    """
+    from latentsight.embedder.synthetic import synthesize
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    rng = np.random.default_rng(seed + 1)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(imgs):
+        groups.setdefault(p.shape, []).append(i)
+    out = []
+    for idx in groups.values():
+        x = torch.from_numpy(np.stack([np.atleast_3d(imgs[i]).transpose(2, 0, 1)
+                                       for i in idx])).float() / 255
+        for c in range(copies):
+            if kind == "draem":
+                xa, _m = synthesize(x, gen, keep_normal=0.0)
+            else:
+                xa = torch.stack([_generic(x, j, (c + j) % 3, rng) for j in range(len(x))])
+            a = (xa.clamp(0, 1) * 255).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1)
+            out += [im[:, :, 0] if imgs[0].ndim == 2 else im for im in a]
+    return out
+
+
+def _generic(x: torch.Tensor, j: int, which: int, rng: np.random.Generator) -> torch.Tensor:
+    """One small synthetic defect on image j of x (B, C, h, w): 0 scar, 1 spot, 2 region."""
+    from latentsight.embedder.synthetic import smooth_noise
+
+    img = x[j]
+    _, h, w = img.shape
+    side = min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if which == 0:
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ang = rng.uniform(0, np.pi)
+        half = rng.uniform(0.15, 0.5) * side / 2
+        width = max(1.0, rng.uniform(0.01, 0.03) * side)
+        along = (xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang)
+        across = -(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)
+        mask = (np.abs(along) <= half) & (np.abs(across) <= width / 2)
+    elif which == 1:
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = max(1.0, rng.uniform(0.01, 0.025) * side)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    else:
+        g = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+        n = smooth_noise(1, h, w, g)[0, 0].numpy()
+        mask = n >= np.quantile(n, 1 - rng.uniform(0.005, 0.03))
+    m = torch.from_numpy(mask.astype(np.float32))[None]
+    fill_kind = int(rng.integers(3))
+    sd = float(img.std()) + 1e-3
+    if fill_kind == 0:  # darker or brighter by 1-3 standard deviations
+        fill = img + float(rng.choice([-1, 1]) * rng.uniform(1, 3)) * sd
+    elif fill_kind == 1:  # another image's content, shifted
+        k = int(rng.integers(len(x)))
+        fill = torch.roll(x[k], (int(rng.integers(h)), int(rng.integers(w))), (1, 2))
+    else:  # procedural noise at the image's level
+        fill = img.mean() + sd * 2 * torch.randn(img.shape[0], h, w,
+                                                 generator=torch.Generator().manual_seed(
+                                                     int(rng.integers(1 << 31))))
+    return img * (1 - m) + m * fill.clamp(0, 1)
 
 
 def variant(det, raw: np.ndarray, name: str) -> np.ndarray:
@@ -298,6 +373,7 @@ def evaluate(fitted, normal_imgs, anomalous_imgs, key: str = "") -> dict[str, di
     if key:
         det = fitted["detector"]
         RAW[key] = [list(det.parts), det.part_scores_, *fitted["_raw"][-2:]]
+        RAW[key].append({k: det.part_raw(fitted[f"_synth:{k}"]) for k in SYNTH})
     return {n: metrics(sn[n], sa[n], {f: thresholds(fitted, n, f) for f in (0.01, 0.05)})
             for n in sn}
 
@@ -555,6 +631,10 @@ def main() -> None:
     ap.add_argument("--dump-raw", default="",
                     help="save the detector's raw part scores (calibration, test normal, test "
                          "anomalous) per protocol split to this .npz file")
+    ap.add_argument("--synthetic", default="",
+                    help="with --dump-raw, also dump the parts' raw scores on synthetic "
+                         "anomalies made from the calibration normals (two per image) of "
+                         "these kinds: draem, generic (comma-separated)")
     ap.add_argument("--merge", default="",
                     help="comma-separated JSON dumps of earlier runs: report them, run nothing")
     args = ap.parse_args()
@@ -569,6 +649,7 @@ def main() -> None:
             total += doc["total_s"]
         finish(results, speed, args, total)
         return
+    SYNTH.extend(filter(None, args.synthetic.split(",")))
     if args.parts:
         DET_PARAMS["parts"] = tuple(args.parts.split(","))
     if args.padim:
@@ -610,8 +691,9 @@ def main() -> None:
             {"results": clean, "speed": speed, "total_s": total}, default=float))
     if args.dump_raw:
         flat = {}
-        for k, (parts, cal, nor, ano) in RAW.items():
+        for k, (parts, cal, nor, ano, syn) in RAW.items():
             flat.update({f"{k}|cal": cal, f"{k}|normal": nor, f"{k}|anomalous": ano})
+            flat.update({f"{k}|synth:{kind}": v for kind, v in syn.items()})
             flat[f"{k}|parts"] = np.asarray(parts)
         np.savez(args.dump_raw, **flat)
     finish(results, speed, args, total)

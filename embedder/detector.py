@@ -83,7 +83,7 @@ FINE_PARTS = ("pca2", "gauss2")
 # (to one whole nearest image), its map is nearly flat and would hide the defect; the
 # other IMAGE_PARTS (a whole-image mean, a normalized 1-NN) likewise.
 MAP_PARTS = ("pca", "gauss", "texture", "pca2", "gauss2", "seg", "padim")
-DEFAULT_PARTS = ("pca", "gauss", "texture", "nn", "nncos")
+DEFAULT_PARTS = ("pca", "gauss", "texture", "nncos", "padim")
 COMBINES = ("l2", "mean", "max")
 SPREADS = ("logq90", "q90", "std")
 # `spread="logq90"` standardizes log(max(score, LOG_FLOOR)): the parts' scores are
@@ -185,7 +185,7 @@ class DetectorScorer(TextureScorer):
                  components: int = 64, grid_window: int = 8, gauss_window: int = 2,
                  combine: str = "l2", spread: str = "logq90", stride: int | None = None,
                  fine_grid: int = 128, seg_steps: int = 600, seg_width: int = 16,
-                 padim_cov: str = "shared", padim_dims: int = padim.DIMS,
+                 padim_cov: str = "position", padim_dims: int = padim.POSITION_DIMS,
                  **kwargs: Any) -> None:
         # tiles 3/4 of a tile apart (texture's default: 1/2): ~half the tiles, same cells
         stride = stride or max(1, encoder.image_size * 3 // 4)
@@ -356,7 +356,7 @@ class DetectorScorer(TextureScorer):
         model = padim.fit_padim(self.padim_net_, batches, grid, cov=self.padim_cov,
                                 dims=self.padim_dims)
         self.padim_mean_ = model["mean"].numpy()
-        self.padim_precision_ = model["precision"].numpy()
+        self.padim_precision_ = np.ascontiguousarray(model["precision"].numpy())
 
     # ---- scoring ------------------------------------------------------------------------
 
@@ -590,7 +590,11 @@ class DetectorScorer(TextureScorer):
             self.seg_net_ = net.eval()
         if "padim" in self.parts:
             self.padim_mean_ = np.asarray(arrays["padim_mean"], dtype=np.float32)
-            self.padim_precision_ = np.asarray(arrays["padim_precision"], dtype=np.float32)
+            self.padim_precision_ = np.ascontiguousarray(arrays["padim_precision"],
+                                                         dtype=np.float32)
+            # what was fitted, whatever the params say (a model saved before `padim_cov`)
+            self.padim_cov = "position" if self.padim_precision_.ndim == 3 else "shared"
+            self.padim_dims = int(self.padim_mean_.shape[1])
             pnet = padim.FeatureNet(self.encoder.channels)
             pnet.load_state_dict({k[6:]: torch.from_numpy(np.array(v))
                                   for k, v in arrays.items() if k.startswith("padim.")})

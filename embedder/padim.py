@@ -37,6 +37,8 @@ from torch import nn
 # the input is this many pixels per grid cell
 FEATURE_STRIDE = 4
 DIMS = 64  # channels kept of the two layers' 32 + 64
+# of them, the dimensions of the detector's default (one covariance per position)
+POSITION_DIMS = 32
 COVS = ("shared", "position")
 # the covariance is regularized by this times the identity (features are O(1))
 RIDGE = 0.01
@@ -53,13 +55,24 @@ class FeatureNet(nn.Module):
         # the fixed random subset of the 96 channels kept (a buffer: saved with the weights)
         self.register_buffer("keep", torch.zeros(DIMS, dtype=torch.long))
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(B, C, H, W) in [0, 1] -> (B, DIMS, gh, gw) features pooled to the grid."""
-        x = (x - 0.5) / 0.25
-        a = F.relu(self.c1(x))
-        b = F.relu(self.c2(a))
-        f = torch.cat([F.adaptive_avg_pool2d(a, grid), F.adaptive_avg_pool2d(b, grid)], 1)
-        return f[:, self.keep]
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], dims: int = DIMS
+                ) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> (B, dims, gh, gw): the first `dims` kept channels pooled
+        to the grid. Only the second layer's kept channels are computed (most of its cost)."""
+        k = self.keep[:dims]
+        n1 = self.c1.out_channels
+        k2 = k[k >= n1] - n1
+        # channels-last: the same values, and pooling a (B, 32, H, W) map is ~5x faster
+        x = ((x - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
+        a = self.c1(x).relu_()
+        pooled = [F.adaptive_avg_pool2d(a, grid)]
+        if len(k2):
+            b = F.conv2d(a, self.c2.weight[k2], self.c2.bias[k2], stride=self.c2.stride,
+                         padding=self.c2.padding).relu_()
+            pooled.append(F.adaptive_avg_pool2d(b, grid))
+        idx = k.clone()
+        idx[k >= n1] = n1 + torch.arange(len(k2))  # the computed second-layer channels
+        return torch.cat(pooled, 1)[:, idx]
 
 
 def feature_net(channels: int, seed: int) -> FeatureNet:
@@ -119,7 +132,7 @@ def fit_padim(net: FeatureNet, batches: Iterable[torch.Tensor], grid: tuple[int,
     else:
         c = (s2 - n * mean.T @ mean) / (p * (n - 1))
     c += RIDGE * torch.eye(dims, dtype=torch.float64)
-    return {"mean": mean.float(), "precision": torch.linalg.inv(c).float()}
+    return {"mean": mean.float(), "precision": torch.linalg.inv(c).float().contiguous()}
 
 
 @torch.no_grad()
@@ -129,12 +142,12 @@ def padim_distance(net: FeatureNet, model: dict[str, torch.Tensor], images: torc
     precision is shared (d, d) or per position (P, d, d)."""
     out = []
     dims = int(model["mean"].shape[1])
-    prec = model["precision"]
+    prec = model["precision"].contiguous()  # (a strided one makes the matmul ~10x slower)
     for i in range(0, len(images), BATCH):
         x = images[i : i + BATCH]
         d = _features(net, x, grid, dims) - model["mean"]  # (B, P, d)
         if prec.ndim == 3:  # per position: (P, B, d) @ (P, d, d)
-            dp = d.transpose(0, 1)
+            dp = d.transpose(0, 1).contiguous()
             m = ((dp @ prec) * dp).sum(-1).T
         else:
             m = ((d @ prec) * d).sum(-1)  # (B, P)
@@ -145,5 +158,5 @@ def padim_distance(net: FeatureNet, model: dict[str, torch.Tensor], images: torc
 def _features(net: FeatureNet, x: torch.Tensor, grid: tuple[int, int], dims: int
               ) -> torch.Tensor:
     """(B, C, H, W) -> (B, P, dims) features per grid position."""
-    f = net(x, grid)[:, :dims]
+    f = net(x, grid, dims)
     return f.permute(0, 2, 3, 1).reshape(len(x), grid[0] * grid[1], dims)

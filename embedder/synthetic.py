@@ -37,8 +37,10 @@ def smooth_noise(n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     return (m - lo) / (hi - lo + 1e-6)
 
 
-def synthesize(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normal images x (B, C, h, w) in [0, 1] -> (images with anomalies, masks (B, 1, h, w))."""
+def synthesize(x: torch.Tensor, gen: torch.Generator, *, keep_normal: float = 0.3
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normal images x (B, C, h, w) in [0, 1] -> (images with anomalies, masks (B, 1, h, w));
+    a `keep_normal` fraction of them (at random) keeps an empty mask."""
     b, c, h, w = x.shape
 
     def per_image(shape: tuple[int, ...] = ()) -> torch.Tensor:
@@ -54,7 +56,7 @@ def synthesize(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, tor
     shift = x + (per_image() - 0.5) * 0.6
     fill = torch.where(kind == 0, src, torch.where(kind == 1, tex.expand(b, c, h, w), shift))
     beta = per_image() * 0.6
-    mask = mask * (per_image() >= 0.3).float()
+    mask = mask * (per_image() >= keep_normal).float()
     out = x * (1 - mask) + mask * (beta * x + (1 - beta) * fill.clamp(0, 1))
     return out, mask
 

@@ -178,7 +178,7 @@ def test_heatmap_comes_from_the_parts_that_localize(grain_default):
     place in the map: the map is each pixel's largest standardized localizing part, so its
     maximum still falls in a small dark spot even when they are part of the score."""
     sc = grain_default
-    assert {"nn", "nncos"} <= set(sc.parts)
+    assert "nncos" in sc.parts and "padim" in sc.parts  # the default's parts
     rng = np.random.default_rng(11)
     img, mask = dark_defect(grain(rng), "spot", rng)
     z = sc.part_maps(img)
@@ -255,7 +255,8 @@ def test_detector_padim_part_localizes_saves_and_loads(encoder):
 
     rng = np.random.default_rng(14)
     ref, calib = [grain(rng) for _ in range(24)], [grain(rng) for _ in range(8)]
-    sc = make_scorer("detector", encoder, parts=("padim",), fpr=0.1).fit(calib, reference=ref)
+    sc = make_scorer("detector", encoder, parts=("padim",), padim_cov="shared",
+                     padim_dims=padim.DIMS, fpr=0.1).fit(calib, reference=ref)
     normals = [grain(rng) for _ in range(6)]
     bad, mask = dark_defect(grain(rng), "spot", rng)
     s_norm, s_bad = sc.decision_function(normals), sc.decision_function([bad])[0]
@@ -264,6 +265,14 @@ def test_detector_padim_part_localizes_saves_and_loads(encoder):
     again = scorer_from_state(encoder, sc.state(), sc.arrays())
     np.testing.assert_allclose(again.decision_function([*normals, bad]),
                                [*s_norm, s_bad], rtol=1e-5)
+    # a model saved before the `padim_cov` option (shared, 64 dims) loads as what it holds,
+    # though the default is now one covariance per position on 32 dims
+    old = sc.state()
+    old["params"] = {k: v for k, v in old["params"].items()
+                     if k not in ("padim_cov", "padim_dims")}
+    again = scorer_from_state(encoder, old, sc.arrays())
+    assert (again.padim_cov, again.padim_dims) == ("shared", padim.DIMS)
+    np.testing.assert_allclose(again.decision_function([bad]), [s_bad], rtol=1e-5)
     # one covariance per position (PaDiM's own), on 16 of the 64 feature dimensions
     pos = make_scorer("detector", encoder, parts=("padim",), padim_cov="position",
                       padim_dims=16, fpr=0.1).fit(calib, reference=ref)
@@ -275,6 +284,15 @@ def test_detector_padim_part_localizes_saves_and_loads(encoder):
     a, b = padim.feature_net(1, 0), padim.feature_net(1, 0)
     x = torch.rand(2, 1, 16, 16)
     assert torch.equal(a(x, (4, 4)), b(x, (4, 4)))
+    # only the kept channels of the second layer are computed: the same features as all
+    # 96 channels of both layers pooled, then the kept ones taken
+    with torch.no_grad():
+        h1 = torch.relu(a.c1((x - 0.5) / 0.25))
+        full = torch.cat([torch.nn.functional.adaptive_avg_pool2d(h, (4, 4))
+                          for h in (h1, torch.relu(a.c2(h1)))], 1)[:, a.keep]
+        for dims in (padim.DIMS, padim.POSITION_DIMS, 3):
+            torch.testing.assert_close(a(x, (4, 4), dims), full[:, :dims], rtol=1e-5,
+                                       atol=1e-6)
     assert not torch.equal(a(x, (4, 4)), padim.feature_net(1, 1)(x, (4, 4)))
     with pytest.raises(ValueError, match="at least 2 training images"):
         padim.fit_padim(a, [torch.rand(1, 1, 16, 16)], (4, 4))
