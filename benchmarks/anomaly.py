@@ -29,7 +29,11 @@ also reported alone (`detector:pca`, ...). Scan throughput of each scorer on
 `--parts pca,gauss,texture,nn,pca2,gauss2` (or `...,seg`) fits the detector
 with candidate parts, reported as the VARIANTS rules over the same pass;
 `--dump-raw F.npz` saves its raw part scores per split (calibration, test
-normal, test anomalous) for measuring further rules offline. The
+normal, test anomalous) for measuring further rules offline; with
+`--synthetic draem,generic` also on synthetic anomalies made from the
+calibration normals (`synthetic_anomalies`), for rules that weigh the parts by
+how well they see those (docs/anomaly.md, "part weights from synthetic
+anomalies"). The
 localization is also reported for other heatmap rules (MAP_RULES) over the
 detector's standardized part maps (`part_maps`).
 

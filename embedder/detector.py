@@ -4,7 +4,7 @@
     sc.decision_function(images)   # (n,) higher = more anomalous, threshold_ = 1.0
     sc.geometry_                   # {"grid": [gh, gw], "scale": s} chosen from the data
 
-Four parts, each learned from the `reference` (training) normals:
+Five default parts, each learned from the `reference` (training) normals:
 
 - `pca`: the image resized to a grid (gh x gw, aspect from the training
   images, long side `global_grid` cells) is reconstructed from the first
@@ -21,22 +21,25 @@ Four parts, each learned from the `reference` (training) normals:
   defects in unaligned textures (steel, fabric), where the global parts are
   blind.
 
-- `nn`: the distance of the grid image to its nearest training grid image
-  (raw-pixel 1-NN, at most MAX_NN_REF kept); catches a wrong shape.
-- `nncos`: the same 1-NN with the grid images each made zero-mean and
+- `nncos`: the distance of the grid image to its nearest training grid image
+  (1-NN, at most MAX_NN_REF kept), the grid images each made zero-mean and
   unit-norm first: position-aligned shape, blind to brightness and contrast.
+- `padim`: per grid position, the Mahalanobis distance of random
+  convolutional features of the image at 4 pixels per grid cell to their
+  Gaussian over the normals (one covariance per position on 32 dimensions,
+  PaDiM-style: embedder/padim.py); sees a dark region or a crack inside a
+  random grain (polycrystalline cells) best of all parts.
 
 Optional parts, measured by benchmarks/anomaly.py (`--parts`) and not in the
-default because they do not raise its worst protocol: `pcamean` (the mean of
+default because they do not raise its worst protocol: `nn` (the 1-NN on raw
+grid pixels; the default's before `padim` replaced it), `pcamean` (the mean of
 the `pca` part's squared error over the whole grid instead of its pooled
 maximum: the PCA-64 baseline's global reconstruction energy), `pca2` /
 `gauss2` (`pca` / `gauss` on a finer grid, `fine_grid` = 128 cells on the
 long side) and `seg` (a small segmentation net trained from scratch on
 synthetic anomalies made from the training images, DRAEM-style:
-embedder/synthetic.py; `seg_steps` training steps on the grid images) and
-`padim` (per-position Gaussians of random convolutional features on the
-image at 4 pixels per grid cell, Mahalanobis distance map, PaDiM-style:
-embedder/padim.py).
+embedder/synthetic.py; `seg_steps` training steps on the grid images).
+Models saved with other parts (`nn` in place of `padim` before) keep them.
 
 Each part's score is standardized on the calibration normals on a log scale
 (`spread="logq90"`: z = (log s - median) / (90% quantile - median) of the
@@ -46,7 +49,8 @@ the image score is the Euclidean norm of the positive standardized scores
 several parts adds up. Models saved with `spread="q90"` (the same on the
 raw scores; the default before) keep it; models saved before (state without
 "version") keep their rule: softplus of the max of (s - median) / std.
-Chosen by the worst protocol of benchmarks/anomaly.py, over two seeds. The
+The rule and the parts were chosen by the worst protocol of
+benchmarks/anomaly.py (the rule over two seeds, the parts over three). The
 combined score is then calibrated like every scorer (threshold 1.0 at the
 target FPR). The heatmap comes from the parts that localize (MAP_PARTS: all
 but the image-level `nn`, `pcamean`, `nncos`): at each pixel the largest of

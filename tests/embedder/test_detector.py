@@ -244,6 +244,9 @@ def test_detector_seg_part_trains_saves_and_loads(encoder):
     assert xa.shape == x.shape and m.shape == (6, 1, 24, 24)
     assert torch.equal(xa * (1 - m), x * (1 - m))  # only inside the masks
     assert 0 <= float(xa.min()) and float(xa.max()) <= 1
+    # keep_normal=0 (the benchmark's synthetic anomalies): every image gets one
+    _, m0 = synthesize(x, torch.Generator().manual_seed(0), keep_normal=0.0)
+    assert (m0.sum((1, 2, 3)) > 0).all()
 
 
 def test_detector_padim_part_localizes_saves_and_loads(encoder):
