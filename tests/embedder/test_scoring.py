@@ -20,7 +20,10 @@ FPR = 0.1
 # name -> (scorer, options)
 CONFIGS = {"detector+pcamean+nncos": ("detector", {
     "parts": ("pca", "gauss", "texture", "nn", "pcamean", "nncos")}),
-    "detector+padim": ("detector", {"parts": ("pca", "gauss", "texture", "nn", "nncos", "padim")})}
+    # the default before session 7 (nn) with padim's other covariance (shared by positions)
+    "detector+nn+padim-shared": ("detector", {
+        "parts": ("pca", "gauss", "texture", "nn", "nncos", "padim"), "padim_cov": "shared",
+        "padim_dims": 64})}
 CASES = sorted(SCORERS) + sorted(CONFIGS)
 
 
