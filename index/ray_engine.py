@@ -104,6 +104,20 @@ def disconnect(ray: Any) -> None:
         ray.shutdown()
 
 
+@contextlib.contextmanager
+def session(address: str | None = None):
+    """Connected to the cluster for the block (`connect`, then `disconnect`). Inside it,
+    stdout is stderr: Ray's driver thread prints a raylet's reports ("A worker died or was
+    killed ...") on stdout whatever `log_to_driver` says, and stdout is where `scan --json`
+    writes its results."""
+    ray = connect(address)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield ray
+    finally:
+        disconnect(ray)
+
+
 def _pool(ray: Any, workers: int | None) -> tuple[int, float]:
     """(actors, GPUs per actor): one actor per CPU of the cluster by default, a GPU each if any."""
     res = ray.cluster_resources()
@@ -250,47 +264,46 @@ def scan_paths_ray(
             summary.skipped += 1
 
     if todo:
-        ray = connect(address)
-        n, gpus = _pool(ray, workers)
-        state = (row.metrics or {}).get("scoring") or {}
-        arrays = home.resolve(row.checkpoint_path) / local.SCORER_FILE
-        ds = ray.data.from_items(_items(todo), override_num_blocks=max(1, len(todo) //
-                                                                       local.COMMIT_EVERY))
-        ds = ds.map_batches(
-            _ScanActor, batch_size=local.COMMIT_EVERY, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1, num_gpus=gpus,
-            max_task_retries=ACTOR_RETRIES,
-            fn_constructor_kwargs={
-                "checkpoint": str(home.resolve(row.checkpoint_path)),
-                "sha256": row.checkpoint_sha256, "state": state,
-                "arrays_path": str(arrays) if state.get("arrays_sha256") else None,
-                "threshold": thr, "heat_dir": str(heat_dir) if heat_dir else None,
-                "device": "cuda" if gpus else "cpu"})
-        log.info("scan %d on Ray: %d file(s), %d actor(s)", scan.id, len(todo), n)
-        bar = tqdm(total=len(todo), desc=f"scan {row.name} (ray x{n})", unit="img",
-                   file=sys.stderr, disable=not progress or None)
-        new: dict[int, local.ScanItem] = {}
-        try:
-            for batch in _batches(ds):
-                items = []
-                for j in range(len(batch["i"])):
-                    i = int(batch["i"][j])
-                    item = _item(to_catalog(todo[i]), batch, j)
-                    if item.error is None:
-                        item.nearest_ids = _nearest(neighbors, batch["vec"][j])
-                    new[i] = item
-                    items.append(item)
-                local._commit(home, scan.id, items)
-                bar.update(len(items))
-        except LatentsightError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a Ray failure: one line, the work committed stays
-            msg = (f"the Ray scan {scan.id} stopped: {' '.join(str(e).split())[:300]}; "
-                   f"{len(new)} image(s) are committed, re-run with --resume to continue")
-            raise RayError(msg) from e
-        finally:
-            bar.close()
-            disconnect(ray)
+        with session(address) as ray:
+            n, gpus = _pool(ray, workers)
+            state = (row.metrics or {}).get("scoring") or {}
+            arrays = home.resolve(row.checkpoint_path) / local.SCORER_FILE
+            ds = ray.data.from_items(_items(todo), override_num_blocks=max(1, len(todo) //
+                                                                           local.COMMIT_EVERY))
+            ds = ds.map_batches(
+                _ScanActor, batch_size=local.COMMIT_EVERY, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1, num_gpus=gpus,
+                max_task_retries=ACTOR_RETRIES,
+                fn_constructor_kwargs={
+                    "checkpoint": str(home.resolve(row.checkpoint_path)),
+                    "sha256": row.checkpoint_sha256, "state": state,
+                    "arrays_path": str(arrays) if state.get("arrays_sha256") else None,
+                    "threshold": thr, "heat_dir": str(heat_dir) if heat_dir else None,
+                    "device": "cuda" if gpus else "cpu"})
+            log.info("scan %d on Ray: %d file(s), %d actor(s)", scan.id, len(todo), n)
+            bar = tqdm(total=len(todo), desc=f"scan {row.name} (ray x{n})", unit="img",
+                       file=sys.stderr, disable=not progress or None)
+            new: dict[int, local.ScanItem] = {}
+            try:
+                for batch in _batches(ds):
+                    items = []
+                    for j in range(len(batch["i"])):
+                        i = int(batch["i"][j])
+                        item = _item(to_catalog(todo[i]), batch, j)
+                        if item.error is None:
+                            item.nearest_ids = _nearest(neighbors, batch["vec"][j])
+                        new[i] = item
+                        items.append(item)
+                    local._commit(home, scan.id, items)
+                    bar.update(len(items))
+            except LatentsightError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a Ray failure: one line, committed work stays
+                msg = (f"the Ray scan {scan.id} stopped: {' '.join(str(e).split())[:300]}; "
+                       f"{len(new)} image(s) are committed, re-run with --resume to continue")
+                raise RayError(msg) from e
+            finally:
+                bar.close()
         summary.results.extend(new[i] for i in sorted(new))
     local._finish(home, scan.id, summary)
     if report_dir:
@@ -363,36 +376,36 @@ def ray_embedder(home: Home, model: Any, *, address: str | None = None,
 
         if not ids:
             return np.zeros((0, encoder.embed_dim), np.float32), np.zeros(0, np.int64)
-        ray = connect(address)
-        n, gpus = _pool(ray, workers)
-        files = [from_catalog(p) for p in paths]
-        batch = max(1, min(batch_size, -(-len(ids) // n)))
-        ds = ray.data.from_items(_items(files), override_num_blocks=max(1, len(ids) // batch))
-        ds = ds.map_batches(_EmbedActor, batch_size=batch, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1,
-                            num_gpus=gpus, max_task_retries=ACTOR_RETRIES,
-                            fn_constructor_kwargs={"checkpoint": checkpoint, "sha256": sha256,
-                                                   "device": "cuda" if gpus else "cpu"})
-        vecs = np.zeros((len(ids), encoder.embed_dim), np.float32)
-        ok = np.zeros(len(ids), bool)
-        failed = []
-        bar = tqdm(total=len(ids), desc=f"embedding (ray x{n})", unit="img", file=sys.stderr,
-                   disable=not progress or None)
-        try:
-            for out in _batches(ds):
-                for j, i in enumerate(out["i"].tolist()):
-                    if out["error"][j]:
-                        failed.append((files[i], str(out["error_class"][j]), str(out["error"][j])))
-                    else:
-                        vecs[i], ok[i] = out["vec"][j], True
-                bar.update(len(out["i"]))
-        except Exception as e:  # noqa: BLE001 - nothing is written before every vector is back
-            msg = (f"the Ray index build stopped: {' '.join(str(e).split())[:300]}; the index "
-                   "in place is unchanged")
-            raise RayError(msg) from e
-        finally:
-            bar.close()
-            disconnect(ray)
+        with session(address) as ray:
+            n, gpus = _pool(ray, workers)
+            files = [from_catalog(p) for p in paths]
+            batch = max(1, min(batch_size, -(-len(ids) // n)))
+            ds = ray.data.from_items(_items(files), override_num_blocks=max(1, len(ids) // batch))
+            ds = ds.map_batches(_EmbedActor, batch_size=batch, batch_format="numpy",
+                                compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1,
+                                num_gpus=gpus, max_task_retries=ACTOR_RETRIES,
+                                fn_constructor_kwargs={"checkpoint": checkpoint, "sha256": sha256,
+                                                       "device": "cuda" if gpus else "cpu"})
+            vecs = np.zeros((len(ids), encoder.embed_dim), np.float32)
+            ok = np.zeros(len(ids), bool)
+            failed = []
+            bar = tqdm(total=len(ids), desc=f"embedding (ray x{n})", unit="img", file=sys.stderr,
+                       disable=not progress or None)
+            try:
+                for out in _batches(ds):
+                    for j, i in enumerate(out["i"].tolist()):
+                        if out["error"][j]:
+                            failed.append((files[i], str(out["error_class"][j]),
+                                           str(out["error"][j])))
+                        else:
+                            vecs[i], ok[i] = out["vec"][j], True
+                    bar.update(len(out["i"]))
+            except Exception as e:  # noqa: BLE001 - nothing is written before every vector is back
+                msg = (f"the Ray index build stopped: {' '.join(str(e).split())[:300]}; the index "
+                       "in place is unchanged")
+                raise RayError(msg) from e
+            finally:
+                bar.close()
         if failed and home is not None:
             home.catalog.record_failures(
                 [(to_catalog(p), c, f"cannot re-read for embedding: {m}") for p, c, m in failed])

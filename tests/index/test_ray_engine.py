@@ -258,3 +258,19 @@ def test_a_killed_ray_driver_resumes_without_redoing_work(ray_address, ray_home,
     rows = _results(db, int(m.group(1)))
     assert len(rows) == 96 and len(json.loads(out)) == 96
     assert _last_scan(db) == (int(m.group(1)), "done")
+
+
+def test_while_connected_driver_prints_go_to_stderr(ray_address, capsys):
+    """Ray's driver thread prints a raylet's reports (a killed worker, ...) with print() on
+    sys.stdout, whatever log_to_driver says; inside a session they land on stderr, so the
+    results `scan --json` writes on stdout stay parseable."""
+    from latentsight.index import ray_engine
+
+    with ray_engine.session(ray_address) as ray:
+        assert ray.is_initialized()
+        print("(raylet) A worker died or was killed while executing a task")
+    assert not ray.is_initialized()
+    print('{"after": true}')  # stdout is stdout again
+    out, err = capsys.readouterr()
+    assert "A worker died" in err and "A worker died" not in out
+    assert json.loads(out) == {"after": True}
