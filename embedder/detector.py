@@ -360,7 +360,7 @@ class DetectorScorer(TextureScorer):
         model = padim.fit_padim(self.padim_net_, batches, grid, cov=self.padim_cov,
                                 dims=self.padim_dims)
         self.padim_mean_ = model["mean"].numpy()
-        self.padim_precision_ = np.ascontiguousarray(model["precision"].numpy())
+        self.padim_precision_ = model["precision"].numpy()  # contiguous (fit_padim)
 
     # ---- scoring ------------------------------------------------------------------------
 
