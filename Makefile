@@ -26,9 +26,12 @@ dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/latentsight demo --home $(HOME_DEMO)
 
-## Run the test suite (creates .venv if needed, installs the dev extra).
+## Run the test suite (creates .venv if needed, installs the dev extra) on TEST_WORKERS
+## pytest-xdist workers: most of the suite waits on child processes, servers and a browser,
+## so two workers on 2 cores take about half the time of one (README.md, "Development").
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -20,6 +20,24 @@ PRE_ISSUE_14 = {"augment": True, "crop_scale": 0.5, "rotate_deg": 10.0, "jitter"
                 "noise": 0.0, "pixel_pca": 0}
 
 
+# `make test` runs the suite on pytest-xdist workers (`-n 2 --dist loadfile`: each test file
+# runs whole on one worker). The files that use the shared Milvus server drop its test
+# collections around their tests (tests/milvus_server.py `clean`), which would pull collections
+# from under a test of another worker: such a file holds the server for itself while it runs.
+SHARED_SERVER_MODULE = "tests.milvus_server"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _milvus_server_for_this_file(request: pytest.FixtureRequest):
+    if SHARED_SERVER_MODULE not in Path(request.path).read_text(errors="replace"):
+        yield
+        return
+    from tests.milvus_server import exclusive
+
+    with exclusive():
+        yield
+
+
 @pytest.fixture(scope="session")
 def texture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 labels x 12 textures of 32x32, one folder per label."""

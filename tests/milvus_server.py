@@ -2,12 +2,19 @@
 
 `server_uri()` returns LATENTSIGHT_TEST_MILVUS_URI, skips the test when it is unset on a
 developer's machine, and fails it when CI is set (CI must run the server-backed cases).
-`clean(uri)` drops every collection the tests made, so each test starts on an empty server.
+`clean(uri)` drops every collection the tests made, so each test starts on an empty server;
+`exclusive()` keeps the other pytest-xdist workers (and other test runs of this machine) off
+the server meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +42,16 @@ def clean(uri: str, prefixes: tuple[str, ...] = ("latentsight_", "t_")) -> None:
                 client.drop_collection(name)
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """Hold the test server for this process: an exclusive lock on one file of the machine's
+    temporary folder, waited for as long as another process holds it."""
+    lock = Path(tempfile.gettempdir()) / "latentsight-tests-milvus-server.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
