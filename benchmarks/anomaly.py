@@ -114,6 +114,12 @@ VARIANTS = {
     "detector:padim+texture": (("padim", "texture"), "l2", "logq90"),
     "detector:padim+texture+nncos": (("padim", "texture", "nncos"), "l2", "logq90"),
     "detector:padim+pca+texture": (("padim", "pca", "texture"), "l2", "logq90"),
+    # `padimstd` (the padim features of each image standardized first: blind to its
+    # brightness and contrast; in the default since session 8) and the default before it
+    "detector:padimstd": (("padimstd",), "max", "q90"),
+    "detector-v7": (("pca", "gauss", "texture", "nncos", "padim"), "l2", "logq90"),
+    "detector:padimstd-for-padim": (("pca", "gauss", "texture", "nncos", "padimstd"), "l2",
+                                    "logq90"),
 }
 # Heatmap rules measured for the localization (NEU synthetic): name -> (parts, combine,
 # spread), over the parts' standardized maps (`part_maps`).
@@ -645,6 +651,7 @@ def main() -> None:
     if args.with_texture:
         SCORERS.insert(0, "texture")
     if args.merge:
+        torch.set_num_threads(args.threads)  # the header reports the runs' thread count
         results, speed, total = {}, {}, 0.0
         for f in args.merge.split(","):
             doc = json.loads(Path(f).read_text())

@@ -5,8 +5,9 @@
 
 Each dump holds, per protocol split, the raw part scores of the calibration
 normals, the test normals and the test anomalies. A combination is scored as
-the detector does (each part standardized on the calibration normals: median
-and q90 - median; L2 norm of the positive parts); AUROC per split, mean over
+the detector does (each part standardized on the calibration normals by the
+detector's `fit_standardization`, `--spread` logq90 as its default or q90;
+L2 norm of the positive parts); AUROC per split, mean over
 NEU classes and digits as the suite reports. Ranked by the worst protocol
 (then the next-worst); the baselines from the runs' JSON files alongside.
 """
@@ -16,10 +17,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
+
+from latentsight.embedder.detector import fit_standardization, standardize  # noqa: E402
 
 
 def load(files: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -33,26 +40,25 @@ def load(files: list[str]) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def l2_auroc(split: dict[str, np.ndarray], parts: tuple[str, ...]) -> float:
+def l2_auroc(split: dict[str, np.ndarray], parts: tuple[str, ...],
+             spread: str = "logq90") -> float:
     names = [str(p) for p in split["parts"]]
     idx = [names.index(p) for p in parts]
-    cal = split["cal"][:, idx]
-    loc = np.median(cal, axis=0)
-    sp = np.quantile(cal, 0.9, axis=0) - loc
-    sp = np.maximum(sp, 1e-6 * np.maximum(np.abs(loc), 1e-6))
+    loc, sp = fit_standardization(split["cal"][:, idx], spread)
 
     def score(raw: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.square(np.maximum((raw[:, idx] - loc) / sp, 0)).sum(1))
+        z = standardize(raw[:, idx], loc, sp, spread)
+        return np.sqrt(np.square(np.maximum(z, 0)).sum(1))
 
     n, a = score(split["normal"]), score(split["anomalous"])
     return float(roc_auc_score(np.r_[np.zeros(len(n)), np.ones(len(a))], np.r_[n, a]))
 
 
-def protocol_aurocs(data, parts: tuple[str, ...]) -> dict[str, float]:
+def protocol_aurocs(data, parts: tuple[str, ...], spread: str = "logq90") -> dict[str, float]:
     """AUROC per protocol (mean over a protocol's classes / digits)."""
     per: dict[str, list[float]] = {}
     for key, split in data.items():
-        per.setdefault(key.split("/")[0], []).append(l2_auroc(split, parts))
+        per.setdefault(key.split("/")[0], []).append(l2_auroc(split, parts, spread))
     return {p: float(np.mean(v)) for p, v in per.items()}
 
 
@@ -62,6 +68,8 @@ def main() -> None:
     ap.add_argument("--json", default="", help="the runs' --json-out files, for the baselines")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--require", default="", help="only combinations with these parts")
+    ap.add_argument("--spread", default="logq90", choices=("logq90", "q90"),
+                    help="the parts' standardization (the detector's default: logq90)")
     args = ap.parse_args()
     data = load(args.dumps)
     parts = [str(p) for p in next(iter(data.values()))["parts"]]
@@ -70,11 +78,11 @@ def main() -> None:
     for r in range(1, len(parts) + 1):
         for combo in itertools.combinations(parts, r):
             if need <= set(combo):
-                au = protocol_aurocs(data, combo)
+                au = protocol_aurocs(data, combo, args.spread)
                 rows.append((sorted(au.values()), "+".join(combo), au))
     rows.sort(key=lambda t: t[0], reverse=True)
     protos = list(rows[0][2])
-    print("| parts (l2, q90) | " + " | ".join(protos) + " | worst |")
+    print(f"| parts (l2, {args.spread}) | " + " | ".join(protos) + " | worst |")
     print("|---" * (len(protos) + 2) + "|")
     if args.json:
         res: dict[str, dict] = {}

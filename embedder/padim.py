@@ -43,6 +43,8 @@ POSITION_DIMS = 32
 COVS = ("shared", "position")
 # the covariance is regularized by this times the identity (features are O(1))
 RIDGE = 0.01
+# `standardize`: the floor of an image's standard deviation (a flat image stays finite)
+STD_FLOOR = 1e-3
 BATCH = 32
 
 
@@ -56,15 +58,22 @@ class FeatureNet(nn.Module):
         # the fixed random subset of the 96 channels kept (a buffer: saved with the weights)
         self.register_buffer("keep", torch.zeros(DIMS, dtype=torch.long))
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], dims: int = DIMS
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], dims: int = DIMS,
+                standardize: bool = False) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> (B, dims, gh, gw): the first `dims` kept channels pooled
-        to the grid. Only the second layer's kept channels are computed (most of its cost)."""
+        to the grid. Only the second layer's kept channels are computed (most of its cost).
+        `standardize`: each image minus its mean, over its standard deviation first (blind
+        to a whole image's brightness and contrast, as the `padimstd` part is)."""
         k = self.keep[:dims]
         n1 = self.c1.out_channels
         k2 = k[k >= n1] - n1
+        if standardize:
+            mean = x.mean((1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+            x = (x - mean) / (x.std((1, 2, 3), keepdim=True) + STD_FLOOR)
+        else:
+            x = (x - 0.5) / 0.25
         # channels-last: the same values, and pooling a (B, 32, H, W) map is ~5x faster
-        x = ((x - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         a = self.c1(x).relu_()
         pooled = [F.adaptive_avg_pool2d(a, grid)]
         if len(k2):
@@ -97,14 +106,16 @@ def input_size(grid: tuple[int, int]) -> tuple[int, int]:
 
 @torch.no_grad()
 def fit_padim(net: FeatureNet, batches: Iterable[torch.Tensor], grid: tuple[int, int], *,
-              cov: str = "shared", dims: int = DIMS) -> dict[str, torch.Tensor]:
+              cov: str = "shared", dims: int = DIMS, standardize: bool = False
+              ) -> dict[str, torch.Tensor]:
     """Per-position mean (P, d) and precision of the normal images' features (the first
     `dims` of the net's DIMS channels).
 
     `cov="shared"`: one (d, d) precision, the within-position covariance pooled
     over positions; "position": one per position, (P, d, d). `batches`: (B, C,
     H, W) float tensors in [0, 1] at `input_size(grid)`; accumulated (float64
-    sums), so memory stays that of the model whatever the count.
+    sums), so memory stays that of the model whatever the count. `standardize`:
+    features of each image standardized first (FeatureNet.forward).
     """
     if cov not in COVS or not 1 <= dims <= DIMS:
         msg = (f"The padim 'cov' and 'dims' options must be one of {list(COVS)} and 1..{DIMS}. "
@@ -115,7 +126,7 @@ def fit_padim(net: FeatureNet, batches: Iterable[torch.Tensor], grid: tuple[int,
     s1 = torch.zeros(p, dims, dtype=torch.float64)
     s2 = torch.zeros(*((p,) if cov == "position" else ()), dims, dims, dtype=torch.float64)
     for x in batches:
-        f = _features(net, x, grid, dims).double()  # (B, P, d)
+        f = _features(net, x, grid, dims, standardize).double()  # (B, P, d)
         n += len(x)
         s1 += f.sum(0)
         if cov == "position":
@@ -138,15 +149,16 @@ def fit_padim(net: FeatureNet, batches: Iterable[torch.Tensor], grid: tuple[int,
 
 @torch.no_grad()
 def padim_distance(net: FeatureNet, model: dict[str, torch.Tensor], images: torch.Tensor,
-                   grid: tuple[int, int]) -> torch.Tensor:
+                   grid: tuple[int, int], standardize: bool = False) -> torch.Tensor:
     """Mahalanobis distance of each position's features, (N, gh, gw); the model's
-    precision is shared (d, d) or per position (P, d, d)."""
+    precision is shared (d, d) or per position (P, d, d); `standardize` as the model was
+    fitted."""
     out = []
     dims = int(model["mean"].shape[1])
     prec = model["precision"].contiguous()  # (a strided one makes the matmul ~10x slower)
     for i in range(0, len(images), BATCH):
         x = images[i : i + BATCH]
-        d = _features(net, x, grid, dims) - model["mean"]  # (B, P, d)
+        d = _features(net, x, grid, dims, standardize) - model["mean"]  # (B, P, d)
         if prec.ndim == 3:  # per position: (P, B, d) @ (P, d, d)
             dp = d.transpose(0, 1).contiguous()
             m = ((dp @ prec) * dp).sum(-1).T
@@ -156,8 +168,8 @@ def padim_distance(net: FeatureNet, model: dict[str, torch.Tensor], images: torc
     return torch.cat(out)
 
 
-def _features(net: FeatureNet, x: torch.Tensor, grid: tuple[int, int], dims: int
-              ) -> torch.Tensor:
+def _features(net: FeatureNet, x: torch.Tensor, grid: tuple[int, int], dims: int,
+              standardize: bool = False) -> torch.Tensor:
     """(B, C, H, W) -> (B, P, dims) features per grid position."""
-    f = net(x, grid, dims)
+    f = net(x, grid, dims, standardize)
     return f.permute(0, 2, 3, 1).reshape(len(x), grid[0] * grid[1], dims)

@@ -175,14 +175,15 @@ def test_detector_saved_before_the_l2_rule_still_loads_and_scores_the_same():
 
 def test_heatmap_comes_from_the_parts_that_localize(grain_default):
     """The image-level parts (`nn`, `nncos`: distances to one whole nearest image) have no
-    place in the map: the map is each pixel's largest standardized localizing part, so its
-    maximum still falls in a small dark spot even when they are part of the score."""
+    place in the map, nor `padimstd` (it localized worse): the map is each pixel's largest
+    standardized localizing part, so its maximum still falls in a small dark spot even when
+    they are part of the score."""
     sc = grain_default
-    assert "nncos" in sc.parts and "padim" in sc.parts  # the default's parts
+    assert {"nncos", "padim", "padimstd"} <= set(sc.parts)  # the default's parts
     rng = np.random.default_rng(11)
     img, mask = dark_defect(grain(rng), "spot", rng)
     z = sc.part_maps(img)
-    assert set(z) == set(sc.parts) - {"nn", "nncos"}
+    assert set(z) == set(sc.parts) - {"nn", "nncos", "padimstd"}
     expected = np.maximum(np.stack(list(z.values())).max(0), 0) / sc.scale_
     amap = sc.anomaly_map([img])[0]
     np.testing.assert_allclose(amap, expected, rtol=1e-4, atol=1e-6)
@@ -299,6 +300,34 @@ def test_detector_padim_part_localizes_saves_and_loads(encoder):
     assert not torch.equal(a(x, (4, 4)), padim.feature_net(1, 1)(x, (4, 4)))
     with pytest.raises(ValueError, match="at least 2 training images"):
         padim.fit_padim(a, [torch.rand(1, 1, 16, 16)], (4, 4))
+
+
+def test_padimstd_is_blind_to_a_whole_image_brightness_and_sees_a_dark_spot(encoder):
+    """`padimstd`: the padim features of each image standardized first. A copy of a normal
+    image made brighter and flatter scores as the image does under it (and moves `padim`'s
+    scores more); a dark spot still stands out; both parts share one feature net and save
+    and load together; the heatmap comes from `padim`, not from `padimstd`."""
+    rng = np.random.default_rng(21)
+    ref, calib = [grain(rng) for _ in range(24)], [grain(rng) for _ in range(8)]
+    sc = make_scorer("detector", encoder, parts=("padim", "padimstd"), fpr=0.1).fit(
+        calib, reference=ref)
+    normals = [grain(rng) for _ in range(6)]
+    shifted = [np.clip(p.astype(np.float64) * 0.5 + 110, 0, 255).astype(np.uint8)
+               for p in normals]
+    bad, mask = dark_defect(grain(rng), "spot", rng)
+    _, z = sc.part_decision([*normals, *shifted, bad])
+    n = len(normals)
+    moved = {p: np.abs(z[p][n : 2 * n] - z[p][:n]) for p in ("padim", "padimstd")}
+    assert moved["padimstd"].max() < 0.25  # uint8 rounding only; normals spread over ~7
+    assert moved["padim"].mean() > 2 * moved["padimstd"].mean()
+    assert z["padimstd"][-1] > z["padimstd"][:n].max()
+    # it scores images; the heatmap keeps the parts that localize best (MAP_PARTS)
+    assert "padimstd" not in sc.part_maps(bad)
+    assert peak_inside(sc.anomaly_map([bad])[0], mask, margin=3)
+    again = scorer_from_state(encoder, sc.state(), sc.arrays())
+    np.testing.assert_allclose(again.decision_function([*normals, bad]),
+                               sc.decision_function([*normals, bad]), rtol=1e-5)
+    assert {"padim_mean", "padimstd_mean", "padimstd_precision"} <= set(sc.arrays())
 
 
 def test_image_level_parts_pcamean_and_nncos(encoder):
