@@ -225,6 +225,33 @@ def test_detector_saved_in_format_2_loads_and_scores_the_same():
     assert set(sc.part_maps(test[0])) == {"pca", "gauss", "texture"}
 
 
+def test_detector_saved_by_session_7_loads_and_scores_the_same():
+    """tests/embedder/data/detector_v7.*: the session-7 default (pca, gauss, texture, nncos,
+    padim; padim on 8 dimensions to keep the file small), saved by the code before `padimstd`
+    (commit 9cf0e82), with its scores. It loads with its five parts and scores the same."""
+    import json
+    from pathlib import Path
+
+    from latentsight.embedder.encoder import Encoder
+    from latentsight.embedder.models import create
+    from safetensors.numpy import load_file
+
+    data = Path(__file__).parent / "data"
+    state = json.loads((data / "detector_v7.json").read_text())
+    arrays = load_file(str(data / "detector_v7.safetensors"))
+    enc = Encoder(create("ae", image_size=16, depth=2, width=8, latent_dim=16), device="cpu")
+    sc = scorer_from_state(enc, state, arrays)
+    assert sc.parts == ("pca", "gauss", "texture", "nncos", "padim")
+    assert (sc.padim_cov, sc.padim_dims) == ("position", 8)
+    rng = np.random.default_rng(3)
+    test = [np.clip(120 + 40 * rng.normal(size=(24, 24)), 0, 255).astype(np.uint8)
+            for _ in range(4)]
+    test[0][8:12, 6:16] = 10
+    np.testing.assert_allclose(sc.decision_function(test), state["expected_scores"], rtol=1e-5)
+    assert sc.decision_function(test[:1])[0] > 1.0  # the dark bar is flagged
+    assert set(sc.part_maps(test[0])) == {"pca", "gauss", "texture", "padim"}
+
+
 def test_detector_seg_part_trains_saves_and_loads(encoder):
     """The optional `seg` part (synthetic-anomaly segmentation net, embedder/synthetic.py):
     trained on the reference normals, saved as arrays, loads to the same scores and maps."""
