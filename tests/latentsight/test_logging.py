@@ -15,8 +15,10 @@ runner = CliRunner()
 
 
 @pytest.fixture()
-def unfinished_scan(anomaly_home, tmp_path):
-    """A folder of 3 images and a function that leaves a scan over it 'running' (resumable)."""
+def unfinished_scan(own_anomaly_home, tmp_path):
+    """A folder of 3 images and a function that leaves a scan over it 'running' (resumable),
+    in a private copy of the session's scanning home (the scans it records stay there)."""
+    anomaly_home = own_anomaly_home
     from latentsight.index.catalog import ScanRow
     from latentsight.index.scan import scan_paths
 
@@ -42,7 +44,9 @@ def _resume(home, folder):
                       k_neighbors=0, resume=True)
 
 
-def test_resume_lines_are_log_records_a_script_can_silence(anomaly_home, unfinished_scan, caplog):
+def test_resume_lines_are_log_records_a_script_can_silence(own_anomaly_home, unfinished_scan,
+                                                            caplog):
+    anomaly_home = own_anomaly_home
     folder, make = unfinished_scan
     scan_id = make()
     with caplog.at_level(logging.INFO, logger="latentsight"):
@@ -64,7 +68,8 @@ def test_resume_lines_are_log_records_a_script_can_silence(anomaly_home, unfinis
     assert not [r for r in caplog.records if "resuming scan" in r.getMessage()]
 
 
-def test_cli_quiet_silences_resume_lines(anomaly_home, unfinished_scan):
+def test_cli_quiet_silences_resume_lines(own_anomaly_home, unfinished_scan):
+    anomaly_home = own_anomaly_home
     folder, make = unfinished_scan
     args = ["scan", str(folder), "--resume", "--neighbors", "0", "--home", str(anomaly_home.root),
             "--model", "scan-test", "--device", "cpu"]
