@@ -9,6 +9,7 @@ The catalog is the source of truth: vector indexes are rebuilt from it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -89,12 +90,30 @@ def _db_failure(e: Exception, url: str) -> CatalogError:
     """
     orig = getattr(e, "orig", None) or e
     first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    code = getattr(orig, "sqlite_errorname", None)  # e.g. SQLITE_IOERR_SHMSIZE
+    if code and code not in first:
+        first = f"{first} [{code}]"
     hint = ""
     if "too long" in first or "StringDataRightTruncation" in type(orig).__name__:
         hint = f" (labels and sources are limited to {MAX_TEXT_CHARS} characters)"
-    elif "full" in first.lower():
-        hint = " (free some space and run the command again; committed work is kept)"
+    elif "full" in first.lower() or (code and code.startswith("SQLITE_IOERR")
+                                     and _nearly_full(url)):
+        # SQLite says "disk I/O error" when a full disk refuses its WAL index (-shm)
+        hint = " (the disk is full: free some space and run the command again; committed " \
+               "work is kept)"
     return CatalogError(f"Cannot write the catalog at {_safe_url(url)}: {first}{hint}")
+
+
+def _nearly_full(url: str, margin: int = 1 << 20) -> bool:
+    """Whether the file system holding a SQLite catalog has under `margin` bytes free."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        db = make_url(url).database
+        st = os.statvfs(Path(db).resolve().parent) if db else None
+    except (OSError, ValueError):
+        return False
+    return st is not None and st.f_bavail * st.f_frsize < margin
 
 
 def _safe_url(url: str) -> str:

@@ -84,14 +84,36 @@ def test_disk_full_in_the_sqlite_commit(small_tmpfs, tmp_path):
 
 
 def test_disk_full_in_faiss_write_index(small_tmpfs, trained_home, tmp_path):
+    # The catalog lives off the small disk: how much of it a full disk lets through
+    # depends on its size (which tests ran before in this process), the index's does not.
     home = small_tmpfs / "home"
-    shutil.copytree(trained_home.root, home, ignore=shutil.ignore_patterns("*.faiss"))
+    trained_home.catalog.engine.dispose()
+    shutil.copytree(trained_home.root, home, ignore=shutil.ignore_patterns("*.faiss",
+                                                                          "catalog.db*"))
+    for f in trained_home.root.glob("catalog.db*"):
+        shutil.copy(f, tmp_path / f.name)
     (home / "indexes").mkdir(exist_ok=True)
-    _fill(small_tmpfs, leave=8192)  # the catalog's small writes fit; the index does not
+    _fill(small_tmpfs, leave=8192)
     res = runner.invoke(app, ["index", "build", "--model", "test-ae", "--home", str(home),
+                              "--db-url", f"sqlite:///{tmp_path / 'catalog.db'}",
                               "--device", "cpu", "--workers", "0"])
     _one_error_line(res, "test-ae.faiss", "disk full")
     assert not list((home / "indexes").glob("*.tmp"))  # no half-written file left
+
+
+def test_an_sqlite_io_error_on_a_full_disk_says_the_disk_is_full(small_tmpfs):
+    # SQLite reports some full-disk failures (its WAL index) as "disk I/O error"
+    import sqlite3
+
+    from latentsight.index.catalog import _db_failure
+
+    url = f"sqlite:///{small_tmpfs / 'catalog.db'}"
+    err = sqlite3.OperationalError("disk I/O error")
+    err.sqlite_errorname = "SQLITE_IOERR_SHMSIZE"
+    assert "disk is full" not in str(_db_failure(err, url))
+    _fill(small_tmpfs)
+    msg = str(_db_failure(err, url))
+    assert "disk I/O error [SQLITE_IOERR_SHMSIZE]" in msg and "disk is full" in msg, msg
 
 
 @pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
