@@ -10,6 +10,7 @@ of those pixels) are computed in the same run.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from latentsight.index.errors import CatalogError
 from latentsight.index.home import Home
 from latentsight.index.manager import embed_catalog_images, load_encoder
 from latentsight.index.paths import from_catalog
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -179,9 +182,16 @@ def evaluate_retrieval(
     device: str = "auto",
     progress: bool = True,
     baseline: bool = True,
+    anomaly: str | None = None,
+    use_index: bool = True,
 ) -> dict[str, Any]:
     """Precision@k and mAP (micro and macro) of `model` (default: active) over the labeled
-    catalog, with raw-pixel and PCA-64 baselines from the same images when `baseline`."""
+    catalog, with raw-pixel and PCA-64 baselines from the same images when `baseline`.
+
+    `anomaly`: a scanning model's name; the result's "anomaly" entry then holds the same
+    figures for the anomaly-weighted vectors under it (what `search --anomaly` compares):
+    the ones `index build --anomaly` stored when they fit (and `use_index`), else computed
+    here (the scanning model maps every labeled image: slower)."""
     row = home.catalog.model(model)
     rows = home.catalog.images(labeled_only=True)
     rows = [r for r in rows if r.source != "synthetic"]
@@ -208,7 +218,45 @@ def evaluate_retrieval(
         out["baseline_raw_pixels"] = base.as_dict()
         pca = retrieval_scores(pca_components(px), base_labels, k=k, metric="l2")
         out["baseline_pca64"] = pca.as_dict()
+    if anomaly is not None:
+        out["anomaly"] = _anomaly_retrieval(home, row, encoder, rows, anomaly, k, use_index)
     return out
+
+
+def _anomaly_retrieval(home: Home, row: Any, encoder: Any, rows: Sequence[Any], scan_model: str,
+                       k: int, use_index: bool) -> dict[str, Any]:
+    """Leave-one-out figures of the anomaly-weighted vectors of `rows` under `scan_model`:
+    read from the model's anomaly-weighted index when it was built under that scanning
+    model for this checkpoint, else computed (centred on these images' mean, as
+    `index build --anomaly` centres on the catalog's)."""
+    from latentsight.index.local import (
+        _anomaly_rows,
+        _scan_scorer,
+        center_parts,
+        choose_geometry,
+        has_anomaly,
+        load_anomaly,
+    )
+
+    index = load_anomaly(home, row) if use_index and has_anomaly(home, row) else None
+    if index is not None and (index.scan_model != scan_model
+                              or index.model_sha256 not in (None, row.checkpoint_sha256)):
+        index = None
+    label_of = {r.id: r.label for r in rows}
+    if index is not None:
+        present = set(index.store.ids().tolist())
+        ids = np.asarray([r.id for r in rows if r.id in present], dtype=np.int64)
+        vecs, source = index.store.vectors(ids), "index"
+    else:
+        scorer, _sha = _scan_scorer(home, scan_model)
+        log.info("anomaly-weighted vectors under %s: mapping %d images", scan_model, len(rows))
+        geometry = choose_geometry([(r.width, r.height) for r in home.catalog.images()
+                                    if r.width and r.height], encoder.image_size)
+        raw, ids, _boxes = _anomaly_rows(encoder, scorer, geometry, rows)
+        vecs = center_parts(raw, raw.mean(0), encoder.embed_dim) if len(ids) else raw
+        source = "computed"
+    scores = retrieval_scores(vecs, [label_of[int(i)] for i in ids], k=k, metric="cosine")
+    return {"scan_model": scan_model, "vectors": source, **scores.as_dict()}
 
 
 def perturb(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -181,23 +181,39 @@ def models_use(
 def eval_retrieval(
     model: ModelOpt = None,
     k: Annotated[int, typer.Option("--k", "-k")] = 10,
+    anomaly: Annotated[str | None, typer.Option(
+        "--anomaly", help="SCAN_MODEL: also measure the anomaly-weighted vectors under this "
+        "scanning model (what search --anomaly compares: each image's most anomalous "
+        "square), read from the index when built with index build --anomaly SCAN_MODEL, "
+        "else computed here (slower).", show_default=False)] = None,
     *,
     opts: Common,
 ) -> None:
     """Leave-one-out precision@k and mAP, micro and macro (mean over labels), per label,
-    beside the raw-pixel and PCA-64 baselines measured on the same images."""
+    beside the raw-pixel and PCA-64 baselines measured on the same images.
+
+    Examples:
+
+      latentsight eval retrieval
+      latentsight eval retrieval --model ae-1 --k 5 --json
+      latentsight eval retrieval --anomaly scan-good   # defect kinds: by the defect
+    """
     from latentsight.training.evaluate import evaluate_retrieval
 
     h = opts.open_home()
-    res = evaluate_retrieval(h, model=model, k=k, device=opts.device)
+    res = evaluate_retrieval(h, model=model, k=k, device=opts.device, anomaly=anomaly)
     if opts.json:
         echo_json(res)
         return
     kk = res["k"]
+    methods = [("model " + res["model"], res)]
+    if "anomaly" in res:
+        methods.append((f"model {res['model']}, anomaly-weighted under {anomaly}",
+                        res["anomaly"]))
     rows = [{"method": name, f"P@{kk} micro": r["precision_at_k"],
              f"P@{kk} macro": r["macro_precision_at_k"], "mAP micro": r["map"],
              "mAP macro": r["macro_map"]}
-            for name, r in (("model " + res["model"], res),
+            for name, r in (*methods,
                             ("raw pixels", res["baseline_raw_pixels"]),
                             ("PCA-64", res["baseline_pca64"]))]
     g = res["input"]
@@ -205,7 +221,15 @@ def eval_retrieval(
     typer.echo(f"{res['n']} labeled images, leave-one-out, k={kk}; model input "
                f"{g['width']}x{g['height']} ({g['resize']}){pca}")
     typer.echo(table(rows, list(rows[0])))
+    if "anomaly" in res:
+        src = res["anomaly"]["vectors"]
+        typer.echo(f"anomaly-weighted vectors of {res['anomaly']['n']} images: "
+                   + ("read from the index" if src == "index" else
+                      f"computed now (store them: latentsight index build --anomaly {anomaly})"))
+    weighted = res.get("anomaly", {}).get("per_label", {})
     per = [{"label": lab, "n": v["n"], f"P@{kk} model": v["precision_at_k"],
+            **({f"P@{kk} anomaly-weighted": weighted.get(lab, {}).get("precision_at_k")}
+               if "anomaly" in res else {}),
             f"P@{kk} raw": res["baseline_raw_pixels"]["per_label"].get(lab, {}).get(
                 "precision_at_k"),
             f"P@{kk} PCA-64": res["baseline_pca64"]["per_label"].get(lab, {}).get(

@@ -278,6 +278,20 @@ def test_cli_index_build_anomaly_and_search_with_a_scanning_model(anomaly_home, 
     hits = json.loads(run("search", str(qid), "--anomaly", "scan-test", "--weighted", "--k",
                           "3", "--model", "scan-test", "--json", *args))
     assert hits[0]["id"] == qid and len(hits[0]["box"]) == 4
+    # eval retrieval --anomaly reads the stored vectors; computed afresh they score the same
+    ev = json.loads(run("eval", "retrieval", "--model", "scan-test", "--anomaly", "scan-test",
+                        "--json", *args))
+    assert ev["anomaly"]["vectors"] == "index" and ev["anomaly"]["n"] == ev["n"] == n
+    assert set(ev["anomaly"]["per_label"]) == {"good", "checker"}
+    from latentsight.training.evaluate import evaluate_retrieval
+
+    fresh = evaluate_retrieval(home, model="scan-test", anomaly="scan-test", use_index=False,
+                               device="cpu", progress=False, baseline=False)["anomaly"]
+    assert fresh["vectors"] == "computed"
+    for key in ("precision_at_k", "macro_precision_at_k", "map", "macro_map"):
+        assert fresh[key] == pytest.approx(ev["anomaly"][key], abs=1e-6), key
+    text = run("eval", "retrieval", "--model", "scan-test", "--anomaly", "scan-test", *args)
+    assert "anomaly-weighted under scan-test" in text and "read from the index" in text
     extra = tmp_path / "extra"
     extra.mkdir()
     flipped = np.ascontiguousarray(np.asarray(Image.open(from_row(home, qid)))[:, ::-1])
