@@ -25,7 +25,10 @@ detector fitted on other normal cells through the public `make_scorer(...).fit`
 leave-one-out as `search --anomaly` compares them; "X anomaly uncentred" the
 same before centring; "X anomaly search" the query's most anomalous square
 against every tile (`Searcher.search(anomaly=...)` without those vectors);
-"raw pixels anomaly" the same square's pixels alone. With --pca-standardize the
+"raw pixels anomaly" the same square's pixels alone; "X anomaly (background)" the
+same vectors under a background model instead (the detector fitted on the gallery itself,
+defects included: `latentsight train --normal-label '*'`), for homes where no label marks
+the normal images. With --pca-standardize the
 combined rows are "pca(std)+X" (`train --pixel-pca 64 --pixel-pca-standardize`).
 Baselines: raw pixels (L2) and PCA-64 (L2), on the same images. Marked "(best)":
 the learned row with the best worst-protocol macro precision@10 among those
@@ -252,6 +255,7 @@ class Protocol:
         self.name, self.home, self.size = name, home, size
         self.queries, self.query_labels, self.boxes = queries, query_labels, boxes
         self.maps: list[np.ndarray] | None = None  # anomaly maps (defect protocol)
+        self.background_maps: list[np.ndarray] | None = None  # from a model of every image
         self.scorer = None  # the detector those maps come from
         rows = home.catalog.images(labeled_only=True)
         self.rows = rows
@@ -359,6 +363,22 @@ def anomaly_maps(proto: Protocol, n_normal: int, rng: np.random.Generator) -> li
     return sc.anomaly_map([decode_file(from_catalog(r.path)).pixels for r in proto.rows])
 
 
+def background_maps(proto: Protocol, rng: np.random.Generator) -> list[np.ndarray]:
+    """Maps from a background model: the default detector fitted on the gallery itself, every
+    image (each with its defect), as `latentsight train --normal-label '*'` fits it: a
+    random quarter calibrates, the rest is the reference."""
+    from latentsight.embedder.models import create
+    from latentsight.embedder.scoring import DEFAULT_SCORER, make_scorer
+
+    imgs = [decode_file(from_catalog(r.path)).pixels for r in proto.rows]
+    order = rng.permutation(len(imgs))
+    n_cal = max(4, len(imgs) // 4)
+    enc = Encoder(create("ae", image_size=64, depth=3, width=16), device="cpu")
+    sc = make_scorer(DEFAULT_SCORER, enc).fit([imgs[i] for i in order[:n_cal]],
+                                              reference=[imgs[i] for i in order[n_cal:]])
+    return sc.anomaly_map(imgs)
+
+
 ANOMALY_MODES = {"anomaly": {}}  # the library's defaults: the most anomalous square, any side
 EXPLORE_ANOMALY = {"anomaly tile-best": {"where": "tile", "scales": "best"},
                    "anomaly fine": {"fine": 1.0}, "anomaly fine/4": {"fine": 0.25},
@@ -366,7 +386,8 @@ EXPLORE_ANOMALY = {"anomaly tile-best": {"where": "tile", "scales": "best"},
                    "anomaly top2": {"top": 2}}
 
 
-def anomaly_scores(proto: Protocol, enc: Encoder, **mode: Any) -> dict[str, dict[str, float]]:
+def anomaly_scores(proto: Protocol, enc: Encoder, maps: list[np.ndarray] | None = None,
+                   **mode: Any) -> dict[str, dict[str, float]]:
     """'X anomaly': what `latentsight index build --anomaly` stores and `search --anomaly`
     compares (`build_anomaly`: each image's `anomaly_vector`, centred on the catalog's mean
     by `center_parts`), leave-one-out; the maps are the protocol's own (computed once).
@@ -379,7 +400,8 @@ def anomaly_scores(proto: Protocol, enc: Encoder, **mode: Any) -> dict[str, dict
         mode["sides"] = [int(geo.tiles[-1] * x) for x in (f if isinstance(f, tuple) else (f,))]
     vecs = np.stack([anomaly_vector(enc, decode_file(from_catalog(r.path)).pixels, m, geo,
                                     **mode)[0]
-                     for r, m in zip(proto.rows, proto.maps, strict=True)])
+                     for r, m in zip(proto.rows, proto.maps if maps is None else maps,
+                                     strict=True)])
     split = enc.embed_dim if vecs.shape[1] == tile_dim(enc) else None  # scales='best'
     return {"": figures(proto.score(center_parts(vecs, vecs.mean(0), split), None, "cosine")),
             " uncentred": figures(proto.score(vecs, None, "cosine"))}
@@ -443,6 +465,9 @@ def run_variant(proto: Protocol, name: str, epochs: int, box: bool,
         for row, mode in modes.items():
             for suffix, f in anomaly_scores(proto, enc, **mode).items():
                 out["scores"][f"{name} {row}{suffix}"] = f
+        if proto.background_maps is not None:
+            out["scores"][f"{name} anomaly (background)"] = anomaly_scores(
+                proto, enc, maps=proto.background_maps)[""]
         out["anomaly_seconds"] = round(time.perf_counter() - t0, 1)
     if box and proto.boxes is not None and name in BOX_VARIANTS:
         t0 = time.perf_counter()
@@ -702,6 +727,7 @@ def main() -> int:
             if p == "defects" and not args.no_anomaly:
                 t0 = time.perf_counter()
                 proto.maps = anomaly_maps(proto, 2 * args.per_label, rng)
+                proto.background_maps = background_maps(proto, rng)
                 table[p]["raw pixels anomaly"] = pixel_anomaly_scores(proto)
                 log(f"defects: anomaly maps in {time.perf_counter() - t0:.0f}s; raw pixels "
                     f"anomaly {json.dumps(table[p]['raw pixels anomaly'])}")

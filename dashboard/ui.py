@@ -356,6 +356,8 @@ def scan_starter(home: Home, state: core.HomeState) -> None:
 def _normal_of(models, name: str) -> str:
     m = next(m for m in models if m.name == name)
     label = (m.metrics.get("scoring") or {}).get("normal_label")
+    if label == "*":
+        return " (background model: every image)"
     return f" (normal: {label})" if label else ""
 
 

@@ -58,9 +58,21 @@ class ScorerResult:
                 "calibration": self.calibration}
 
 
+# `--normal-label '*'`: every real catalog image, a background model. Defects are rare at any
+# one place, so its map still points at them: what `index build --anomaly` needs to make
+# defect images meet by defect kind when no label marks the normal ones (docs/benchmarks.md,
+# retrieval across protocols); its threshold, calibrated on defects too, does not scan.
+ALL_IMAGES = "*"
+
+
 def normal_rows(home: Home, label: str) -> list[ImageRow]:
-    """The real (non-synthetic) catalog images labeled `label`."""
-    rows = [r for r in home.catalog.images(labels=[label]) if not r.synthetic]
+    """The real (non-synthetic) catalog images labeled `label` (every one for ALL_IMAGES)."""
+    rows = home.catalog.images() if label == ALL_IMAGES else home.catalog.images(labels=[label])
+    rows = [r for r in rows if not r.synthetic]
+    if label == ALL_IMAGES and len(rows) < 4:
+        msg = (f"Need at least 4 real catalog images to train a background model; found "
+               f"{len(rows)}. Ingest images first: latentsight ingest FOLDER.")
+        raise CatalogError(msg)
     if len(rows) < 4:
         msg = (f"Need at least 4 catalog images labeled {label!r} to train and calibrate; "
                f"found {len(rows)}. Ingest normal images with --label {label}.")

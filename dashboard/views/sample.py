@@ -125,6 +125,7 @@ else:
     if scan is not None:
         m = next((m for m in home.catalog.models() if m.id == scan.model_id), None)
         normal = ((m.metrics or {}).get("scoring") or {}).get("normal_label") if m else None
+        normal = None if normal == "*" else normal  # a background model: every image
     try:
         hits = searcher.search(row.id, k=ui.COLUMNS + 1, label=normal)
     except LatentsightError as e:

@@ -122,7 +122,9 @@ def train(
     name: Annotated[str | None, typer.Option(help="Model name. Default: KIND-TIMESTAMP.")] = None,
     normal_label: Annotated[str | None, typer.Option(
         "--normal-label", help="Train a scanning model on the images labeled L only (random "
-        "tile crops) and calibrate its anomaly threshold on a held-out part of them.",
+        "tile crops) and calibrate its anomaly threshold on a held-out part of them. '*': on "
+        "every image, a background model for search by defect kind (index build --anomaly "
+        "NAME) when no label marks the normal images; its threshold is not for scans.",
         show_default=False)] = None,
     fpr: Annotated[float, typer.Option(help="With --normal-label: target false-positive rate "
                                        "on held-out normal images.")] = 0.01,
@@ -165,6 +167,8 @@ def train(
       latentsight train --normal-label good --fpr 0.01    # a model for anomaly scans
       latentsight train --normal-label good --scorer knn --contamination 0.02
       latentsight train --normal-label good --use-reviews --refit-normals
+      latentsight train --normal-label '*' --name background   # then: models use RETRIEVAL,
+                                                  # index build --anomaly background
       latentsight train --model vae --beta 0.5 --kl-warmup 5 --free-bits 0.1
       latentsight train --model vit --mask-ratio 0.75 --patch-size 8 --depth 4 --dim 128
       latentsight train --pixel-pca 0       # the learned embedding alone as the search vector
@@ -225,7 +229,7 @@ def train(
 def _train_scanner(h: Any, cfg: Any, normal_label: str, json_out: bool, *, scorer: str | None,
                    fpr: float, contamination: float | None, threshold: float | None) -> None:
     from latentsight.embedder.scoring import DEFAULT_SCORER
-    from latentsight.training.anomaly import train_scorer
+    from latentsight.training.anomaly import ALL_IMAGES, train_scorer
 
     name = scorer or DEFAULT_SCORER  # a known name: checked when the command line was parsed
     res = train_scorer(h, normal_label, cfg, scorer=name, fpr=fpr, contamination=contamination,
@@ -233,7 +237,8 @@ def _train_scanner(h: Any, cfg: Any, normal_label: str, json_out: bool, *, score
     if json_out:
         echo_json(res.as_dict())
     else:
-        typer.echo(f"trained {res.name} on {res.n_train} images labeled {normal_label!r}; "
+        what = "images" if normal_label == ALL_IMAGES else f"images labeled {normal_label!r}"
+        typer.echo(f"trained {res.name} on {res.n_train} {what}; "
                    f"{res.scorer} threshold calibrated on {res.n_calib} held-out ones "
                    f"({_calibration_text(fpr, contamination, threshold)}); now the active model")
         g = res.geometry
@@ -252,6 +257,11 @@ def _train_scanner(h: Any, cfg: Any, normal_label: str, json_out: bool, *, score
             note = fpr_note(c["n"], contamination if contamination is not None else fpr)
             if note:
                 err(f"warning: {note}")
+        if normal_label == ALL_IMAGES:
+            err(f"note: {res.name} learned every image, defective ones too: its threshold does "
+                "not separate defects. Use it for search by defect kind: latentsight models "
+                f"use RETRIEVAL_MODEL, then latentsight index build --anomaly {res.name}")
+            return
         typer.echo("next: latentsight scan FOLDER --report report/")
 
 

@@ -199,6 +199,29 @@ def test_train_normal_label_calibrates_on_held_out_images_only(own_anomaly_home)
     assert (own_anomaly_home.root / "models" / "cli-scanner" / "scoring.safetensors").is_file()
 
 
+def test_train_normal_label_star_makes_a_background_model_of_every_image(own_anomaly_home):
+    """`--normal-label '*'`: trained and calibrated on every real image (both labels), says
+    its threshold is not for scans, and serves `index build --anomaly` as a scanning model."""
+    home = own_anomaly_home
+    args = ("--device", "cpu", "--home", str(home.root))
+    code, out, errout = cli("train", "--normal-label", "*", "--epochs", "1", "--image-size",
+                            "16", "--latent-dim", "16", "--batch-size", "16", "--name",
+                            "cli-background", *args)
+    assert code == 0, errout
+    n = home.catalog.count_images()
+    state = json.loads((home.root / "models" / "cli-background" / "config.json").read_text()
+                       )["scoring"]
+    used = set(state["train_ids"]) | set(state["calib_ids"])
+    assert state["normal_label"] == "*" and used == set(home.catalog.image_ids())
+    assert {r.label for r in home.catalog.images(ids=sorted(used))} == {"good", "checker"}
+    assert f"trained cli-background on {len(state['train_ids'])} images;" in out
+    assert "not separate defects" in errout and "index build --anomaly cli-background" in errout
+    code, out, errout = cli("index", "build", "--model", "scan-test", "--anomaly",
+                            "cli-background", "--workers", "0", "--json", *args)
+    assert code == 0, errout
+    assert json.loads(out)["anomaly_ntotal"] == n
+
+
 def test_train_scorer_and_contamination_options(own_anomaly_home):
     args = ("train", "--normal-label", "good", "--epochs", "1", "--image-size", "16",
             "--latent-dim", "16", "--batch-size", "16", "--json", "--device", "cpu",
