@@ -26,11 +26,10 @@ dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/latentsight demo --home $(HOME_DEMO)
 
-## Run the test suite (creates .venv if needed, installs the dev extra), in one process.
-## TEST_WORKERS=2 runs it on two pytest-xdist workers, one test file each at a time: 13.5 min
-## instead of 23 on 2 cores, but 3 of 5 parallel runs hit an SQLite "disk I/O error" in a
-## catalog (cause not found; README.md, "Development"), so the default stays at 0 (no workers).
-TEST_WORKERS ?= 0
+## Run the test suite (creates .venv if needed, installs the dev extra) on two pytest-xdist
+## workers, one test file each at a time: 14-19 min instead of 23 on 2 cores (README.md,
+## "Development"). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
