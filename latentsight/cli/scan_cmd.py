@@ -79,6 +79,12 @@ def scan(
         from latentsight.index.ray_engine import scan_paths_ray as scan_paths  # noqa: F811
 
     h = opts.open_home()
+    scoring = (h.catalog.model(model).metrics or {}).get("scoring") or {}
+    if scoring.get("normal_label") == "*":
+        err(f"warning: {h.catalog.model(model).name} is a background model (trained with "
+            "--normal-label '*', defective images too): its threshold does not separate "
+            "defects. Train a scanning model on normal images: latentsight train "
+            "--normal-label LABEL")
     extra = {"address": ray_address} if engine == "ray" else {}
     s = scan_paths(h, [str(p) for p in paths], model=model, fpr=fpr, threshold=threshold,
                    report_dir=report, resume=resume, k_neighbors=neighbors,

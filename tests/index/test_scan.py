@@ -220,6 +220,16 @@ def test_train_normal_label_star_makes_a_background_model_of_every_image(own_ano
                             "cli-background", "--workers", "0", "--json", *args)
     assert code == 0, errout
     assert json.loads(out)["anomaly_ntotal"] == n
+    # scanning with it works but warns (cli-background is the active model now)
+    folder = home.root.parent / "to-scan"
+    folder.mkdir()
+    first = home.catalog.images()[0]
+    from latentsight.index.paths import from_catalog
+
+    (folder / "a.png").write_bytes(Path(from_catalog(first.path)).read_bytes())
+    code, out, errout = cli("scan", str(folder), *args)
+    assert code in (0, 1), errout
+    assert "background model" in errout and "--normal-label LABEL" in errout
 
 
 def test_train_scorer_and_contamination_options(own_anomaly_home):
