@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 	$(BIN)/latentsight demo --home $(HOME_DEMO)
 
 ## Run the test suite (creates .venv if needed, installs the dev extra) on two pytest-xdist
-## workers, one test file each at a time: 14-19 min instead of 23 on 2 cores (README.md,
+## workers, one test file each at a time: 12.5-19 min instead of 23 on 2 cores (README.md,
 ## "Development"). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
