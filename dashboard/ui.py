@@ -10,6 +10,7 @@ import streamlit as st
 from latentsight.dashboard import core
 from latentsight.embedder.errors import LatentsightError
 from latentsight.index.home import Home
+from latentsight.training.anomaly import is_background
 
 COLUMNS = 6  # cards per row in every grid
 SAMPLE_PAGE = "views/sample.py"
@@ -355,9 +356,9 @@ def scan_starter(home: Home, state: core.HomeState) -> None:
 
 def _normal_of(models, name: str) -> str:
     m = next(m for m in models if m.name == name)
-    label = (m.metrics.get("scoring") or {}).get("normal_label")
-    if label == "*":
+    if is_background(m):
         return " (background model: every image)"
+    label = (m.metrics.get("scoring") or {}).get("normal_label")
     return f" (normal: {label})" if label else ""
 
 

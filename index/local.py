@@ -144,6 +144,16 @@ class LocalIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.store.add(ids, self.centered(vectors))
 
+    def fresh_for(self, model: ModelRow) -> bool:
+        """Built from `model`'s current checkpoint (or recorded before digests were kept)."""
+        return self.model_sha256 in (None, model.checkpoint_sha256)
+
+    def fits(self, model: ModelRow, scan_model: str | object) -> bool:
+        """Built from `model`'s checkpoint under `scan_model` (a name; any scorer object
+        matches vectors built from one)."""
+        want = scan_model if isinstance(scan_model, str) else ""
+        return self.scan_model == want and self.fresh_for(model)
+
     def save(self, home: Home, model: ModelRow) -> None:
         store_path, meta_path = paths(home, model)
         store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -558,6 +568,16 @@ class AnomalyIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.store.add(ids, self.centered(vectors))
 
+    def fresh_for(self, model: ModelRow) -> bool:
+        """Built from `model`'s current checkpoint (or recorded before digests were kept)."""
+        return self.model_sha256 in (None, model.checkpoint_sha256)
+
+    def fits(self, model: ModelRow, scan_model: str | object) -> bool:
+        """Built from `model`'s checkpoint under `scan_model` (a name; any scorer object
+        matches vectors built from one)."""
+        want = scan_model if isinstance(scan_model, str) else ""
+        return self.scan_model == want and self.fresh_for(model)
+
     def save(self, home: Home, model: ModelRow) -> None:
         store_path, meta_path = anomaly_paths(home, model)
         store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -631,6 +651,30 @@ def _anomaly_rows(
     return np.stack(vecs).astype(np.float32), np.asarray(ids, np.int64), boxes  # type: ignore[return-value]
 
 
+def anomaly_index(
+    home: Home, model: ModelRow, encoder: Encoder, scan_model: str | object,
+    rows: Sequence[ImageRow] | None = None,
+) -> AnomalyIndex:
+    """The anomaly-weighted vectors of `rows` (default: every catalog image) in memory,
+    centred on their mean; the geometry comes from the whole catalog. See build_anomaly."""
+    if isinstance(scan_model, str):
+        scorer, scan_sha = _scan_scorer(home, scan_model)
+        name = scan_model
+    else:
+        scorer, scan_sha, name = scan_model, None, ""
+    every = home.catalog.images()
+    geometry = choose_geometry([(r.width, r.height) for r in every if r.width and r.height],
+                               encoder.image_size)
+    vecs, ids, boxes = _anomaly_rows(encoder, scorer, geometry, every if rows is None else rows)
+    store = FaissStore(tile_dim(encoder), "Flat", metric="cosine")
+    index = AnomalyIndex(store=store, geometry=geometry, scan_model=name,
+                         model_sha256=model.checkpoint_sha256, scan_sha256=scan_sha, boxes=boxes,
+                         center=vecs.mean(0) if len(ids) else None, split=encoder.embed_dim)
+    if len(ids):
+        index.add(ids, vecs)
+    return index
+
+
 def build_anomaly(
     home: Home, model: ModelRow, encoder: Encoder, scan_model: str | object
 ) -> AnomalyIndex:
@@ -639,24 +683,10 @@ def build_anomaly(
     search by anomaly (`Searcher.search(q, anomaly=SCAN_MODEL)`) compares defect with
     defect. `scan_model`: a scanning model's name (`latentsight train --normal-label`) or
     a fitted scorer object (then recorded as ""). The caller holds the write lock."""
-    if isinstance(scan_model, str):
-        scorer, scan_sha = _scan_scorer(home, scan_model)
-        name = scan_model
-    else:
-        scorer, scan_sha, name = scan_model, None, ""
-    rows = home.catalog.images()
-    geometry = choose_geometry([(r.width, r.height) for r in rows if r.width and r.height],
-                               encoder.image_size)
-    vecs, ids, boxes = _anomaly_rows(encoder, scorer, geometry, rows)
-    store = FaissStore(tile_dim(encoder), "Flat", metric="cosine")
-    index = AnomalyIndex(store=store, geometry=geometry, scan_model=name,
-                         model_sha256=model.checkpoint_sha256, scan_sha256=scan_sha, boxes=boxes,
-                         center=vecs.mean(0) if len(ids) else None, split=encoder.embed_dim)
-    if len(ids):
-        index.add(ids, vecs)
+    index = anomaly_index(home, model, encoder, scan_model)
     index.save(home, model)
     log.info("anomaly-weighted vectors of %s under %s: %d images", model.name,
-             name or "<scorer>", store.ntotal)
+             index.scan_model or "<scorer>", index.store.ntotal)
     return index
 
 
@@ -709,7 +739,8 @@ def remove_anomaly(home: Home, model: ModelRow, image_ids: Sequence[int]) -> int
 
 
 __all__ = ["ADD_HINT", "ANOMALY_HINT", "AnomalyIndex", "Geometry", "LocalIndex",
-           "anomaly_boxes", "anomaly_paths", "anomaly_vector", "build_anomaly", "build_local",
+           "anomaly_boxes", "anomaly_index", "anomaly_paths", "anomaly_vector", "build_anomaly",
+           "build_local",
            "center_parts", "check_box", "choose_geometry", "default_sides", "embed_tiles",
            "has_anomaly", "has_local", "load_anomaly", "load_local", "local_status",
            "most_anomalous_box", "remove_anomaly", "remove_local", "search_tiles",

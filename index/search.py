@@ -224,12 +224,10 @@ class Searcher:
             cached = (mtime, load_anomaly(self.home, self.model))
             self._anomaly = cached
         index = cached[1]
-        want = scan_model if isinstance(scan_model, str) else ""
-        fresh = index.model_sha256 in (None, self.model.checkpoint_sha256)
-        if index.scan_model == want and fresh:
+        if index.fits(self.model, scan_model):
             return index
         if required:
-            why = ("the model was retrained since" if not fresh else
+            why = ("the model was retrained since" if not index.fresh_for(self.model) else
                    f"they were built under {index.scan_model or 'a scorer object'!r}")
             msg = (f"The anomaly-weighted vectors of model {self.model.name!r} do not fit: "
                    f"{why}. {ANOMALY_HINT}")

@@ -65,16 +65,20 @@ class ScorerResult:
 ALL_IMAGES = "*"
 
 
+def is_background(model: Any) -> bool:
+    """Whether a catalog model is a background model (`--normal-label '*'`)."""
+    return ((model.metrics or {}).get("scoring") or {}).get("normal_label") == ALL_IMAGES
+
+
 def normal_rows(home: Home, label: str) -> list[ImageRow]:
     """The real (non-synthetic) catalog images labeled `label` (every one for ALL_IMAGES)."""
     rows = home.catalog.images() if label == ALL_IMAGES else home.catalog.images(labels=[label])
     rows = [r for r in rows if not r.synthetic]
-    if label == ALL_IMAGES and len(rows) < 4:
-        msg = (f"Need at least 4 real catalog images to train a background model; found "
-               f"{len(rows)}. Ingest images first: latentsight ingest FOLDER.")
-        raise CatalogError(msg)
     if len(rows) < 4:
-        msg = (f"Need at least 4 catalog images labeled {label!r} to train and calibrate; "
+        msg = (f"Need at least 4 real catalog images to train a background model; found "
+               f"{len(rows)}. Ingest images first: latentsight ingest FOLDER."
+               if label == ALL_IMAGES else
+               f"Need at least 4 catalog images labeled {label!r} to train and calibrate; "
                f"found {len(rows)}. Ingest normal images with --label {label}.")
         raise CatalogError(msg)
     return rows

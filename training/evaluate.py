@@ -227,35 +227,19 @@ def _anomaly_retrieval(home: Home, row: Any, encoder: Any, rows: Sequence[Any], 
                        k: int, use_index: bool) -> dict[str, Any]:
     """Leave-one-out figures of the anomaly-weighted vectors of `rows` under `scan_model`:
     read from the model's anomaly-weighted index when it was built under that scanning
-    model for this checkpoint, else computed (centred on these images' mean, as
-    `index build --anomaly` centres on the catalog's)."""
-    from latentsight.index.local import (
-        _anomaly_rows,
-        _scan_scorer,
-        center_parts,
-        choose_geometry,
-        has_anomaly,
-        load_anomaly,
-    )
+    model for this checkpoint, else computed as `index build --anomaly` computes them
+    (centred on these images' mean rather than the whole catalog's)."""
+    from latentsight.index.local import anomaly_index, has_anomaly, load_anomaly
 
     index = load_anomaly(home, row) if use_index and has_anomaly(home, row) else None
-    if index is not None and (index.scan_model != scan_model
-                              or index.model_sha256 not in (None, row.checkpoint_sha256)):
-        index = None
-    label_of = {r.id: r.label for r in rows}
-    if index is not None:
-        present = set(index.store.ids().tolist())
-        ids = np.asarray([r.id for r in rows if r.id in present], dtype=np.int64)
-        vecs, source = index.store.vectors(ids), "index"
-    else:
-        scorer, _sha = _scan_scorer(home, scan_model)
+    source = "index"
+    if index is None or not index.fits(row, scan_model):
         log.info("anomaly-weighted vectors under %s: mapping %d images", scan_model, len(rows))
-        geometry = choose_geometry([(r.width, r.height) for r in home.catalog.images()
-                                    if r.width and r.height], encoder.image_size)
-        raw, ids, _boxes = _anomaly_rows(encoder, scorer, geometry, rows)
-        vecs = center_parts(raw, raw.mean(0), encoder.embed_dim) if len(ids) else raw
-        source = "computed"
-    scores = retrieval_scores(vecs, [label_of[int(i)] for i in ids], k=k, metric="cosine")
+        index, source = anomaly_index(home, row, encoder, scan_model, rows), "computed"
+    present = set(index.store.ids().tolist())
+    ids = [r.id for r in rows if r.id in present]
+    scores = retrieval_scores(index.store.vectors(ids), [r.label for r in rows if r.id in present],
+                              k=k, metric="cosine")
     return {"scan_model": scan_model, "vectors": source, **scores.as_dict()}
 
 

@@ -5,6 +5,7 @@ import streamlit as st
 from latentsight.dashboard import core, loaders, ui
 from latentsight.embedder.errors import LatentsightError
 from latentsight.embedder.images import decode_file
+from latentsight.training.anomaly import is_background
 
 ui.follow_open()
 home = loaders.home()
@@ -125,7 +126,7 @@ else:
     if scan is not None:
         m = next((m for m in home.catalog.models() if m.id == scan.model_id), None)
         normal = ((m.metrics or {}).get("scoring") or {}).get("normal_label") if m else None
-        normal = None if normal == "*" else normal  # a background model: every image
+        normal = None if m is not None and is_background(m) else normal  # every image
     try:
         hits = searcher.search(row.id, k=ui.COLUMNS + 1, label=normal)
     except LatentsightError as e:

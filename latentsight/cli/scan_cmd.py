@@ -79,9 +79,11 @@ def scan(
         from latentsight.index.ray_engine import scan_paths_ray as scan_paths  # noqa: F811
 
     h = opts.open_home()
-    scoring = (h.catalog.model(model).metrics or {}).get("scoring") or {}
-    if scoring.get("normal_label") == "*":
-        err(f"warning: {h.catalog.model(model).name} is a background model (trained with "
+    from latentsight.training.anomaly import is_background
+
+    row = h.catalog.model(model)
+    if is_background(row):
+        err(f"warning: {row.name} is a background model (trained with "
             "--normal-label '*', defective images too): its threshold does not separate "
             "defects. Train a scanning model on normal images: latentsight train "
             "--normal-label LABEL")
