@@ -346,37 +346,40 @@ def make_protocol(name: str, tmp: Path, rng: np.random.Generator, per_label: int
     return Protocol(name, home, size, queries, qlabels, boxes)
 
 
-def anomaly_maps(proto: Protocol, n_normal: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Anomaly maps of the defect protocol's images from the default detector, fitted on
-    normal cells outside the gallery (public API: make_scorer, fit, anomaly_map)."""
+def _detector(imgs: list[np.ndarray]) -> object:
+    """The default detector fitted through the public API (make_scorer, fit): the first
+    quarter of `imgs` calibrates, the rest is the reference, as `train_scorer` splits."""
     from latentsight.embedder.models import create
     from latentsight.embedder.scoring import DEFAULT_SCORER, make_scorer
 
+    n_cal = max(4, len(imgs) // 4)
+    enc = Encoder(create("ae", image_size=64, depth=3, width=16), device="cpu")
+    return make_scorer(DEFAULT_SCORER, enc).fit(imgs[:n_cal], reference=imgs[n_cal:])
+
+
+def gallery_pixels(proto: Protocol) -> list[np.ndarray]:
+    """The protocol's gallery images at native size, decoded once."""
+    if getattr(proto, "_pixels", None) is None:
+        proto._pixels = [decode_file(from_catalog(r.path)).pixels for r in proto.rows]
+    return proto._pixels
+
+
+def anomaly_maps(proto: Protocol, n_normal: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Anomaly maps of the defect protocol's images from the default detector, fitted on
+    normal cells outside the gallery (public API: make_scorer, fit, anomaly_map)."""
     used = {Path(r.path).name for r in proto.rows}
     normal = [f for f, q, _t in elpv_rows() if q == 0.0 and f.name not in used]
     pick = [normal[i] for i in rng.choice(len(normal), n_normal, False)]
-    imgs = [decode_file(f).pixels for f in pick]
-    n_cal = max(4, n_normal // 4)
-    enc = Encoder(create("ae", image_size=64, depth=3, width=16), device="cpu")
-    sc = make_scorer(DEFAULT_SCORER, enc).fit(imgs[:n_cal], reference=imgs[n_cal:])
-    proto.scorer = sc
-    return sc.anomaly_map([decode_file(from_catalog(r.path)).pixels for r in proto.rows])
+    proto.scorer = _detector([decode_file(f).pixels for f in pick])
+    return proto.scorer.anomaly_map(gallery_pixels(proto))
 
 
 def background_maps(proto: Protocol, rng: np.random.Generator) -> list[np.ndarray]:
     """Maps from a background model: the default detector fitted on the gallery itself, every
     image (each with its defect), as `latentsight train --normal-label '*'` fits it: a
     random quarter calibrates, the rest is the reference."""
-    from latentsight.embedder.models import create
-    from latentsight.embedder.scoring import DEFAULT_SCORER, make_scorer
-
-    imgs = [decode_file(from_catalog(r.path)).pixels for r in proto.rows]
-    order = rng.permutation(len(imgs))
-    n_cal = max(4, len(imgs) // 4)
-    enc = Encoder(create("ae", image_size=64, depth=3, width=16), device="cpu")
-    sc = make_scorer(DEFAULT_SCORER, enc).fit([imgs[i] for i in order[:n_cal]],
-                                              reference=[imgs[i] for i in order[n_cal:]])
-    return sc.anomaly_map(imgs)
+    imgs = gallery_pixels(proto)
+    return _detector([imgs[i] for i in rng.permutation(len(imgs))]).anomaly_map(imgs)
 
 
 ANOMALY_MODES = {"anomaly": {}}  # the library's defaults: the most anomalous square, any side

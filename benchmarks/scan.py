@@ -89,16 +89,20 @@ def make_home(data: Path, tmp: Path) -> object:
     return home
 
 
-def bare_scorer(home: object, files: list[Path], threads: int) -> tuple[float, float]:
-    """images/s of the fitted scorer's decision_function on pre-decoded images, and the mean,
-    on `threads` torch threads (restored after)."""
-    import torch
+def loaded_scorer(home: object, files: list[Path]) -> tuple[object, list]:
+    """The home's fitted scorer and the scan set decoded beforehand (once per run)."""
     from latentsight.embedder.images import decode_file
     from latentsight.index.manager import load_scorer
 
-    row = home.catalog.model()
-    encoder, scorer = load_scorer(home, row, "cpu")
-    px = [decode_file(f, mode=encoder.mode).pixels for f in files]
+    encoder, scorer = load_scorer(home, home.catalog.model(), "cpu")
+    return scorer, [decode_file(f, mode=encoder.mode).pixels for f in files]
+
+
+def bare_scorer(scorer: object, px: list, threads: int) -> tuple[float, float]:
+    """images/s of the fitted scorer's decision_function on pre-decoded images, and the mean,
+    on `threads` torch threads (restored after)."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -110,17 +114,13 @@ def bare_scorer(home: object, files: list[Path], threads: int) -> tuple[float, f
         torch.set_num_threads(before)
 
 
-def bare_per_core(home: object, files: list[Path], cores: int) -> float:
+def bare_per_core(scorer: object, px: list, cores: int) -> float:
     """images/s of the fitted scorer with one image per core at once, one torch thread each
     (threads: the torch work releases the GIL), as a scan scores."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from latentsight.embedder.images import decode_file
-    from latentsight.index.manager import load_scorer
     from latentsight.index.threads import one_torch_thread
 
-    encoder, scorer = load_scorer(home, home.catalog.model(), "cpu")
-    px = [decode_file(f, mode=encoder.mode).pixels for f in files]
     with one_torch_thread(), ThreadPoolExecutor(cores) as pool:
         list(pool.map(scorer.score_and_map, px[:cores]))  # warm-up
         t = time.perf_counter()
@@ -163,10 +163,11 @@ def main() -> int:
         for f in files:
             (folder / f"{f.parent.name}_{f.name}").symlink_to(f.resolve())
         rounds: list[dict[str, float]] = []
+        scorer, px = loaded_scorer(home, files)
         for r in range(args.rounds):
-            bare1, mean_bare = bare_scorer(home, files, 1)
-            bare2, _ = bare_scorer(home, files, cores)
-            bare_pc = bare_per_core(home, files, cores)
+            bare1, mean_bare = bare_scorer(scorer, px, 1)
+            bare2, _ = bare_scorer(scorer, px, cores)
+            bare_pc = bare_per_core(scorer, px, cores)
             bare = max(bare1, bare2, bare_pc)  # the fastest setting is the bound
             plain, summary = timed_scan(home, folder, None)
             with_report, _ = timed_scan(home, folder, tmp / f"report{r}")
