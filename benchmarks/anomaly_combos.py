@@ -26,7 +26,11 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's latentsight, not another install's
 
-from latentsight.embedder.detector import fit_standardization, standardize  # noqa: E402
+from latentsight.embedder.detector import (  # noqa: E402
+    _combine_z,
+    fit_standardization,
+    standardize,
+)
 
 
 def load(files: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -47,8 +51,7 @@ def l2_auroc(split: dict[str, np.ndarray], parts: tuple[str, ...],
     loc, sp = fit_standardization(split["cal"][:, idx], spread)
 
     def score(raw: np.ndarray) -> np.ndarray:
-        z = standardize(raw[:, idx], loc, sp, spread)
-        return np.sqrt(np.square(np.maximum(z, 0)).sum(1))
+        return _combine_z(standardize(raw[:, idx], loc, sp, spread), "l2", axis=1)
 
     n, a = score(split["normal"]), score(split["anomalous"])
     return float(roc_auc_score(np.r_[np.zeros(len(n)), np.ones(len(a))], np.r_[n, a]))
