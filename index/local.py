@@ -144,16 +144,6 @@ class LocalIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.store.add(ids, self.centered(vectors))
 
-    def fresh_for(self, model: ModelRow) -> bool:
-        """Built from `model`'s current checkpoint (or recorded before digests were kept)."""
-        return self.model_sha256 in (None, model.checkpoint_sha256)
-
-    def fits(self, model: ModelRow, scan_model: str | object) -> bool:
-        """Built from `model`'s checkpoint under `scan_model` (a name; any scorer object
-        matches vectors built from one)."""
-        want = scan_model if isinstance(scan_model, str) else ""
-        return self.scan_model == want and self.fresh_for(model)
-
     def save(self, home: Home, model: ModelRow) -> None:
         store_path, meta_path = paths(home, model)
         store_path.parent.mkdir(parents=True, exist_ok=True)
