@@ -25,7 +25,7 @@ from latentsight.embedder import faults
 from latentsight.embedder.devices import check_device
 from latentsight.embedder.fsutil import atomic_write
 from latentsight.index.errors import StoreError
-from latentsight.index.threads import cores, one_torch_thread
+from latentsight.index.threads import cores, one_blas_thread, one_torch_thread
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,10 @@ def exact_search(
 
     faiss's own Flat search runs 2-10x slower on the development machines
     (docs/benchmarks.md, "Exact search at the limit"). The product runs through
-    torch's BLAS or numpy's, whichever this machine runs faster (`blas_for`:
-    MKL, torch's, is fast on Intel and slow on AMD CPUs, where numpy's OpenBLAS
-    wins), measured once per process for single queries and for batches.
+    torch's BLAS or numpy's, on exact_search's threads or the BLAS's own, whichever
+    this machine runs faster (`blas_for`: MKL, torch's, is fast on Intel and slow on
+    AMD CPUs, where numpy's OpenBLAS wins), measured once per process for single
+    queries and for batches.
     """
     import torch
 
@@ -179,15 +180,12 @@ def exact_search(
             return s, np.where(p >= 0, pos[np.clip(p, 0, None)], -1)
     qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
     kk = min(k, n)
-    blocked = None if mask is None else torch.from_numpy(~mask)
+    blocked = None if mask is None else ~mask
     small = n * int(q.shape[1]) * nq < SMALL_SEARCH_MACS
     with torch.no_grad():
         tiny = n * int(q.shape[1]) < CALIBRATE_ROWS_X_DIM  # too few rows to time the BLAS
-        if not tiny and blas_for(xb, qt) == "numpy":
-            best_s, best_p = _numpy_blocks(xb, qt, kk, metric, xnorm, blocked)
-        else:  # small: one block on torch's threads (a hand-off would cost more than it saves)
-            best_s, best_p = _torch_chunks(xb, qt, kk, metric, xnorm, blocked, small=small)
-        scores, pos = best_s.numpy(), best_p.numpy().astype(np.int64)
+        blas = "torch" if tiny else blas_for(xb, qt)
+        scores, pos = _search_blocks(blas, xb, qt, kk, metric, xnorm, blocked, small=small)
         if metric == "l2":  # -(|q|^2 + |x|^2 - 2 q.x), clamped like faiss's distances
             qn = (qt * qt).sum(1, keepdim=True).numpy()
             scores = -np.maximum(qn - scores, 0, dtype=np.float32)
@@ -200,66 +198,152 @@ def exact_search(
     return out_s, out_p
 
 
-def _block_topk(s: object, b0: int, kk: int, metric: str, xnorm: object | None,
-                blocked: object | None) -> tuple[object, object]:
-    """One (nq, rows) score block starting at row b0 -> its (scores, positions) top kk."""
+class _TopK:
+    """The k best (score, row) of each query over blocks of rows (one per thread).
+
+    A block's scores only reach the top k through a compare with each query's k-th best
+    so far (one pass, against torch.topk's several): the entries above it are kept aside
+    as candidates and merged in when there are many (`flush`), which raises the k-th
+    again. Only the first block, and a query still short of k, take a block's own top k.
+    After the first block a query gains about k x block / rows-seen candidates per block,
+    so the top k costs a small fraction of the product (docs/benchmarks.md, "Exact search
+    at the limit").
+    """
+
+    def __init__(self, nq: int, k: int) -> None:
+        self.s = np.full((nq, k), -np.inf, np.float32)
+        self.p = np.full((nq, k), -1, np.int64)
+        self.empty = True
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (query, s, row)
+        self.n_pending = 0
+        self.budget = max(4096, 8 * nq * k)  # candidates kept aside before a merge
+
+    def add(self, block: np.ndarray, b0: int) -> None:
+        """Take in `block` (nq, m): the scores of rows b0 .. b0 + m."""
+        import torch
+
+        k, m = self.s.shape[1], block.shape[1]
+        if self.empty and m >= k:  # the first block: its top k as they are
+            v, i = torch.topk(torch.from_numpy(block), k, dim=1)
+            self.s[:], self.p[:] = v.numpy(), i.numpy() + b0
+            self.empty = False
+            return
+        self.empty = False
+        kth = self.s[:, -1]
+        rows = np.flatnonzero(block.max(1) > kth)  # all -inf rows never enter
+        if len(rows) == 0:
+            return
+        sub = block if len(rows) == len(block) else block[rows]  # (r, m): rows with candidates
+        short = np.isneginf(kth[rows])
+        if short.any():
+            v, i = torch.topk(torch.from_numpy(sub if short.all() else sub[short]), min(k, m),
+                              dim=1)
+            self._keep(np.repeat(rows[short], v.shape[1]), v.numpy().ravel(),
+                       i.numpy().ravel() + b0)
+        if not short.all():
+            idx = np.flatnonzero(~short)
+            rest = sub if len(idx) == len(sub) else sub[idx]
+            above = np.flatnonzero(rest > kth[rows[idx], None])  # flat in (len(idx), m)
+            self._keep(rows[idx][above // m], rest.ravel()[above], above % m + b0)
+        if self.n_pending > self.budget:
+            self.flush()
+
+    def _keep(self, query: np.ndarray, s: np.ndarray, row: np.ndarray) -> None:
+        self.pending.append((query, s, row))
+        self.n_pending += len(query)
+
+    def flush(self) -> _TopK:
+        """Merge the candidates kept aside: a (queries, k + most candidates) table of each
+        query's k best and its candidates, -inf padded, reduced to its top k."""
+        import torch
+
+        if not self.n_pending:
+            return self
+        key = np.concatenate([c[0] for c in self.pending])
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        val = np.concatenate([c[1] for c in self.pending])[order]
+        pos = np.concatenate([c[2] for c in self.pending])[order]
+        self.pending, self.n_pending = [], 0
+        rows, first, count = np.unique(key, return_index=True, return_counts=True)
+        local = np.repeat(np.arange(len(rows)), count)
+        k = self.s.shape[1]
+        col = k + np.arange(len(key)) - np.repeat(first, count)
+        table = np.full((len(rows), k + int(count.max())), -np.inf, np.float32)
+        where = np.full(table.shape, -1, np.int64)
+        table[:, :k], where[:, :k] = self.s[rows], self.p[rows]
+        table[local, col], where[local, col] = val, pos
+        v, j = torch.topk(torch.from_numpy(table), k, dim=1)
+        self.s[rows] = v.numpy()
+        self.p[rows] = np.take_along_axis(where, j.numpy(), 1)
+        return self
+
+
+def _search_blocks(blas: str, xb: object, qt: object, kk: int, metric: str,
+                   xnorm: object | None, blocked: np.ndarray | None, *, small: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The k best rows of `xb` for each query of `qt`, on `blas` (one of BLAS_KERNELS).
+
+    A batch (over GEMV_QUERIES queries, bound by FLOP/s): the rows are split into one span
+    per core, each searched on its own thread with its BLAS on one thread (a 64-query
+    product of a few thousand rows runs at ~0.9 of the machine's GEMM rate that way; on
+    the BLAS's own threads at 0.6-0.7), in blocks whose (nq, rows) score block stays in
+    cache (2 MiB), the first one small, so that the running k-th best that filters the
+    others is cheap to seed. "numpy-threads", and a few queries (bound by memory) on any:
+    one span on the calling thread, the BLAS on its own threads (no hand-off, and no
+    wait for a core that another library's idle BLAS thread is still spinning on; the
+    blocks of a few queries are 32k rows). Queries go in slices of
+    QUERY_SLICE. `small`: one block on the calling thread (a hand-off costs more).
+    `xnorm` (torch, n): l2's squared row norms; `blocked` (n,) bool: rows left out.
+    Returns (scores, positions), (nq, kk) each, best first (l2: 2 q.x - |x|^2).
+    """
     import torch
 
-    rows = s.shape[1]
-    if metric == "l2":
-        s.mul_(2).sub_(xnorm[b0 : b0 + rows])  # 2 q.x - |x|^2: larger is nearer
-    if blocked is not None:
-        s.masked_fill_(blocked[b0 : b0 + rows], -np.inf)
-    v, i = torch.topk(s, min(kk, rows), dim=1)  # (nq, kk), sorted
-    return v, i.add_(b0)
-
-
-def _merge_parts(parts: list[tuple[object, object]], kk: int) -> tuple[object, object]:
-    import torch
-
-    if len(parts) == 1:
-        return parts[0]
-    v = torch.cat([p[0] for p in parts], 1)
-    i = torch.cat([p[1] for p in parts], 1)
-    best_s, j = torch.topk(v, kk, dim=1)
-    return best_s, torch.gather(i, 1, j)
-
-
-def _torch_chunks(xb: object, qt: object, kk: int, metric: str, xnorm: object | None,
-                  blocked: object | None, *, small: bool = False) -> tuple[object, object]:
-    """torch's BLAS: row chunks whose (nq, rows) score block stays in cache (<= 1 MiB, at
-    most 16k rows), each multiplied and reduced to its top k on one torch thread, chunks
-    shared out to a thread per core; the chunks' top k merged once at the end."""
     n, nq = int(xb.shape[0]), int(qt.shape[0])
-    if small:
-        return _block_topk(qt @ xb.T, 0, kk, metric, xnorm, blocked)
-    rows = int(min(16384, max(1024, (1 << 18) // max(nq, 1))))
-    rows = max(1024, min(rows, -(-n // cores())))  # a few queries: every core gets rows
-    starts = list(range(0, n, rows))
-
-    def chunk(b0: int) -> tuple[object, object]:
-        return _block_topk(qt @ xb[b0 : b0 + rows].T, b0, kk, metric, xnorm, blocked)
-
-    with one_torch_thread():
-        if len(starts) > 1 and cores() > 1:
-            parts = list(_search_pool().map(chunk, starts))
-        else:
-            parts = [chunk(b0) for b0 in starts]
-        return _merge_parts(parts, kk)
-
-
-def _numpy_blocks(xb: object, qt: object, kk: int, metric: str, xnorm: object | None,
-                  blocked: object | None) -> tuple[object, object]:
-    """numpy's BLAS (OpenBLAS, on its own threads): blocks of rows whose score block is at
-    most 64 MiB, each reduced to its top k by torch on the same memory (no copy)."""
-    import torch
-
+    if nq > QUERY_SLICE:
+        parts = [_search_blocks(blas, xb, qt[a : a + QUERY_SLICE], kk, metric, xnorm, blocked,
+                                small=small) for a in range(0, nq, QUERY_SLICE)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     x, q = xb.numpy(), qt.numpy()  # views, no copies
-    n, nq = len(x), len(q)
-    rows = max(4096, (1 << 24) // max(nq, 1))
-    parts = [_block_topk(torch.from_numpy(q @ x[b0 : b0 + rows].T), b0, kk, metric, xnorm,
-                         blocked) for b0 in range(0, n, rows)]
-    return _merge_parts(parts, kk)
+    xn = None if xnorm is None else xnorm.numpy()
+    rows = n if small else int(min(32768, max(1024, (1 << 19) // max(nq, 1))))
+
+    def product(b0: int, b1: int, out: np.ndarray) -> None:
+        if blas != "torch":
+            np.matmul(q, x[b0:b1].T, out=out)
+        else:
+            torch.mm(qt, xb[b0:b1].T, out=torch.from_numpy(out))
+        if xn is not None:  # l2: 2 q.x - |x|^2, larger is nearer
+            out *= 2
+            out -= xn[b0:b1]
+        if blocked is not None:
+            np.copyto(out, -np.inf, where=blocked[b0:b1])
+
+    def span(lo: int, hi: int) -> _TopK:
+        top = _TopK(nq, kk)
+        buf = np.empty(nq * min(rows, hi - lo), np.float32)
+        b0, step = lo, rows if nq <= GEMV_QUERIES else min(rows, SEED_ROWS)
+        while b0 < hi:
+            b1 = min(hi, b0 + step)
+            out = buf[: nq * (b1 - b0)].reshape(nq, b1 - b0)
+            product(b0, b1, out)
+            top.add(out, b0)
+            b0, step = b1, min(rows, 2 * step)  # growing: few candidates pass each block
+        return top.flush()
+
+    if small or nq <= GEMV_QUERIES or blas == "numpy-threads":
+        top = span(0, n)
+        return top.s, top.p
+    bounds = np.linspace(0, n, min(cores(), -(-n // SEED_ROWS)) + 1).astype(int)
+    with one_torch_thread(), one_blas_thread():
+        if len(bounds) > 2:
+            tops = list(_search_pool().map(span, bounds[:-1], bounds[1:]))
+        else:
+            tops = [span(0, n)]
+    best = (tops[0].s, tops[0].p)
+    for t in tops[1:]:
+        best = merge_topk(best, (t.s, t.p), kk)
+    return best
 
 
 # Below this many multiply-adds (n * d * queries; 10k x 384 at batch 1 is 3.8M) a search is
@@ -267,7 +351,13 @@ def _numpy_blocks(xb: object, qt: object, kk: int, metric: str, xnorm: object | 
 # more than they save (docs/benchmarks.md, "Exact search at the limit").
 SMALL_SEARCH_MACS = 1 << 24
 CALIBRATE_ROWS_X_DIM = 1 << 20  # below this many row floats (4 MiB) torch, unmeasured
-BLAS_ENV = "LATENTSIGHT_EXACT_BLAS"  # torch | numpy: skip the measurement, use this one
+SEED_ROWS = 1024  # each thread's first block: its top k seeds the filter of the others
+GEMV_QUERIES = 4  # up to this many queries a search is bound by memory, not FLOP/s
+QUERY_SLICE = 256  # queries searched together (a larger batch goes slice by slice)
+BLAS_ENV = "LATENTSIGHT_EXACT_BLAS"  # one of BLAS_KERNELS: skip the measurement, use it
+# numpy's or torch's BLAS on one thread per core, on exact_search's own threads; or
+# numpy's on its own threads from the calling thread
+BLAS_KERNELS = ("numpy", "torch", "numpy-threads")
 _BLAS: dict[str, str] = {}
 # an index over LARGE_ROWS rows has its own choice, measured on its first LARGE_SAMPLE rows
 LARGE_ROWS = 65536
@@ -278,41 +368,42 @@ _POOL_LOCK = threading.Lock()
 
 
 def blas_for(xb: object, qt: object) -> str:
-    """"torch" or "numpy": whichever runs this shape of search faster on this machine.
+    """The kernel of BLAS_KERNELS that runs this shape of search fastest on this machine.
 
     Measured once per process and per kind: a single query is a matrix-vector product,
-    bound by memory; a batch is a matrix product, bound by FLOP/s; and a large index
-    (over LARGE_ROWS rows) is its own kind, because which kernel wins a batch changes
-    with the rows (on the Intel dev VM numpy's at 32k rows, torch's from about 100k).
-    Both kernels search the first rows of `xb` (at most 32k, or LARGE_SAMPLE for a large
-    index) once to warm up, then three times in rotation; the faster by its best time is
-    kept.
-    `LATENTSIGHT_EXACT_BLAS=torch|numpy` sets it instead.
+    bound by memory (one span on the calling thread: numpy's or torch's BLAS); a batch is
+    a matrix product, bound by FLOP/s (any of the three); and a large index (over
+    LARGE_ROWS rows) is its own kind, because which kernel wins a batch changes with the
+    rows (on the AMD VM, numpy's own threads at 10k rows, a thread per core from 100k;
+    on the Intel dev VM torch's BLAS from about 100k). Every candidate searches the first
+    rows of `xb` (at most 32k, or LARGE_SAMPLE for a large index) once to warm up, then
+    three times in rotation; the fastest by its best time is kept.
+    `LATENTSIGHT_EXACT_BLAS=numpy|torch|numpy-threads` sets it instead.
     """
     import time
 
     forced = os.environ.get(BLAS_ENV, "").strip().lower()
-    if forced in ("torch", "numpy"):
+    if forced in BLAS_KERNELS:
         return forced
     rows = int(xb.shape[0])
     large = rows > LARGE_ROWS
-    kind = ("gemv" if int(qt.shape[0]) <= 4 else "gemm") + ("-large" if large else "")
+    gemv = int(qt.shape[0]) <= GEMV_QUERIES
+    kind = ("gemv" if gemv else "gemm") + ("-large" if large else "")
     with _BLAS_LOCK:
         if kind in _BLAS:
             return _BLAS[kind]
         sample = xb[: min(rows, LARGE_SAMPLE if large else 32768)]
-        kernels = {"torch": _torch_chunks, "numpy": _numpy_blocks}
-        best = dict.fromkeys(kernels, float("inf"))
-        for fn in kernels.values():  # warm-up: thread pools wake, first-call costs paid
-            fn(sample, qt, 10, "ip", None, None)
-        for _ in range(3):  # in rotation, so a disturbance hits both alike
-            for name, fn in kernels.items():
+        best = dict.fromkeys(BLAS_KERNELS[:2] if gemv else BLAS_KERNELS, float("inf"))
+        for name in best:  # warm-up: thread pools wake, first-call costs paid
+            _search_blocks(name, sample, qt, 10, "ip", None, None)
+        for _ in range(3):  # in rotation, so a disturbance hits all alike
+            for name in best:
                 t = time.perf_counter()
-                fn(sample, qt, 10, "ip", None, None)
+                _search_blocks(name, sample, qt, 10, "ip", None, None)
                 best[name] = min(best[name], time.perf_counter() - t)
         _BLAS[kind] = min(best, key=best.get)
-        log.info("exact search (%s): %s's BLAS (torch %.2f ms, numpy %.2f ms on %d rows)",
-                 kind, _BLAS[kind], best["torch"] * 1e3, best["numpy"] * 1e3, len(sample))
+        log.info("exact search (%s): %s (%s on %d rows)", kind, _BLAS[kind],
+                 ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in best.items()), len(sample))
         return _BLAS[kind]
 
 
@@ -1339,3 +1430,4 @@ def _search_params(inner: object, sel: object) -> object:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+

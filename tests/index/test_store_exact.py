@@ -11,7 +11,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
-from latentsight.index.store import FaissStore, Filter, exact_search
+from latentsight.index.store import BLAS_KERNELS, FaissStore, Filter, _TopK, exact_search
 
 DIM = 24
 
@@ -126,7 +126,7 @@ def test_filter_through_resolver_and_k_beyond_n():
     assert (np.diff(s[:, :25], axis=1) <= 1e-6).all()  # best first
 
 
-@pytest.mark.parametrize("blas", ["torch", "numpy"])
+@pytest.mark.parametrize("blas", BLAS_KERNELS)
 @pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
 def test_both_kernels_match_faiss_beyond_the_small_path(monkeypatch, blas, metric):
     """Searches big enough for the chunked kernels (not the one-product small path): torch's
@@ -158,18 +158,18 @@ def test_blas_choice_is_measured_once_per_kind(monkeypatch):
     one = torch.zeros((1, DIM))
     many = torch.zeros((64, DIM))
     first = store_mod.blas_for(xb, one)
-    assert first in ("torch", "numpy") and set(store_mod._BLAS) == {"gemv"}
+    assert first in ("torch", "numpy") and set(store_mod._BLAS) == {"gemv"}  # one span
     store_mod._BLAS["gemv"] = "numpy" if first == "torch" else "torch"  # kept, not re-measured
     assert store_mod.blas_for(xb, one) == store_mod._BLAS["gemv"]
-    assert store_mod.blas_for(xb, many) in ("torch", "numpy")
+    assert store_mod.blas_for(xb, many) in BLAS_KERNELS
     assert set(store_mod._BLAS) == {"gemv", "gemm"}
     # a large index is measured again, on more of its rows: the winner changes with the rows
     big = torch.zeros((store_mod.LARGE_ROWS + 1, DIM))
-    assert store_mod.blas_for(big, many) in ("torch", "numpy")
+    assert store_mod.blas_for(big, many) in BLAS_KERNELS
     assert set(store_mod._BLAS) == {"gemv", "gemm", "gemm-large"}
 
 
-@pytest.mark.parametrize("blas", ["torch", "numpy"])
+@pytest.mark.parametrize("blas", BLAS_KERNELS)
 def test_exact_search_blocks_merge(monkeypatch, blas):
     """More rows than one score block: the per-block top-k merge gives the global top-k."""
     import latentsight.index.store as store_mod
@@ -197,3 +197,24 @@ def test_empty_flat_and_everything_removed(metric):
     store.remove([1, 2])
     s, i = store.search(q, 4, allowed_ids=[1])
     assert (i == -1).all() and np.isneginf(s).all()
+
+
+def test_filtered_topk_over_blocks_of_any_size_matches_a_full_sort():
+    """The running top k (a compare with the k-th so far, candidates merged in batches)
+    gives the k best of all blocks: blocks smaller than k, a query whose first blocks are
+    all -inf (rows filtered out), merges forced after nearly every block."""
+    rng = np.random.default_rng(7)
+    nq, n, k = 7, 3000, 10
+    scores = rng.standard_normal((nq, n)).astype(np.float32)
+    scores[2, :1500] = -np.inf  # query 2: nothing until row 1500
+    top = _TopK(nq, k)
+    top.budget = 40  # merge almost every block
+    bounds = np.unique(np.r_[0, np.sort(rng.choice(np.arange(1, n), 60, replace=False)), n])
+    assert (np.diff(bounds) < k).any()  # some blocks hold fewer than k rows
+    for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
+        top.add(np.ascontiguousarray(scores[:, b0:b1]), int(b0))
+    top.flush()
+    want = -np.sort(-scores, axis=1)[:, :k]
+    np.testing.assert_array_equal(top.s, want)
+    np.testing.assert_array_equal(np.take_along_axis(scores, top.p, 1), want)
+    assert (top.p[2] >= 1500).all()
