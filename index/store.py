@@ -1430,4 +1430,3 @@ def _search_params(inner: object, sel: object) -> object:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
-
