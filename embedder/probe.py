@@ -126,8 +126,9 @@ def _decode(path: str, data: bytes, want: tuple[int, ...] | None, limits: Limits
     # whole entropy-coded stream is still decoded, so a corrupt file is still found); a
     # third element (0, C, side) asks for "native" pixels whose sides stay >= side
     reduce_to = 1 if want is None else (want[2] if len(want) > 2 else want[0])
+    size = 0 if want is None else want[0]  # resized inside Pillow (prepare then only reshapes)
     img = decode_bytes(data, path=path, mode=mode, max_pixels=limits.max_pixels,
-                       max_bytes=limits.max_bytes, reduce_to=reduce_to)
+                       max_bytes=limits.max_bytes, reduce_to=reduce_to, size=size)
     if want is None:
         pixels = None
     elif want[0] == 0:

@@ -65,3 +65,27 @@ def test_jpeg_draft_decoding_gives_the_full_decodes_embedding(tmp_path):
     assert native.pixels.shape == (128, 128) and native.width == 256
     fitted = prepare(native.pixels, 64, 1).astype(np.int16)
     assert np.abs(fitted - full.astype(np.int16)).mean() < 2.0
+
+
+def test_resizing_inside_pillow_gives_what_prepare_gives(tmp_path):
+    """probe_file resizes before the image leaves Pillow: the pixels are exactly those of
+    decoding at full size and `prepare`, for shrinking and growing, gray and color, and
+    modes that are converted first (RGBA over white, 16-bit, palette)."""
+    rng = np.random.default_rng(3)
+    cases = {
+        "gray.png": Image.fromarray(rng.integers(0, 256, (90, 130), dtype=np.uint8)),
+        "small.png": Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)),
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (70, 50, 4), dtype=np.uint8)),
+        "deep.png": Image.fromarray(rng.integers(0, 65535, (80, 80), dtype=np.uint16)),
+        "pal.png": Image.fromarray(rng.integers(0, 256, (64, 100, 3), dtype=np.uint8))
+        .convert("P"),
+    }
+    for name, img in cases.items():
+        img.save(tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        for size, channels in ((32, 1), (48, 3), (64, 1)):
+            got = probe_file(str(tmp_path / name), (size, channels))
+            mode = "L" if channels == 1 else "RGB"
+            want = prepare(decode_bytes(data, mode=mode).pixels, size, channels)
+            assert got.error is None, got.error
+            np.testing.assert_array_equal(got.pixels, want, err_msg=f"{name} {size}")
