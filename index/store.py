@@ -25,7 +25,7 @@ from latentsight.embedder import faults
 from latentsight.embedder.devices import check_device
 from latentsight.embedder.fsutil import atomic_write
 from latentsight.index.errors import StoreError
-from latentsight.index.threads import cores, one_blas_thread, one_torch_thread
+from latentsight.index.threads import cores, one_torch_thread
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +155,11 @@ def exact_search(
     0). `mask` (n,) bool limits the candidates. Returns (scores, positions),
     (nq, k), best first, -inf / -1 in missing slots.
 
-    faiss's own Flat search runs 2-10x slower on the development machines
+    faiss's own Flat search runs 2-7x slower on the development machines
     (docs/benchmarks.md, "Exact search at the limit"). The product runs through
-    torch's BLAS or numpy's, on exact_search's threads or the BLAS's own, whichever
-    this machine runs faster (`blas_for`: MKL, torch's, is fast on Intel and slow on
-    AMD CPUs, where numpy's OpenBLAS wins), measured once per process for single
-    queries and for batches.
+    torch's BLAS or numpy's, whichever this machine runs faster (`blas_for`: MKL,
+    torch's, is fast on Intel and slow on AMD CPUs, where numpy's OpenBLAS wins),
+    measured once per process for single queries and for batches.
     """
     import torch
 
@@ -202,7 +201,7 @@ class _TopK:
     """The k best (score, row) of each query over blocks of rows (one per thread).
 
     A block's scores only reach the top k through a compare with each query's k-th best
-    so far (one pass, against torch.topk's several): the entries above it are kept aside
+    so far (one pass, against a top-k's several): the entries above it are kept aside
     as candidates and merged in when there are many (`flush`), which raises the k-th
     again. Only the first block, and a query still short of k, take a block's own top k.
     After the first block a query gains about k x block / rows-seen candidates per block,
@@ -220,12 +219,10 @@ class _TopK:
 
     def add(self, block: np.ndarray, b0: int) -> None:
         """Take in `block` (nq, m): the scores of rows b0 .. b0 + m."""
-        import torch
-
         k, m = self.s.shape[1], block.shape[1]
         if self.empty and m >= k:  # the first block: its top k as they are
-            v, i = torch.topk(torch.from_numpy(block), k, dim=1)
-            self.s[:], self.p[:] = v.numpy(), i.numpy() + b0
+            v, i = _row_topk(block, k)
+            self.s[:], self.p[:] = v, i + b0
             self.empty = False
             return
         self.empty = False
@@ -236,10 +233,8 @@ class _TopK:
         sub = block if len(rows) == len(block) else block[rows]  # (r, m): rows with candidates
         short = np.isneginf(kth[rows])
         if short.any():
-            v, i = torch.topk(torch.from_numpy(sub if short.all() else sub[short]), min(k, m),
-                              dim=1)
-            self._keep(np.repeat(rows[short], v.shape[1]), v.numpy().ravel(),
-                       i.numpy().ravel() + b0)
+            v, i = _row_topk(sub if short.all() else sub[short], min(k, m))
+            self._keep(np.repeat(rows[short], v.shape[1]), v.ravel(), i.ravel() + b0)
         if not short.all():
             idx = np.flatnonzero(~short)
             rest = sub if len(idx) == len(sub) else sub[idx]
@@ -255,8 +250,6 @@ class _TopK:
     def flush(self) -> _TopK:
         """Merge the candidates kept aside: a (queries, k + most candidates) table of each
         query's k best and its candidates, -inf padded, reduced to its top k."""
-        import torch
-
         if not self.n_pending:
             return self
         key = np.concatenate([c[0] for c in self.pending])
@@ -273,10 +266,23 @@ class _TopK:
         where = np.full(table.shape, -1, np.int64)
         table[:, :k], where[:, :k] = self.s[rows], self.p[rows]
         table[local, col], where[local, col] = val, pos
-        v, j = torch.topk(torch.from_numpy(table), k, dim=1)
-        self.s[rows] = v.numpy()
-        self.p[rows] = np.take_along_axis(where, j.numpy(), 1)
+        v, j = _row_topk(table, k)
+        self.s[rows] = v
+        self.p[rows] = np.take_along_axis(where, j, 1)
         return self
+
+
+def _row_topk(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest of each row of `a` (r, m), best first, and their columns. numpy on the
+    calling thread, not torch.topk: torch's threads and OpenBLAS's, each spinning after its
+    own call, slow each other down 2-3x when their calls alternate."""
+    if k < a.shape[1]:
+        cols = np.argpartition(-a, k - 1, axis=1)[:, :k]
+    else:
+        cols = np.broadcast_to(np.arange(a.shape[1]), a.shape)
+    vals = np.take_along_axis(a, cols, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(cols, order, 1)
 
 
 def _search_blocks(blas: str, xb: object, qt: object, kk: int, metric: str,
@@ -284,15 +290,12 @@ def _search_blocks(blas: str, xb: object, qt: object, kk: int, metric: str,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """The k best rows of `xb` for each query of `qt`, on `blas` (one of BLAS_KERNELS).
 
-    A batch (over GEMV_QUERIES queries, bound by FLOP/s): the rows are split into one span
-    per core, each searched on its own thread with its BLAS on one thread (a 64-query
-    product of a few thousand rows runs at ~0.9 of the machine's GEMM rate that way; on
-    the BLAS's own threads at 0.6-0.7), in blocks whose (nq, rows) score block stays in
-    cache (2 MiB), the first one small, so that the running k-th best that filters the
-    others is cheap to seed. "numpy-threads", and a few queries (bound by memory) on any:
-    one span on the calling thread, the BLAS on its own threads (no hand-off, and no
-    wait for a core that another library's idle BLAS thread is still spinning on; the
-    blocks of a few queries are 32k rows). Queries go in slices of
+    "numpy", and a few queries (up to GEMV_QUERIES, bound by memory) on either: one span
+    of rows on the calling thread, the BLAS on its own threads. "torch" with a batch: the
+    rows split into one span per core, each searched on its own thread with torch on one
+    thread. Either way the rows go in blocks whose (nq, rows) score block stays in cache
+    (2 MiB; 32k rows for a few queries), the first one small, so that the running k-th
+    best that filters the others (`_TopK`) is cheap to seed. Queries go in slices of
     QUERY_SLICE. `small`: one block on the calling thread (a hand-off costs more).
     `xnorm` (torch, n): l2's squared row norms; `blocked` (n,) bool: rows left out.
     Returns (scores, positions), (nq, kk) each, best first (l2: 2 q.x - |x|^2).
@@ -309,7 +312,7 @@ def _search_blocks(blas: str, xb: object, qt: object, kk: int, metric: str,
     rows = n if small else int(min(32768, max(1024, (1 << 19) // max(nq, 1))))
 
     def product(b0: int, b1: int, out: np.ndarray) -> None:
-        if blas != "torch":
+        if blas == "numpy":
             np.matmul(q, x[b0:b1].T, out=out)
         else:
             torch.mm(qt, xb[b0:b1].T, out=torch.from_numpy(out))
@@ -331,11 +334,11 @@ def _search_blocks(blas: str, xb: object, qt: object, kk: int, metric: str,
             b0, step = b1, min(rows, 2 * step)  # growing: few candidates pass each block
         return top.flush()
 
-    if small or nq <= GEMV_QUERIES or blas == "numpy-threads":
+    if small or nq <= GEMV_QUERIES or blas == "numpy":
         top = span(0, n)
         return top.s, top.p
     bounds = np.linspace(0, n, min(cores(), -(-n // SEED_ROWS)) + 1).astype(int)
-    with one_torch_thread(), one_blas_thread():
+    with one_torch_thread():
         if len(bounds) > 2:
             tops = list(_search_pool().map(span, bounds[:-1], bounds[1:]))
         else:
@@ -355,9 +358,10 @@ SEED_ROWS = 1024  # each thread's first block: its top k seeds the filter of the
 GEMV_QUERIES = 4  # up to this many queries a search is bound by memory, not FLOP/s
 QUERY_SLICE = 256  # queries searched together (a larger batch goes slice by slice)
 BLAS_ENV = "LATENTSIGHT_EXACT_BLAS"  # one of BLAS_KERNELS: skip the measurement, use it
-# numpy's or torch's BLAS on one thread per core, on exact_search's own threads; or
-# numpy's on its own threads from the calling thread
-BLAS_KERNELS = ("numpy", "torch", "numpy-threads")
+# numpy's BLAS on its own threads from the calling thread; torch's on one thread per core,
+# on exact_search's own threads (numpy's OpenBLAS cannot be limited to one thread from
+# several threads at once: threadpoolctl lets only the first of them change it back)
+BLAS_KERNELS = ("numpy", "torch")
 _BLAS: dict[str, str] = {}
 # an index over LARGE_ROWS rows has its own choice, measured on its first LARGE_SAMPLE rows
 LARGE_ROWS = 65536
@@ -371,14 +375,13 @@ def blas_for(xb: object, qt: object) -> str:
     """The kernel of BLAS_KERNELS that runs this shape of search fastest on this machine.
 
     Measured once per process and per kind: a single query is a matrix-vector product,
-    bound by memory (one span on the calling thread: numpy's or torch's BLAS); a batch is
-    a matrix product, bound by FLOP/s (any of the three); and a large index (over
-    LARGE_ROWS rows) is its own kind, because which kernel wins a batch changes with the
-    rows (on the AMD VM, numpy's own threads at 10k rows, a thread per core from 100k;
-    on the Intel dev VM torch's BLAS from about 100k). Every candidate searches the first
-    rows of `xb` (at most 32k, or LARGE_SAMPLE for a large index) once to warm up, then
-    three times in rotation; the fastest by its best time is kept.
-    `LATENTSIGHT_EXACT_BLAS=numpy|torch|numpy-threads` sets it instead.
+    bound by memory; a batch is a matrix product, bound by FLOP/s; and a large index
+    (over LARGE_ROWS rows) is its own kind, because which kernel wins a batch changes
+    with the rows (on the Intel dev VM numpy's at 32k rows, torch's from about 100k; on
+    the AMD VM numpy's everywhere: MKL, torch's, is slow on AMD CPUs). Both kernels
+    search the first rows of `xb` (at most 32k, or LARGE_SAMPLE for a large index) once
+    to warm up, then three times in rotation; the faster by its best time is kept.
+    `LATENTSIGHT_EXACT_BLAS=numpy|torch` sets it instead.
     """
     import time
 
@@ -387,13 +390,12 @@ def blas_for(xb: object, qt: object) -> str:
         return forced
     rows = int(xb.shape[0])
     large = rows > LARGE_ROWS
-    gemv = int(qt.shape[0]) <= GEMV_QUERIES
-    kind = ("gemv" if gemv else "gemm") + ("-large" if large else "")
+    kind = ("gemv" if int(qt.shape[0]) <= GEMV_QUERIES else "gemm") + ("-large" if large else "")
     with _BLAS_LOCK:
         if kind in _BLAS:
             return _BLAS[kind]
         sample = xb[: min(rows, LARGE_SAMPLE if large else 32768)]
-        best = dict.fromkeys(BLAS_KERNELS[:2] if gemv else BLAS_KERNELS, float("inf"))
+        best = dict.fromkeys(BLAS_KERNELS, float("inf"))
         for name in best:  # warm-up: thread pools wake, first-call costs paid
             _search_blocks(name, sample, qt, 10, "ip", None, None)
         for _ in range(3):  # in rotation, so a disturbance hits all alike

@@ -1,4 +1,4 @@
-"""torch (or numpy's BLAS) on one thread while small products are worked on from several threads.
+"""torch on one intra-op thread while small tensors are worked on from several threads.
 
     with one_torch_thread():
         ...  # several Python threads each run torch ops; each op uses one core
@@ -49,35 +49,3 @@ def one_torch_thread() -> Iterator[None]:
             if _depth == 0:
                 torch.set_num_threads(_before)
 
-
-_blas_lock = threading.Lock()
-_blas_depth = 0
-_blas_limiter: object | None = None
-_blas_controller: object | None = None
-
-
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """numpy's BLAS (OpenBLAS, or whichever threadpoolctl finds) on one thread inside the
-    block, so that several Python threads can each run its products on a core of their own.
-
-    Process-wide like `one_torch_thread`, and counted the same way: a product another
-    thread runs meanwhile also runs on one thread (slower, never wrong).
-    """
-    global _blas_depth, _blas_limiter, _blas_controller
-    with _blas_lock:
-        if _blas_depth == 0:
-            if _blas_controller is None:  # scanning the loaded libraries takes ~20 ms: once
-                from threadpoolctl import ThreadpoolController
-
-                _blas_controller = ThreadpoolController()
-            _blas_limiter = _blas_controller.select(user_api="blas").limit(limits=1)
-        _blas_depth += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_depth -= 1
-            if _blas_depth == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None

@@ -158,7 +158,7 @@ def test_blas_choice_is_measured_once_per_kind(monkeypatch):
     one = torch.zeros((1, DIM))
     many = torch.zeros((64, DIM))
     first = store_mod.blas_for(xb, one)
-    assert first in ("torch", "numpy") and set(store_mod._BLAS) == {"gemv"}  # one span
+    assert first in ("torch", "numpy") and set(store_mod._BLAS) == {"gemv"}
     store_mod._BLAS["gemv"] = "numpy" if first == "torch" else "torch"  # kept, not re-measured
     assert store_mod.blas_for(xb, one) == store_mod._BLAS["gemv"]
     assert store_mod.blas_for(xb, many) in BLAS_KERNELS
@@ -218,3 +218,35 @@ def test_filtered_topk_over_blocks_of_any_size_matches_a_full_sort():
     np.testing.assert_array_equal(top.s, want)
     np.testing.assert_array_equal(np.take_along_axis(scores, top.p, 1), want)
     assert (top.p[2] >= 1500).all()
+
+
+@pytest.mark.parametrize("blas", BLAS_KERNELS)
+def test_concurrent_searches_are_right_and_leave_the_blas_threads_as_found(monkeypatch, blas):
+    """Searches from several threads at once (the dashboard's, a scan's) each get their own
+    answer, and numpy's BLAS keeps its thread count: a kernel that limited it from worker
+    threads once left the whole process on one BLAS thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import latentsight.index.store as store_mod
+    import torch
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    monkeypatch.setenv(store_mod.BLAS_ENV, blas)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((40_000, 32)).astype(np.float32)
+    qs = [rng.standard_normal((int(rng.integers(1, 70)), 32)).astype(np.float32)
+          for _ in range(24)]
+    before = blas_threads()
+
+    def one(q):
+        s, p = exact_search(torch.from_numpy(x), q, 7, metric="ip")
+        want = -np.sort(-(q @ x.T), axis=1)[:, :7]
+        return (np.allclose(s, want, atol=1e-4)
+                and np.allclose(np.take_along_axis(q @ x.T, p, 1), want, atol=1e-4))
+
+    with ThreadPoolExecutor(4) as ex:
+        assert all(ex.map(one, qs))
+    assert blas_threads() == before
