@@ -48,4 +48,3 @@ def one_torch_thread() -> Iterator[None]:
             _depth -= 1
             if _depth == 0:
                 torch.set_num_threads(_before)
-
