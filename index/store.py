@@ -258,7 +258,8 @@ class _TopK:
         val = np.concatenate([c[1] for c in self.pending])[order]
         pos = np.concatenate([c[2] for c in self.pending])[order]
         self.pending, self.n_pending = [], 0
-        rows, first, count = np.unique(key, return_index=True, return_counts=True)
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # key is sorted already
+        rows, count = key[first], np.diff(np.r_[first, len(key)])
         local = np.repeat(np.arange(len(rows)), count)
         k = self.s.shape[1]
         col = k + np.arange(len(key)) - np.repeat(first, count)
